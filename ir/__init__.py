@@ -1,0 +1,11 @@
+"""lcpaq's graph IR: capture to torch.fx, the quantizable-layer view, annotation keys,
+and the quantizer arithmetic shared by passes and backends."""
+from lcpaq.ir.capture import capture
+from lcpaq.ir.errors import CaptureError, ConfigError, CorruptFileError, LcpaqError, PassContractError
+from lcpaq.ir.layers import QuantLayer, find_layers, layer_map, precision_groups, scale_groups
+from lcpaq.ir.quantizer import QuantSpec
+
+__all__ = [
+    "CaptureError", "ConfigError", "CorruptFileError", "LcpaqError", "PassContractError",
+    "QuantLayer", "QuantSpec", "capture", "find_layers", "layer_map", "precision_groups", "scale_groups",
+]

@@ -1,0 +1,158 @@
+"""The quantizable-layer view of a captured graph.
+
+A quantizable layer is a conv, linear or matmul node, with its weight (a ``get_attr`` node, or
+None for an activation x activation matmul) and the activation inputs that get quantized.
+The view is derived from the graph on demand, so it stays right after any rewrite; it looks
+through the quantizers that the fake-quant rewrite inserts.
+
+Groups: layers that read the same activation tensor quantize it once, so they must share an
+activation precision (``precision_groups``); layers whose outputs meet in a residual add must
+share an output scale for integer execution (``scale_groups``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import networkx as nx
+import torch
+import torch.fx as fx
+
+from lcpaq.ir.meta import QUANTIZER
+
+aten = torch.ops.aten
+
+CONV_OPS = {aten.conv1d.default, aten.conv2d.default, aten.conv3d.default, aten.convolution.default}
+LINEAR_OPS = {aten.linear.default}
+MATMUL_OPS = {aten.matmul.default, aten.bmm.default, aten.mm.default}
+ADD_OPS = {aten.add.Tensor, aten.add_.Tensor}
+#: Ops a value passes through unchanged in layout-insensitive terms, when tracing residual adds.
+PASSTHROUGH_OPS = {
+    aten.relu.default, aten.relu_.default, aten.batch_norm.default, aten.dropout.default,
+    aten.hardtanh.default, aten.hardtanh_.default, aten.clamp.default, aten.view.default,
+    aten.reshape.default, aten.flatten.using_ints, aten.contiguous.default, aten.gelu.default,
+}
+
+LayerKind = Literal["conv", "linear", "matmul"]
+
+
+@dataclass(frozen=True)
+class QuantLayer:
+    """One quantizable layer: its node, weight and activation inputs."""
+
+    name: str
+    node: fx.Node
+    kind: LayerKind
+    weight: fx.Node | None
+    act_inputs: tuple[fx.Node, ...]
+
+    @property
+    def weight_name(self) -> str | None:
+        return None if self.weight is None else str(self.weight.target)
+
+
+def is_quantizer(node: fx.Node) -> bool:
+    """True for a node that calls a quantizer module inserted by the fake-quant rewrite."""
+    return node.op == "call_module" and QUANTIZER.has(node)
+
+
+def through_quantizer(node: fx.Node) -> fx.Node:
+    """The value a quantizer node quantizes, or the node itself."""
+    while isinstance(node, fx.Node) and is_quantizer(node):
+        node = node.args[0]
+    return node
+
+
+def find_layers(gm: fx.GraphModule) -> list[QuantLayer]:
+    """Every quantizable layer, in graph order, with unique, stable names."""
+    raw: list[tuple[fx.Node, LayerKind, fx.Node | None, tuple[fx.Node, ...]]] = []
+    for node in gm.graph.nodes:
+        if node.op != "call_function":
+            continue
+        if node.target in CONV_OPS or node.target in LINEAR_OPS:
+            weight = through_quantizer(node.args[1])
+            if not (isinstance(weight, fx.Node) and weight.op == "get_attr"):
+                continue  # a weight computed at run time is not a layer we can quantize
+            kind: LayerKind = "conv" if node.target in CONV_OPS else "linear"
+            raw.append((node, kind, weight, (through_quantizer(node.args[0]),)))
+        elif node.target in MATMUL_OPS:
+            lhs, rhs = (through_quantizer(a) for a in node.args[:2])
+            if isinstance(rhs, fx.Node) and rhs.op == "get_attr":
+                raw.append((node, "linear", rhs, (lhs,)))
+            else:
+                raw.append((node, "matmul", None, (lhs, rhs)))
+    return [QuantLayer(name, node, kind, w, acts) for name, (node, kind, w, acts) in zip(_names(raw), raw)]
+
+
+def _names(raw: list[tuple[fx.Node, LayerKind, fx.Node | None, tuple[fx.Node, ...]]]) -> list[str]:
+    """Name a layer after its weight's module path; fall back to the module stack + node name."""
+    by_weight: dict[str, int] = {}
+    for _, _, weight, _ in raw:
+        if weight is not None:
+            by_weight[str(weight.target)] = by_weight.get(str(weight.target), 0) + 1
+    names = []
+    for node, _, weight, _ in raw:
+        target = None if weight is None else str(weight.target)
+        if target is not None and by_weight[target] == 1:
+            names.append(target.removesuffix(".weight"))
+        else:
+            stack = node.meta.get("nn_module_stack") or {}
+            path = list(stack.values())[-1][0] if stack else ""
+            names.append(f"{path}.{node.name}" if path else node.name)
+    return names
+
+
+def layer_map(gm: fx.GraphModule) -> dict[str, QuantLayer]:
+    return {layer.name: layer for layer in find_layers(gm)}
+
+
+def precision_groups(layers: list[QuantLayer]) -> list[tuple[str, ...]]:
+    """Groups (size > 1) of layers that read the same activation tensor."""
+    graph = nx.Graph()
+    graph.add_nodes_from(layer.name for layer in layers)
+    first_reader: dict[fx.Node, str] = {}
+    for layer in layers:
+        for act in layer.act_inputs:
+            if act in first_reader:
+                graph.add_edge(first_reader[act], layer.name)
+            else:
+                first_reader[act] = layer.name
+    return _components(graph, layers)
+
+
+def scale_groups(layers: list[QuantLayer]) -> list[tuple[str, ...]]:
+    """Groups (size > 1) of layers whose outputs are summed by a residual add."""
+    by_node = {layer.node: layer.name for layer in layers}
+    graph = nx.Graph()
+    graph.add_nodes_from(layer.name for layer in layers)
+    adds = {user for layer in layers for user in _downstream(layer.node) if user.target in ADD_OPS}
+    for add in adds:
+        sources = [by_node.get(_upstream(a)) for a in add.args[:2] if isinstance(a, fx.Node)]
+        sources = [s for s in sources if s is not None]
+        for a, b in zip(sources, sources[1:]):
+            graph.add_edge(a, b)
+    return _components(graph, layers)
+
+
+def _upstream(node: fx.Node) -> fx.Node:
+    while node.op == "call_function" and node.target in PASSTHROUGH_OPS and isinstance(node.args[0], fx.Node):
+        node = node.args[0]
+    return node
+
+
+def _downstream(node: fx.Node) -> list[fx.Node]:
+    out, frontier = [], [node]
+    while frontier:
+        current = frontier.pop()
+        for user in current.users:
+            if user.op == "call_function" and user.target in PASSTHROUGH_OPS:
+                frontier.append(user)
+            else:
+                out.append(user)
+    return out
+
+
+def _components(graph: nx.Graph, layers: list[QuantLayer]) -> list[tuple[str, ...]]:
+    order = {layer.name: i for i, layer in enumerate(layers)}
+    groups = [tuple(sorted(c, key=order.__getitem__)) for c in nx.connected_components(graph) if len(c) > 1]
+    return sorted(groups, key=lambda g: order[g[0]])

@@ -1,0 +1,196 @@
+"""Annotation keys and their values.
+
+Every analysis result lives in ``node.meta`` (per-layer results) or in ``GraphModule.meta``
+(whole-graph results) under one of the keys defined here, and nowhere else. Each value is a
+small frozen dataclass that validates itself on construction.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar
+
+import torch.fx as fx
+
+T = TypeVar("T")
+
+#: Bit-widths the quantization simulator implements; 32 means "kept in floating point".
+SUPPORTED_BITS: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8, 16)
+FLOAT_BITS = 32
+
+
+def check_bits(bits: int, what: str = "bit-width") -> int:
+    """Return ``bits`` if the simulator supports it, else raise a one-line ValueError."""
+    if not isinstance(bits, int) or isinstance(bits, bool) or (bits not in SUPPORTED_BITS and bits != FLOAT_BITS):
+        raise ValueError(f"unsupported {what} {bits!r}: choose from 2-8, 16, or 32 (float)")
+    return bits
+
+
+@dataclass(frozen=True)
+class MetaKey(Generic[T]):
+    """A typed annotation key. ``scope`` says where it lives: on each quantizable layer's node,
+    on every tensor-producing node, or on the graph module."""
+
+    name: str
+    value_type: type
+    scope: Literal["layer", "node", "graph"]
+    doc: str
+
+    def get(self, owner: fx.Node | fx.GraphModule, default: Any = None) -> T | None:
+        return owner.meta.get(self.name, default)
+
+    def set(self, owner: fx.Node | fx.GraphModule, value: T) -> None:
+        if not isinstance(value, self.value_type):
+            raise TypeError(f"{self.name} takes {self.value_type.__name__}, got {type(value).__name__}")
+        owner.meta[self.name] = value
+
+    def has(self, owner: fx.Node | fx.GraphModule) -> bool:
+        return self.name in owner.meta
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class TensorShape:
+    """Shape and dtype of the tensor a node produced on the example inputs."""
+
+    shape: tuple[int, ...]
+    dtype: str
+
+    def __post_init__(self) -> None:
+        if any((not isinstance(d, int)) or d < 0 for d in self.shape):
+            raise ValueError(f"invalid shape {self.shape}")
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """Bit-independent cost of one quantizable layer on the example inputs.
+
+    ``params`` counts weight elements, ``bias`` bias elements (kept in int32 when quantized);
+    ``macs`` are multiply-accumulates; ``act_elems`` counts the elements of the activation
+    inputs that get quantized (both operands of an activation-activation matmul)."""
+
+    params: int
+    macs: int
+    act_elems: int
+    out_elems: int
+    bias: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("params", "macs", "act_elems", "out_elems", "bias"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"LayerCost.{name} must be >= 0")
+
+    def bops(self, w_bits: int, a_bits: int) -> int:
+        """Bit operations: MACs times the two operand widths (an activation-activation matmul
+        has no weight, so both operands count at ``a_bits``)."""
+        return self.macs * (w_bits if self.params else a_bits) * a_bits
+
+    def weight_bytes(self, w_bits: int) -> float:
+        """Stored size of weights at ``w_bits`` plus the bias (int32, or fp32 when w_bits=32)."""
+        return self.params * w_bits / 8 + self.bias * 4
+
+    def act_bytes(self, a_bits: int) -> float:
+        return self.act_elems * a_bits / 8
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    """Whole-graph totals at fp32; per-layer costs are in the ``lcpaq.cost`` node annotations."""
+
+    params: int
+    quantizable_params: int
+    macs: int
+    fp32_bytes: int
+
+
+@dataclass(frozen=True)
+class ActRange:
+    """Calibrated range [lo, hi] of one activation input, for quantization at ``bits``."""
+
+    lo: float
+    hi: float
+    bits: int
+    method: str
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.lo) and math.isfinite(self.hi)) or self.lo > self.hi:
+            raise ValueError(f"invalid activation range [{self.lo}, {self.hi}]")
+        check_bits(self.bits)
+
+
+@dataclass(frozen=True)
+class ActRanges:
+    """Calibrated ranges of every activation input of one layer (outer tuple: inputs in
+    argument order; inner: one range per calibrated bit-width)."""
+
+    per_input: tuple[tuple[ActRange, ...], ...]
+
+    def __post_init__(self) -> None:
+        if not self.per_input or not all(self.per_input):
+            raise ValueError("ActRanges needs at least one range per input")
+
+    def get(self, index: int, bits: int) -> ActRange:
+        for r in self.per_input[index]:
+            if r.bits == bits:
+                return r
+        have = ", ".join(str(r.bits) for r in self.per_input[index])
+        raise KeyError(f"no {bits}-bit range calibrated (have {have}); calibrate with bits={bits}")
+
+
+@dataclass(frozen=True)
+class BitAssignment:
+    """Precision chosen for one layer: weight bits and activation (input) bits; 32 = float."""
+
+    w_bits: int
+    a_bits: int
+
+    def __post_init__(self) -> None:
+        check_bits(self.w_bits, "weight bit-width")
+        check_bits(self.a_bits, "activation bit-width")
+
+    def __str__(self) -> str:
+        return f"W{self.w_bits}A{self.a_bits}"
+
+
+@dataclass(frozen=True)
+class QuantizedInfo:
+    """Set by the fake-quant rewrite on each layer it quantized: the quantizers it inserted."""
+
+    w_quantizer: str | None
+    a_quantizers: tuple[str, ...]
+    bits: BitAssignment
+
+
+@dataclass(frozen=True)
+class QuantizerRole:
+    """On a quantizer node inserted by the fake-quant rewrite: what it quantizes."""
+
+    role: Literal["weight", "act"]
+    bits: int
+
+
+@dataclass(frozen=True)
+class CaptureInfo:
+    """How the graph was captured, kept on the graph module."""
+
+    model_name: str
+    method: str
+    input_names: tuple[str, ...] = field(default_factory=tuple)
+
+
+SHAPE: MetaKey[TensorShape] = MetaKey("lcpaq.shape", TensorShape, "node", "output shape and dtype")
+COST: MetaKey[LayerCost] = MetaKey("lcpaq.cost", LayerCost, "layer", "params, MACs, activation size")
+MODEL_COST: MetaKey[ModelCost] = MetaKey("lcpaq.model_cost", ModelCost, "graph", "whole-model totals")
+ACT_RANGE: MetaKey[ActRanges] = MetaKey("lcpaq.act_range", ActRanges, "layer", "calibrated input ranges")
+BITS: MetaKey[BitAssignment] = MetaKey("lcpaq.bits", BitAssignment, "layer", "chosen weight/activation bits")
+QUANTIZED: MetaKey[QuantizedInfo] = MetaKey("lcpaq.quantized", QuantizedInfo, "layer", "inserted quantizers")
+QUANTIZER: MetaKey[QuantizerRole] = MetaKey("lcpaq.quantizer", QuantizerRole, "node", "marks an inserted quantizer")
+CAPTURE: MetaKey[CaptureInfo] = MetaKey("lcpaq.capture", CaptureInfo, "graph", "capture provenance")
+
+ALL_KEYS: tuple[MetaKey, ...] = (SHAPE, COST, MODEL_COST, ACT_RANGE, BITS, QUANTIZED, QUANTIZER, CAPTURE)

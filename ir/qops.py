@@ -1,0 +1,37 @@
+"""Quantized ops that a rewritten graph contains. Backends recognise and lower these."""
+from __future__ import annotations
+
+import torch
+
+from lcpaq.ir.quantizer import QuantSpec, fake_quantize, qparams_from_range, weight_qparams
+
+
+class FakeQuantize(torch.nn.Module):
+    """Fixed-parameter fake quantizer, called as ``call_module`` in a rewritten graph.
+
+    ``scale`` and ``zero_point`` are buffers (per channel along ``spec.ch_axis`` or scalars);
+    the backward pass is the straight-through estimator, so the graph can be fine-tuned."""
+
+    def __init__(self, spec: QuantSpec, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
+        super().__init__()
+        self.spec = spec
+        self.register_buffer("scale", scale.detach().clone().float())
+        self.register_buffer("zero_point", zero_point.detach().clone().float())
+
+    @classmethod
+    def for_range(cls, lo: float, hi: float, spec: QuantSpec) -> "FakeQuantize":
+        scale, zero_point = qparams_from_range(torch.tensor(lo), torch.tensor(hi), spec)
+        return cls(spec, scale, zero_point)
+
+    @classmethod
+    def for_weight(cls, weight: torch.Tensor, spec: QuantSpec) -> "FakeQuantize":
+        scale, zero_point = weight_qparams(weight, spec)
+        return cls(spec, scale, zero_point)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fake_quantize(x, self.scale, self.zero_point, self.spec)
+
+    def extra_repr(self) -> str:
+        s = self.spec
+        gran = "per-tensor" if s.ch_axis is None else f"per-channel(axis={s.ch_axis})"
+        return f"bits={s.bits}, {'symmetric' if s.symmetric else 'asymmetric'}, {gran}"

@@ -1,0 +1,167 @@
+"""The Python API behind ``lcpaq quantize``: every CLI feature is reachable from here."""
+from __future__ import annotations
+
+import copy
+import re
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+import torch.fx as fx
+
+import lcpaq.passes  # noqa: F401  (registers the passes)
+from lcpaq.hw_targets.target import OP_KINDS, Target, load_target
+from lcpaq.ir.capture import capture
+from lcpaq.ir.errors import ConfigError
+from lcpaq.ir.layers import find_layers
+from lcpaq.ir.meta import BITS, COST, MODEL_COST, BitAssignment
+from lcpaq.passes.context import PassContext
+from lcpaq.passes.instruments import DumpGraphs, PassInstrument, Timing
+from lcpaq.passes.pipeline import Pipeline, calibration_phase, parse_spec, prepare_phase, uniform_phase
+from lcpaq.tools.metrics import output_metrics, reference_outputs
+from lcpaq.tools.models.zoo import ModelBundle, load_model
+
+CALIBRATION_METHODS = ("minmax", "percentile", "mse", "entropy")
+
+
+def parse_bits(text: str) -> BitAssignment:
+    """``w4a8`` -> BitAssignment(4, 8); a bad or unsupported width is one ConfigError line."""
+    match = re.fullmatch(r"[wW](\d+)[aA](\d+)", text.strip())
+    if not match:
+        raise ConfigError(f"bad precision {text!r}: write it as wNaM, for example w8a8 or w4a8")
+    try:
+        return BitAssignment(int(match[1]), int(match[2]))
+    except ValueError as exc:
+        raise ConfigError(f"bad precision {text!r}: {exc}") from exc
+
+
+@dataclass
+class Stopwatch:
+    stages: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages[name] = self.stages.get(name, 0.0) + time.perf_counter() - start
+
+
+@dataclass
+class ConfigResult:
+    """One quantized variant of the model: its graph, pipeline and measured quality."""
+
+    label: str
+    graph_module: fx.GraphModule
+    pipeline: str
+    metrics: dict[str, float]
+    size_bytes: float
+    bops: int
+
+
+@dataclass
+class QuantizeResult:
+    report: dict[str, Any]
+    prepared: fx.GraphModule
+    results: list[ConfigResult]
+
+
+def quantize(
+    model: str | ModelBundle = "resnet-digits",
+    target: str | Target = "x86-host",
+    bits: str = "w8a8",
+    compare: Sequence[str] = (),
+    calibration: str = "percentile",
+    pipeline: str | None = None,
+    out: str | Path | None = None,
+    dump_graphs: str | Path | None = None,
+    progress: bool = False,
+    seed: int = 0,
+) -> QuantizeResult:
+    """Capture, analyse, calibrate and fake-quantize ``model``; evaluate fp32, the primary
+    configuration (``bits``, or a full ``pipeline`` spec) and each ``compare`` configuration.
+    With ``out``, report.json and report.md are written there atomically, after all succeeded."""
+    # Validate every option before any heavy work, so a typo costs nothing and writes nothing.
+    tgt = target if isinstance(target, Target) else load_target(target)
+    if calibration not in CALIBRATION_METHODS:
+        raise ConfigError(f"unknown calibration method {calibration!r}; choose from {', '.join(CALIBRATION_METHODS)}")
+    configs = [parse_bits(b) for b in (bits, *compare)]
+    for cfg in configs:
+        for kind in OP_KINDS:
+            tgt.check(kind, cfg)
+    custom = parse_spec(pipeline) if pipeline else None
+    out_dir = Path(out) if out is not None else None
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} exists and is not a directory")
+
+    torch.manual_seed(seed)
+    clock = Stopwatch()
+    with clock.stage("load"):
+        bundle = model if isinstance(model, ModelBundle) else load_model(model, progress)
+    with clock.stage("capture"):
+        gm = capture(bundle.model, bundle.example_inputs, bundle.name)
+    ctx = PassContext(tgt, bundle.example_inputs, bundle.calib_batches, progress, seed)
+    timing = Timing()
+    instruments: list[PassInstrument] = [timing] + ([DumpGraphs(Path(dump_graphs))] if dump_graphs else [])
+
+    with clock.stage("fp32 reference"):
+        reference = reference_outputs(bundle.model, bundle.eval_batches)
+        fp32_metrics = _evaluate(bundle, bundle.model, reference)
+    results: list[ConfigResult] = []
+    if custom is not None:
+        with clock.stage("pipeline"):
+            result = Pipeline(custom, instruments)(copy.deepcopy(gm), ctx).graph_module
+        if not MODEL_COST.has(result):
+            raise ConfigError("--pipeline must include the 'cost' pass (after 'shape-prop') so the model can be sized")
+        prepared = result
+        results.append(_measure("custom", result, Pipeline(custom).spec(), bundle, reference, clock))
+    else:
+        with clock.stage("prepare"):
+            prepared = Pipeline(prepare_phase(tgt) + calibration_phase(tgt, calibration), instruments)(gm, ctx).graph_module
+        for cfg in configs:
+            label = str(cfg)
+            with clock.stage(f"quantize {label}"):
+                passes = uniform_phase(tgt, cfg.w_bits, cfg.a_bits)
+                qgm = Pipeline(passes, instruments)(copy.deepcopy(prepared), ctx).graph_module
+            spec = Pipeline(prepare_phase(tgt) + calibration_phase(tgt, calibration) + passes).spec()
+            results.append(_measure(label, qgm, spec, bundle, reference, clock))
+
+    from lcpaq.tools.report import build_report, write_report
+
+    report = build_report(bundle, tgt, prepared, fp32_metrics, results, clock.stages, timing.times)
+    if out_dir is not None:
+        write_report(out_dir, report)
+    return QuantizeResult(report, prepared, results)
+
+
+def _evaluate(bundle: ModelBundle, model: torch.nn.Module, reference: list[torch.Tensor]) -> dict[str, float]:
+    metrics = output_metrics(reference, model, bundle.eval_batches)
+    if bundle.evaluate is not None:
+        with torch.no_grad():
+            metrics = {**bundle.evaluate(model), **metrics}
+    return metrics
+
+
+def _measure(label: str, gm: fx.GraphModule, spec: str, bundle: ModelBundle, reference: list[torch.Tensor], clock: Stopwatch) -> ConfigResult:
+    with clock.stage(f"evaluate {label}"):
+        metrics = _evaluate(bundle, gm, reference)
+    size, bops = model_size_and_bops(gm)
+    return ConfigResult(label, gm, spec, metrics, size, bops)
+
+
+def model_size_and_bops(gm: fx.GraphModule) -> tuple[float, int]:
+    """Stored size in bytes (quantized layers at their widths, everything else fp32) and
+    total BOPs, from the cost and bits annotations."""
+    totals = MODEL_COST.get(gm)
+    size = (totals.params - totals.quantizable_params) * 4.0
+    bops = 0
+    for layer in find_layers(gm):
+        cost = COST.get(layer.node)
+        bits = BITS.get(layer.node) or BitAssignment(32, 32)
+        size += cost.weight_bytes(bits.w_bits)
+        bops += cost.bops(bits.w_bits, bits.a_bits)
+    return size, bops

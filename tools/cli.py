@@ -1,0 +1,100 @@
+"""The ``lcpaq`` command. Every failure a user can cause is one line on stderr and exit code 2."""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from typing import Sequence
+
+from lcpaq.ir.errors import LcpaqError
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from lcpaq.tools.api import quantize
+    from lcpaq.tools.report import summary
+
+    compare = [c for item in args.compare for c in item.split(",") if c]
+    result = quantize(
+        model=args.model, target=args.target, bits=args.bits, compare=compare, calibration=args.calibration,
+        pipeline=args.pipeline, out=args.out, dump_graphs=args.dump_graphs, progress=args.progress, seed=args.seed,
+    )
+    print(summary(result.report))
+    if args.out:
+        print(f"wrote {args.out}/report.json and {args.out}/report.md")
+    return 0
+
+
+def _targets(args: argparse.Namespace) -> int:
+    from lcpaq.hw_targets.target import OP_KINDS, available_targets, load_target
+
+    for name in available_targets():
+        t = load_target(name)
+        weights = "; ".join(f"{k} W{','.join(map(str, t.weight_bits(k)))}" for k in OP_KINDS)
+        print(f"{t.name:<12} {t.description}")
+        print(f"{'':<12} weights: {weights}; activations: A{','.join(map(str, t.act_bits))}; device: {t.device}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from lcpaq.tools.models.zoo import BUILTIN_MODELS
+
+    print("\n".join(BUILTIN_MODELS))
+    print("or path/to/file.py:function returning (model, example_inputs[, data[, evaluate]])")
+    return 0
+
+
+def _passes(args: argparse.Namespace) -> int:
+    from lcpaq.passes import registered_passes
+
+    for name, cls in registered_passes().items():
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        reads = ", ".join(k.name for k in cls.reads) or "-"
+        writes = ", ".join(k.name for k in cls.writes) or "-"
+        print(f"{name:<12} {doc}\n{'':<12} reads {reads}; writes {writes}{'; rewrites the graph' if cls.rewrites else ''}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lcpaq", description="Hardware-aware mixed-precision quantization compiler.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    q = sub.add_parser("quantize", help="quantize a model and report cost and quality",
+                       description="Capture a model, cost and calibrate it, fake-quantize it and report quality.")
+    q.add_argument("--model", default="resnet-digits", metavar="SPEC",
+                   help="built-in name (resnet-digits, resnet18, resnet50, mobilenetv2, minilm) or path/to/file.py:function")
+    q.add_argument("--target", default="x86-host", metavar="NAME", help="hardware target name or .toml file (see `lcpaq targets`)")
+    q.add_argument("--bits", default="w8a8", metavar="wNaM", help="uniform precision of the primary configuration (default w8a8)")
+    q.add_argument("--compare", action="append", default=[], metavar="wNaM[,wNaM]",
+                   help="further uniform precisions to evaluate and report beside the primary one")
+    q.add_argument("--calibration", default="percentile", choices=["minmax", "percentile", "mse", "entropy"],
+                   help="activation range estimator (default percentile)")
+    q.add_argument("--pipeline", metavar="SPEC", help="full pass pipeline, e.g. 'fold-bn,shape-prop,cost,calibrate{method=mse},uniform{w=4,a=8},fake-quant'")
+    q.add_argument("--out", metavar="DIR", help="write report.json and report.md here")
+    q.add_argument("--dump-graphs", metavar="DIR", help="write the graph after each pass that changes it")
+    q.add_argument("--seed", type=int, default=0, help="seed of every random generator (default 0)")
+    q.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
+                   help="progress bars on stderr (default: when stderr is a terminal)")
+    q.set_defaults(func=_quantize)
+
+    sub.add_parser("targets", help="list hardware targets and their precisions").set_defaults(func=_targets)
+    sub.add_parser("models", help="list built-in models").set_defaults(func=_models)
+    sub.add_parser("passes", help="list passes with what they read and write").set_defaults(func=_passes)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            return args.func(args)
+    except LcpaqError as exc:
+        print(f"lcpaq: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lcpaq: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

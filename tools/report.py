@@ -1,0 +1,192 @@
+"""report.json, report.md and the terminal summary of a quantize run."""
+from __future__ import annotations
+
+import datetime as dt
+import math
+from importlib.metadata import version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.fx as fx
+
+from lcpaq.hw_targets.target import Target
+from lcpaq.ir.layers import find_layers, precision_groups, scale_groups
+from lcpaq.ir.meta import BITS, COST, MODEL_COST
+from lcpaq.tools.fileio import atomic_write_json, atomic_write_text
+from lcpaq.tools.models.zoo import ModelBundle
+
+if TYPE_CHECKING:
+    from lcpaq.tools.api import ConfigResult
+
+
+def build_report(
+    bundle: ModelBundle,
+    target: Target,
+    prepared: fx.GraphModule,
+    fp32_metrics: dict[str, float],
+    results: list["ConfigResult"],
+    stages: dict[str, float],
+    pass_times: list[tuple[str, float]],
+) -> dict[str, Any]:
+    totals = MODEL_COST.get(prepared)
+    primary = results[0]
+    layers = find_layers(primary.graph_module)
+    fp32_bops = sum(COST.get(layer.node).macs for layer in layers) * 32 * 32
+    configs = [{"label": "fp32", "size_bytes": totals.fp32_bytes, "bops": fp32_bops, "metrics": _clean(fp32_metrics)}]
+    for r in results:
+        configs.append({"label": r.label, "pipeline": r.pipeline, "size_bytes": r.size_bytes, "bops": r.bops, "metrics": _clean(r.metrics)})
+    return {
+        "lcpaq_version": version("lcpaq"),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": bundle.name,
+        "data": "labelled" if bundle.labelled else "data-free (output SQNR and cosine vs fp32)",
+        "target": target.name,
+        "torch_version": torch.__version__,
+        "pipeline": primary.pipeline,
+        "layers": [_layer_row(layer) for layer in layers],
+        "groups": {"precision": [list(g) for g in precision_groups(layers)], "scale": [list(g) for g in scale_groups(layers)]},
+        "totals": {
+            "params": totals.params,
+            "quantizable_params": totals.quantizable_params,
+            "macs": totals.macs,
+            "fp32_bytes": totals.fp32_bytes,
+            "size_bytes": primary.size_bytes,
+            "bops": primary.bops,
+        },
+        "configs": configs,
+        "timing_s": {
+            "stages": {k: round(v, 4) for k, v in stages.items()},
+            "passes": [[name, round(t, 4)] for name, t in pass_times],
+            "total": round(sum(stages.values()), 4),
+        },
+    }
+
+
+def _layer_row(layer) -> dict[str, Any]:
+    cost = COST.get(layer.node)
+    bits = BITS.get(layer.node)
+    return {
+        "name": layer.name,
+        "op": layer.kind,
+        "aten": str(layer.node.target),
+        "params": cost.params,
+        "bias": cost.bias,
+        "macs": cost.macs,
+        "act_elems": cost.act_elems,
+        "w_bits": None if bits is None or layer.weight is None else bits.w_bits,
+        "a_bits": None if bits is None else bits.a_bits,
+    }
+
+
+def _clean(metrics: dict[str, float]) -> dict[str, float | None]:
+    """JSON has no infinity: an exact match (infinite SQNR) is written as null."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else round(v, 6)) for k, v in metrics.items()}
+
+
+def write_report(out_dir: Path, report: dict[str, Any]) -> None:
+    """Write report.json and report.md, each atomically (complete or absent)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "report.json", report)
+    atomic_write_text(out_dir / "report.md", render_markdown(report))
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+def _si(n: float, unit: str = "") -> str:
+    for factor, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= factor:
+            return f"{n / factor:.2f} {prefix}{unit}".rstrip()
+    return f"{n:g} {unit}".rstrip()
+
+
+def _bytes(n: float) -> str:
+    for factor, unit in ((2**20, "MiB"), (2**10, "KiB")):
+        if n >= factor:
+            return f"{n / factor:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _metric(v: float | None) -> str:
+    return "exact" if v is None else f"{v:.4f}"
+
+
+def _table(header: list[str], rows: list[list[str]], align: str = "") -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    right = [i < len(align) and align[i] == "r" for i in range(len(header))]
+    fmt = lambda cells: "| " + " | ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)) + " |"  # noqa: E731
+    sep = "|" + "|".join(("-" * (w + 1) + ":") if r else ("-" * (w + 2)) for w, r in zip(widths, right)) + "|"
+    return [fmt(header), sep, *(fmt(r) for r in rows)]
+
+
+def layer_table(report: dict[str, Any]) -> list[str]:
+    rows = [
+        [row["name"], row["op"], _si(row["params"]), _si(row["macs"]),
+         "-" if row["w_bits"] is None else str(row["w_bits"]), "-" if row["a_bits"] is None else str(row["a_bits"])]
+        for row in report["layers"]
+    ]
+    return _table(["layer", "op", "params", "MACs", "W bits", "A bits"], rows, "llrrrr")
+
+
+def config_table(report: dict[str, Any]) -> list[str]:
+    names = list(dict.fromkeys(k for c in report["configs"] for k in c["metrics"]))
+    rows = [[c["label"], _bytes(c["size_bytes"]), _si(c["bops"]), *(_metric(c["metrics"].get(k)) for k in names)] for c in report["configs"]]
+    return _table(["config", "size", "BOPs", *names], rows, "lrr" + "r" * len(names))
+
+
+def summary(report: dict[str, Any]) -> str:
+    t = report["totals"]
+    lines = [
+        f"model {report['model']} on target {report['target']}: {len(report['layers'])} quantizable layers, "
+        f"{_si(t['params'])} params, {_si(t['macs'])} MACs per inference",
+        "",
+        *layer_table(report),
+        "",
+        f"quality ({report['data']}):",
+        *config_table(report),
+        "",
+        f"total time {report['timing_s']['total']:.1f} s",
+    ]
+    return "\n".join(lines)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    t = report["totals"]
+    stages = [[name, f"{sec:.2f}"] for name, sec in report["timing_s"]["stages"].items()]
+    passes = [[name, f"{sec:.3f}"] for name, sec in report["timing_s"]["passes"]]
+    groups = report["groups"]
+    lines = [
+        f"# lcpaq report: {report['model']} on {report['target']}",
+        "",
+        f"Created {report['created']} by lcpaq {report['lcpaq_version']} (torch {report['torch_version']}).",
+        "",
+        f"- Quantizable layers: {len(report['layers'])}; parameters: {t['params']:,} ({t['quantizable_params']:,} in quantizable layers)",
+        f"- MACs per inference: {t['macs']:,}",
+        f"- fp32 size: {_bytes(t['fp32_bytes'])}; primary configuration size: {_bytes(t['size_bytes'])}",
+        f"- Pipeline: `{report['pipeline']}`",
+        "",
+        "## Quality",
+        "",
+        f"Data: {report['data']}.",
+        "",
+        *config_table(report),
+        "",
+        "## Layers (primary configuration)",
+        "",
+        *layer_table(report),
+        "",
+        "## Groups",
+        "",
+        f"- Layers reading one activation (share activation precision): {len(groups['precision'])} groups",
+        *(f"  - {', '.join(g)}" for g in groups["precision"]),
+        f"- Layers meeting in a residual add (share an output scale): {len(groups['scale'])} groups",
+        *(f"  - {', '.join(g)}" for g in groups["scale"]),
+        "",
+        "## Time",
+        "",
+        *_table(["stage", "seconds"], stages, "lr"),
+        "",
+        *_table(["pass", "seconds"], passes, "lr"),
+        "",
+    ]
+    return "\n".join(lines)
