@@ -27,7 +27,7 @@ class Calibrate(Pass):
 
     name = "calibrate"
     writes = (ACT_RANGE,)
-    method: Literal["minmax", "percentile", "mse", "entropy"] = "percentile"
+    method: Literal["minmax", "percentile", "mse", "entropy"] = "minmax"
     percentile: float = 99.99
     symmetric: bool = False
     bits: tuple[int, ...] = ()
@@ -55,7 +55,7 @@ class Calibrate(Pass):
                 for bits in widths:
                     if (act, bits) not in cache:
                         lo, hi = estimate(observers[act], self.method, bits, self.symmetric, self.percentile)
-                        cache[(act, bits)] = ActRange(lo, hi, bits, self.method)
+                        cache[(act, bits)] = ActRange(float(lo), float(hi), bits, self.method)
                     ranges.append(cache[(act, bits)])
                 per_input.append(tuple(ranges))
             ACT_RANGE.set(layer.node, ActRanges(tuple(per_input)))

@@ -58,7 +58,7 @@ def prepare_phase(target: Target) -> list[Pass]:
     return [FoldBatchNorm(), ShapeProp(), Cost()]
 
 
-def calibration_phase(target: Target, method: str = "percentile") -> list[Pass]:
+def calibration_phase(target: Target, method: str = "minmax") -> list[Pass]:
     """Calibrate activation ranges at every activation width the target offers."""
     from lcpaq.passes.calibrate import Calibrate
 

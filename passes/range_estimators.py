@@ -84,14 +84,23 @@ def _mse(x: torch.Tensor, obs: Observer, bits: int, symmetric: bool, steps: int 
 
 def _entropy(x: torch.Tensor, obs: Observer, bits: int, symmetric: bool, bins: int = 2048) -> tuple[float, float]:
     """TensorRT's calibration: the clipping threshold T minimising KL(P || Q) between the
-    histogram of |x| clipped at T and its quantization to the available levels."""
+    histogram of |x| clipped at T and its quantization to the available levels. The range is
+    [-T, T] intersected with the observed range."""
     amax = max(abs(obs.lo), abs(obs.hi))
     if amax == 0.0:
         return 0.0, 0.0
     signed = obs.lo < 0
-    levels = 2 ** (bits - 1) if (signed or symmetric) else 2**bits
-    levels = min(levels, bins)
-    hist, edges = np.histogram(x.abs().numpy(), bins=bins, range=(0.0, amax))
+    mags = x.abs().numpy()
+    mags = mags[mags > 0]  # zero is exactly representable: a ReLU's spike there must not steer T
+    if mags.size == 0:
+        return obs.lo, obs.hi
+    # A sparse histogram makes the KL search pick noise: keep >= 16 samples per bin on average.
+    bins = int(min(bins, max(mags.size // 16, 2 ** (bits - 1) if (signed or symmetric) else 2**bits)))
+    levels = min(2 ** (bits - 1) if (signed or symmetric) else 2**bits, bins)
+    # A few extreme outliers would squeeze the bulk into a handful of bins: cap the histogram
+    # at 16x the 99.99th percentile; values beyond land in the last bin (clipped either way).
+    top = min(amax, 16.0 * float(np.percentile(mags, 99.99))) or amax
+    hist, edges = np.histogram(np.minimum(mags, top), bins=bins, range=(0.0, top))
     hist = hist.astype(np.float64)
     best_i, best_kl = bins, float("inf")
     for i in range(levels, bins + 1, max(1, (bins - levels) // 256)):
@@ -102,7 +111,7 @@ def _entropy(x: torch.Tensor, obs: Observer, bits: int, symmetric: bool, bins: i
         if kl < best_kl:
             best_i, best_kl = i, kl
     threshold = float(edges[best_i]) if best_i < bins else amax
-    return (-threshold if signed else 0.0), threshold
+    return max(-threshold, obs.lo), min(threshold, obs.hi)
 
 
 def _requantize(p: np.ndarray, levels: int) -> np.ndarray:

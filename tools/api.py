@@ -20,11 +20,11 @@ from lcpaq.ir.layers import find_layers
 from lcpaq.ir.meta import BITS, COST, MODEL_COST, BitAssignment
 from lcpaq.passes.context import PassContext
 from lcpaq.passes.instruments import DumpGraphs, PassInstrument, Timing
+from lcpaq.passes.range_estimators import METHODS as CALIBRATION_METHODS
 from lcpaq.passes.pipeline import Pipeline, calibration_phase, parse_spec, prepare_phase, uniform_phase
 from lcpaq.tools.metrics import output_metrics, reference_outputs
 from lcpaq.tools.models.zoo import ModelBundle, load_model
 
-CALIBRATION_METHODS = ("minmax", "percentile", "mse", "entropy")
 
 
 def parse_bits(text: str) -> BitAssignment:
@@ -75,7 +75,7 @@ def quantize(
     target: str | Target = "x86-host",
     bits: str = "w8a8",
     compare: Sequence[str] = (),
-    calibration: str = "percentile",
+    calibration: str = "minmax",
     pipeline: str | None = None,
     out: str | Path | None = None,
     dump_graphs: str | Path | None = None,

@@ -66,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--bits", default="w8a8", metavar="wNaM", help="uniform precision of the primary configuration (default w8a8)")
     q.add_argument("--compare", action="append", default=[], metavar="wNaM[,wNaM]",
                    help="further uniform precisions to evaluate and report beside the primary one")
-    q.add_argument("--calibration", default="percentile", choices=["minmax", "percentile", "mse", "entropy"],
-                   help="activation range estimator (default percentile)")
+    q.add_argument("--calibration", default="minmax", choices=["minmax", "percentile", "mse", "entropy"],
+                   help="activation range estimator (default minmax)")
     q.add_argument("--pipeline", metavar="SPEC", help="full pass pipeline, e.g. 'fold-bn,shape-prop,cost,calibrate{method=mse},uniform{w=4,a=8},fake-quant'")
     q.add_argument("--out", metavar="DIR", help="write report.json and report.md here")
     q.add_argument("--dump-graphs", metavar="DIR", help="write the graph after each pass that changes it")

@@ -16,6 +16,9 @@ import torch
 from lcpaq.ir.errors import ConfigError
 
 Batch = tuple[Any, ...]
+DATA_FREE_CALIB_BATCHES = 8
+DATA_FREE_EVAL_BATCHES = 4
+DATA_FREE_ROWS = 32  # rows per random batch, where the model takes a batch dimension
 Evaluate = Callable[[torch.nn.Module], dict[str, float]]
 
 
@@ -45,11 +48,26 @@ def _resnet_digits(progress: bool) -> ModelBundle:
 
 
 def _random_image_model(name: str, build: Callable[[], torch.nn.Module], size: int = 224) -> ModelBundle:
+    """An architecture with seeded random weights (no pretrained weights ship offline); batch
+    norm statistics are settled on random images so activations have realistic scales."""
     torch.manual_seed(0)
-    model = build().eval()
+    model = build()
     gen = torch.Generator().manual_seed(1)
+    _settle_batchnorm(model, [torch.randn(4, 3, size, size, generator=gen) for _ in range(2)])
     batches = tuple((torch.randn(2, 3, size, size, generator=gen),) for _ in range(4))
     return ModelBundle(name, model, (torch.randn(1, 3, size, size, generator=gen),), batches[:2], batches[2:])
+
+
+def _settle_batchnorm(model: torch.nn.Module, batches: list[torch.Tensor]) -> None:
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches
+    model.train()
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+    model.eval()
 
 
 def _minilm(progress: bool) -> ModelBundle:
@@ -117,11 +135,14 @@ def bundle_from_return(name: str, returned: Any) -> ModelBundle:
         raise ConfigError(f"{name} returned a {type(model).__name__} where a torch.nn.Module belongs")
     example = _as_batch(example)
     batches = tuple(_as_batch(b) for b in data) if data is not None else ()
-    if not batches:
+    if batches:
+        half = max(1, len(batches) // 2)
+        calib, evals = batches[:half], batches[half:] or batches[:half]
+    else:  # data-free: random inputs like the example, disjoint for calibration and evaluation
+        rows = DATA_FREE_ROWS if _accepts_rows(model, example, DATA_FREE_ROWS) else None
         gen = torch.Generator().manual_seed(0)
-        batches = tuple(_like(example, gen) for _ in range(4))
-    half = max(1, len(batches) // 2)
-    calib, evals = batches[:half], batches[half:] or batches[:half]
+        calib = tuple(_like(example, gen, rows) for _ in range(DATA_FREE_CALIB_BATCHES))
+        evals = tuple(_like(example, gen, rows) for _ in range(DATA_FREE_EVAL_BATCHES))
     wrapped = None
     if evaluate is not None:
         def wrapped(m: torch.nn.Module) -> dict[str, float]:
@@ -134,16 +155,34 @@ def _as_batch(x: Any) -> Batch:
     return tuple(x) if isinstance(x, (tuple, list)) else (x,)
 
 
-def _like(example: Batch, gen: torch.Generator) -> Batch:
-    """Random inputs shaped like the examples (data-free calibration): Gaussian for float
-    tensors, uniform integers within the examples' range for integer tensors."""
+def _accepts_rows(model: torch.nn.Module, example: Batch, rows: int) -> bool:
+    """Whether the model runs on the example widened to ``rows`` along dim 0 (a batch dim)."""
+    if not all(isinstance(x, torch.Tensor) and x.dim() >= 1 for x in example):
+        return False
+    try:
+        with torch.no_grad():
+            model(*(_widen(x, rows) for x in example))
+        return True
+    except Exception:
+        return False
+
+
+def _widen(x: torch.Tensor, rows: int) -> torch.Tensor:
+    return x[:1].expand(rows, *x.shape[1:]).contiguous()
+
+
+def _like(example: Batch, gen: torch.Generator, rows: int | None = None) -> Batch:
+    """Random inputs shaped like the examples (``rows`` along dim 0 if given): Gaussian for
+    float tensors, uniform integers within the examples' range for integer tensors."""
     out = []
     for x in example:
-        if isinstance(x, torch.Tensor) and x.is_floating_point():
-            out.append(torch.randn(x.shape, generator=gen, dtype=x.dtype))
-        elif isinstance(x, torch.Tensor):
-            hi = int(x.max()) + 1 if x.numel() else 1
-            out.append(torch.randint(int(x.min()) if x.numel() else 0, max(hi, 1), x.shape, generator=gen, dtype=x.dtype))
-        else:
+        if not isinstance(x, torch.Tensor):
             out.append(x)
+            continue
+        shape = x.shape if rows is None else (rows, *x.shape[1:])
+        if x.is_floating_point():
+            out.append(torch.randn(shape, generator=gen, dtype=x.dtype))
+        else:
+            lo, hi = (int(x.min()), int(x.max()) + 1) if x.numel() else (0, 1)
+            out.append(torch.randint(lo, hi, shape, generator=gen, dtype=x.dtype))
     return tuple(out)

@@ -1,0 +1,64 @@
+import pytest
+import torch
+from torch import nn
+
+from lcpaq.ir import capture, find_layers
+from lcpaq.ir.meta import COST, MODEL_COST, LayerCost
+from lcpaq.passes import Pipeline
+from lcpaq.tools.models.mobilenetv2 import mobilenetv2
+from lcpaq.tools.models.resnet import resnet18
+from tests.conftest import make_ctx
+
+
+def _costed(model: nn.Module, x: torch.Tensor, target):
+    gm = capture(model.eval(), (x,))
+    return Pipeline.from_spec("fold-bn,shape-prop,cost")(gm, make_ctx(target, x)).graph_module
+
+
+def test_resnet18_at_224_is_1_82_gmacs(x86) -> None:
+    gm = _costed(resnet18(), torch.randn(1, 3, 224, 224), x86)
+    totals = MODEL_COST.get(gm)
+    assert totals.macs == pytest.approx(1.82e9, rel=0.01)
+    assert totals.macs == 1_814_073_344  # torchvision's published 1.814 GMACs, exactly
+    assert totals.params == 11_689_512 - 4_800  # BN folded: its 9,600 params become 4,800 conv biases
+    first = COST.get(find_layers(gm)[0].node)
+    assert first.macs == 64 * 112 * 112 * 3 * 7 * 7
+
+
+def test_mobilenetv2_macs_and_params(x86) -> None:
+    gm = _costed(mobilenetv2(), torch.randn(1, 3, 224, 224), x86)
+    totals = MODEL_COST.get(gm)
+    assert totals.macs == pytest.approx(300.8e6, rel=0.005)
+    depthwise = [COST.get(layer.node) for layer in find_layers(gm)][1]  # 3x3 depthwise, 32 ch, 112x112
+    assert depthwise.params == 32 * 9 and depthwise.macs == 32 * 112 * 112 * 9
+
+
+def test_costs_are_per_sample(block, x86) -> None:
+    one = _costed(block, torch.randn(1, 3, 8, 8), x86)
+    four = _costed(block, torch.randn(4, 3, 8, 8), x86)
+    assert MODEL_COST.get(one) == MODEL_COST.get(four)
+
+
+def test_linear_and_matmul_costs(x86) -> None:
+    class Attn(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q = nn.Linear(16, 16)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            q = self.q(x)
+            return torch.matmul(q, q.transpose(-1, -2))
+
+    gm = _costed(Attn(), torch.randn(1, 10, 16), x86)
+    linear, matmul = (COST.get(layer.node) for layer in find_layers(gm))
+    assert linear == LayerCost(params=256, macs=10 * 16 * 16, act_elems=160, out_elems=160, bias=16)
+    assert matmul == LayerCost(params=0, macs=10 * 10 * 16, act_elems=320, out_elems=100)
+
+
+def test_bops_and_bytes_closed_form() -> None:
+    cost = LayerCost(params=1000, macs=50_000, act_elems=300, out_elems=200, bias=10)
+    assert cost.bops(4, 8) == 50_000 * 32
+    assert cost.weight_bytes(4) == 500 + 40
+    assert cost.act_bytes(8) == 300
+    act_only = LayerCost(params=0, macs=100, act_elems=10, out_elems=10)
+    assert act_only.bops(32, 8) == 100 * 64  # both operands are activations

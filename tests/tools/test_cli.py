@@ -1,0 +1,141 @@
+import json
+import textwrap
+
+import pytest
+
+from lcpaq.tools.cli import main
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--model", "alexnet"], "unknown model 'alexnet'; built-in models: resnet-digits"),
+    (["--target", "tpu"], "unknown target 'tpu'"),
+    (["--bits", "w9a8"], "bad precision 'w9a8': unsupported weight bit-width 9"),
+    (["--bits", "8bit"], "bad precision '8bit': write it as wNaM"),
+    (["--compare", "w4a4"], "target 'x86-host' has no 4-bit activations"),
+    (["--model", "missing/model.py:build"], "model file missing/model.py does not exist"),
+    (["--pipeline", "fold-bn,shape-prop,costt"], "unknown pass 'costt'"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, argv, message) -> None:
+    out_dir = tmp_path / "out"
+    code, out, err = _run(capsys, "quantize", *argv, "--out", str(out_dir), "--no-progress")
+    assert code == 2
+    assert err.startswith("lcpaq: error: ") and message in err
+    assert err.count("\n") == 1
+    assert not out_dir.exists()
+
+
+def test_spec_file_without_function(capsys, tmp_path) -> None:
+    path = tmp_path / "model.py"
+    path.write_text("x = 1\n")
+    code, _, err = _run(capsys, "quantize", "--model", f"{path}:build", "--no-progress")
+    assert code == 2 and f"model file {path} has no function 'build'" in err
+
+
+def test_untraceable_spec_model_names_source_line(capsys, tmp_path) -> None:
+    path = tmp_path / "model.py"
+    path.write_text(textwrap.dedent("""
+        import torch
+
+        class Branchy(torch.nn.Module):
+            def forward(self, x):
+                if x.mean() > 0:
+                    return x
+                return -x
+
+        def build():
+            return Branchy(), (torch.randn(1, 4),)
+    """))
+    code, _, err = _run(capsys, "quantize", "--model", f"{path}:build", "--out", str(tmp_path / "o"), "--no-progress")
+    assert code == 2
+    assert f"{path}:6" in err and "if x.mean() > 0:" in err and "data-dependent control flow" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_quantize_default_model_report(capsys, tmp_path) -> None:
+    out_dir = tmp_path / "report"
+    code, out, _ = _run(capsys, "quantize", "--compare", "w4a8", "--out", str(out_dir), "--no-progress")
+    assert code == 0
+    report = json.loads((out_dir / "report.json").read_text())
+    assert report["model"] == "resnet-digits" and report["target"] == "x86-host"
+    assert len(report["layers"]) == 10
+    assert {row["w_bits"] for row in report["layers"]} == {8}
+    labels = [c["label"] for c in report["configs"]]
+    assert labels == ["fp32", "W8A8", "W4A8"]
+    acc = {c["label"]: c["metrics"]["accuracy"] for c in report["configs"]}
+    assert acc["fp32"] > 0.97 and acc["W8A8"] >= acc["fp32"] - 0.01 and acc["W4A8"] > 0.9
+    totals = report["totals"]
+    w8 = report["configs"][1]
+    weights = sum(r["params"] for r in report["layers"])
+    biases = sum(r["bias"] for r in report["layers"])
+    assert w8["size_bytes"] == weights + 4 * biases + 4 * (totals["params"] - totals["quantizable_params"])
+    assert w8["bops"] == totals["macs"] * 64 and report["configs"][2]["bops"] == totals["macs"] * 32
+    assert report["configs"][0]["metrics"]["sqnr_db"] is None  # fp32 vs itself: exact
+    md = (out_dir / "report.md").read_text()
+    assert "| W4A8" in md and "layer3.0.conv2" in md
+    assert "W8A8" in out and "accuracy" in out
+
+
+def test_data_free_spec_model(capsys, tmp_path) -> None:
+    path = tmp_path / "mlp.py"
+    path.write_text(textwrap.dedent("""
+        import torch
+
+        def build():
+            torch.manual_seed(0)
+            model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+            return model, (torch.randn(1, 16),)
+    """))
+    out_dir = tmp_path / "r"
+    code, _, _ = _run(capsys, "quantize", "--model", f"{path}:build", "--target", "sim", "--bits", "w8a8",
+                      "--compare", "w2a8", "--out", str(out_dir), "--no-progress")
+    assert code == 0
+    report = json.loads((out_dir / "report.json").read_text())
+    assert report["data"].startswith("data-free")
+    sqnr = {c["label"]: c["metrics"]["sqnr_db"] for c in report["configs"]}
+    assert sqnr["W8A8"] > 30 and sqnr["W8A8"] > sqnr["W2A8"] + 15
+
+
+def test_spec_model_with_data_and_evaluate(capsys, tmp_path) -> None:
+    path = tmp_path / "lab.py"
+    path.write_text(textwrap.dedent("""
+        import torch
+
+        def build():
+            torch.manual_seed(0)
+            model = torch.nn.Linear(8, 2)
+            data = [torch.randn(4, 8) for _ in range(4)]
+            return model, (torch.randn(1, 8),), data, lambda m: {"score": 0.5}
+    """))
+    code, out, _ = _run(capsys, "quantize", "--model", f"{path}:build", "--no-progress")
+    assert code == 0 and "score" in out
+
+
+def test_custom_pipeline(capsys, tmp_path) -> None:
+    out_dir = tmp_path / "p"
+    spec = "fold-bn,shape-prop,cost,calibrate{method=entropy},uniform{w=6,a=8},fake-quant"
+    code, _, _ = _run(capsys, "quantize", "--pipeline", spec, "--out", str(out_dir), "--no-progress")
+    assert code == 0
+    report = json.loads((out_dir / "report.json").read_text())
+    assert report["pipeline"] == spec.replace(",a=8}", "}")  # canonical: defaults left out
+    assert {row["w_bits"] for row in report["layers"]} == {6}
+
+
+def test_listing_commands(capsys) -> None:
+    assert _run(capsys, "targets")[1].count("x86-host") == 1
+    passes = _run(capsys, "passes")[1]
+    assert "fold-bn" in passes and "reads lcpaq.bits, lcpaq.act_range" in passes
+    assert "minilm" in _run(capsys, "models")[1]
+
+
+def test_help_on_every_subcommand(capsys) -> None:
+    for sub in ("quantize", "targets", "models", "passes"):
+        with pytest.raises(SystemExit) as info:
+            main([sub, "--help"])
+        assert info.value.code == 0
+        assert "usage: lcpaq" in capsys.readouterr().out
