@@ -168,6 +168,72 @@ class QuantizedInfo:
 
 
 @dataclass(frozen=True)
+class Sensitivity:
+    """HAWQ-V2 sensitivity of one layer: ``weight[b]`` = tr(H_W) / n_W * ||Q_b(W) - W||^2 and
+    ``act[b]`` the same for its activation inputs (summed over inputs), per candidate width b.
+    Traces are Hutchinson estimates; ``rel_err`` is the standard error of the weight trace
+    relative to its value after ``probes`` probes."""
+
+    weight_trace: float
+    act_trace: float
+    weight: tuple[tuple[int, float], ...]
+    act: tuple[tuple[int, float], ...]
+    probes: int
+    rel_err: float
+
+    def __post_init__(self) -> None:
+        for bits, value in (*self.weight, *self.act):
+            check_bits(bits)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"sensitivity at {bits} bits must be finite and >= 0, got {value}")
+
+    def of(self, bits: "BitAssignment") -> float:
+        """Total sensitivity of the layer at a (weight, activation) assignment; 32 bits = 0."""
+        w = 0.0 if bits.w_bits == FLOAT_BITS or not self.weight else dict(self.weight)[bits.w_bits]
+        a = 0.0 if bits.a_bits == FLOAT_BITS else dict(self.act)[bits.a_bits]
+        return w + a
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One constraint of the assignment: ``quantity`` <= ``limit`` (in its natural unit)."""
+
+    quantity: Literal["size", "bops", "latency", "act_memory"]
+    limit: float
+    text: str
+
+
+@dataclass(frozen=True)
+class AssignmentResult:
+    """Whole-graph result of the ILP: budgets, what the chosen assignment achieves, the
+    objective (total sensitivity) and the solver's time."""
+
+    budgets: tuple[Budget, ...]
+    achieved: tuple[tuple[str, float], ...]
+    sensitivity: float
+    solve_seconds: float
+
+
+@dataclass(frozen=True)
+class ParetoPoint:
+    budget: float
+    achieved: float
+    sensitivity: float
+    assignment: tuple[tuple[str, int, int], ...]
+
+
+@dataclass(frozen=True)
+class ParetoFront:
+    """Frontier of total sensitivity against each swept quantity (size, bops, latency)."""
+
+    fronts: tuple[tuple[str, tuple[ParetoPoint, ...]], ...]
+    sweep_seconds: float
+
+    def front(self, quantity: str) -> tuple[ParetoPoint, ...]:
+        return dict(self.fronts).get(quantity, ())
+
+
+@dataclass(frozen=True)
 class QuantizerRole:
     """On a quantizer node inserted by the fake-quant rewrite: what it quantizes."""
 
@@ -191,6 +257,11 @@ ACT_RANGE: MetaKey[ActRanges] = MetaKey("lcpaq.act_range", ActRanges, "layer", "
 BITS: MetaKey[BitAssignment] = MetaKey("lcpaq.bits", BitAssignment, "layer", "chosen weight/activation bits")
 QUANTIZED: MetaKey[QuantizedInfo] = MetaKey("lcpaq.quantized", QuantizedInfo, "layer", "inserted quantizers")
 QUANTIZER: MetaKey[QuantizerRole] = MetaKey("lcpaq.quantizer", QuantizerRole, "node", "marks an inserted quantizer")
+SENSITIVITY: MetaKey[Sensitivity] = MetaKey("lcpaq.sensitivity", Sensitivity, "layer", "Hessian-trace sensitivity per width")
+ASSIGNMENT: MetaKey[AssignmentResult] = MetaKey("lcpaq.assignment", AssignmentResult, "graph", "ILP budgets and totals")
+PARETO: MetaKey[ParetoFront] = MetaKey("lcpaq.pareto", ParetoFront, "graph", "sensitivity/cost frontier")
 CAPTURE: MetaKey[CaptureInfo] = MetaKey("lcpaq.capture", CaptureInfo, "graph", "capture provenance")
 
-ALL_KEYS: tuple[MetaKey, ...] = (SHAPE, COST, MODEL_COST, ACT_RANGE, BITS, QUANTIZED, QUANTIZER, CAPTURE)
+ALL_KEYS: tuple[MetaKey, ...] = (
+    SHAPE, COST, MODEL_COST, ACT_RANGE, BITS, QUANTIZED, QUANTIZER, SENSITIVITY, ASSIGNMENT, PARETO, CAPTURE,
+)

@@ -1,11 +1,13 @@
 """lcpaq's passes. Importing this package registers every pass for pipeline specs."""
 from lcpaq.passes.base import Pass, PassError, PassResult, register_pass, registered_passes
 from lcpaq.passes.context import PassContext
-from lcpaq.passes.pipeline import Pipeline, calibration_phase, parse_spec, prepare_phase, uniform_phase
+from lcpaq.passes.pipeline import (
+    Pipeline, calibration_phase, ilp_phase, parse_spec, prepare_phase, sensitivity_phase, uniform_phase,
+)
 
-from lcpaq.passes import assign_uniform, calibrate, cost, fake_quant, fold_bn, shape_prop  # noqa: F401,E402  (registration)
+from lcpaq.passes import assign_uniform, calibrate, cost, fake_quant, fold_bn, hessian, ilp, pareto, shape_prop  # noqa: F401,E402  (registration)
 
 __all__ = [
-    "Pass", "PassContext", "PassError", "PassResult", "Pipeline", "calibration_phase", "parse_spec",
-    "prepare_phase", "register_pass", "registered_passes", "uniform_phase",
+    "Pass", "PassContext", "PassError", "PassResult", "Pipeline", "calibration_phase", "ilp_phase", "parse_spec",
+    "prepare_phase", "register_pass", "registered_passes", "sensitivity_phase", "uniform_phase",
 ]

@@ -73,6 +73,22 @@ def uniform_phase(target: Target, w_bits: int, a_bits: int) -> list[Pass]:
     return [UniformBits(w=w_bits, a=a_bits), FakeQuant()]
 
 
+def sensitivity_phase(target: Target, probes: int = 64, sweep_points: int = 50) -> list[Pass]:
+    """Hessian sensitivity of every layer at the target's widths, and the Pareto frontier."""
+    from lcpaq.passes.hessian import HessianSensitivity
+    from lcpaq.passes.pareto import ParetoSweep
+
+    return [HessianSensitivity(probes=probes, min_probes=min(8, probes)), ParetoSweep(points=sweep_points)]
+
+
+def ilp_phase(target: Target, budgets: dict[str, str]) -> list[Pass]:
+    """Assign precisions by ILP under ``budgets`` ({"size": "0.3x", ...}) and rewrite."""
+    from lcpaq.passes.fake_quant import FakeQuant
+    from lcpaq.passes.ilp import ILPAssign
+
+    return [ILPAssign(**budgets), FakeQuant()]
+
+
 # --- text specs -----------------------------------------------------------------------------
 
 def parse_spec(spec: str) -> list[Pass]:

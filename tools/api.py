@@ -16,12 +16,16 @@ import lcpaq.passes  # noqa: F401  (registers the passes)
 from lcpaq.hw_targets.target import OP_KINDS, Target, load_target
 from lcpaq.ir.capture import capture
 from lcpaq.ir.errors import ConfigError
+from lcpaq.ir.fileio import cache_dir
 from lcpaq.ir.layers import find_layers
 from lcpaq.ir.meta import BITS, COST, MODEL_COST, BitAssignment
 from lcpaq.passes.context import PassContext
 from lcpaq.passes.instruments import DumpGraphs, PassInstrument, Timing
 from lcpaq.passes.range_estimators import METHODS as CALIBRATION_METHODS
-from lcpaq.passes.pipeline import Pipeline, calibration_phase, parse_spec, prepare_phase, uniform_phase
+from lcpaq.passes.budgets import QUANTITIES, parse_budget
+from lcpaq.passes.pipeline import (
+    Pipeline, calibration_phase, ilp_phase, parse_spec, prepare_phase, sensitivity_phase, uniform_phase,
+)
 from lcpaq.tools.metrics import output_metrics, reference_outputs
 from lcpaq.tools.models.zoo import ModelBundle, load_model
 
@@ -75,7 +79,9 @@ def quantize(
     target: str | Target = "x86-host",
     bits: str = "w8a8",
     compare: Sequence[str] = (),
+    budget: Sequence[str] = (),
     calibration: str = "minmax",
+    probes: int = 64,
     pipeline: str | None = None,
     out: str | Path | None = None,
     dump_graphs: str | Path | None = None,
@@ -83,13 +89,16 @@ def quantize(
     seed: int = 0,
 ) -> QuantizeResult:
     """Capture, analyse, calibrate and fake-quantize ``model``; evaluate fp32, the primary
-    configuration (``bits``, or a full ``pipeline`` spec) and each ``compare`` configuration.
-    With ``out``, report.json and report.md are written there atomically, after all succeeded."""
+    configuration and each uniform ``compare`` configuration. The primary configuration is
+    the ILP's mixed assignment when a ``budget`` is given (``["size=0.3x"]``), else uniform
+    ``bits``, or a full ``pipeline`` spec. With ``out``, report.json, report.md and the Pareto
+    plots are written there atomically, after everything succeeded."""
     # Validate every option before any heavy work, so a typo costs nothing and writes nothing.
     tgt = target if isinstance(target, Target) else load_target(target)
     if calibration not in CALIBRATION_METHODS:
         raise ConfigError(f"unknown calibration method {calibration!r}; choose from {', '.join(CALIBRATION_METHODS)}")
-    configs = [parse_bits(b) for b in (bits, *compare)]
+    budgets = _parse_budgets(budget, tgt)
+    configs = ([] if budgets else [parse_bits(bits)]) + [parse_bits(b) for b in compare]
     for cfg in configs:
         for kind in OP_KINDS:
             tgt.check(kind, cfg)
@@ -104,7 +113,9 @@ def quantize(
         bundle = model if isinstance(model, ModelBundle) else load_model(model, progress)
     with clock.stage("capture"):
         gm = capture(bundle.model, bundle.example_inputs, bundle.name)
-    ctx = PassContext(tgt, bundle.example_inputs, bundle.calib_batches, progress, seed)
+    ctx = PassContext(
+        tgt, bundle.example_inputs, bundle.calib_batches, progress, seed, calib_labels=bundle.calib_labels, cache_dir=cache_dir()
+    )
     timing = Timing()
     instruments: list[PassInstrument] = [timing] + ([DumpGraphs(Path(dump_graphs))] if dump_graphs else [])
 
@@ -120,15 +131,20 @@ def quantize(
         prepared = result
         results.append(_measure("custom", result, Pipeline(custom).spec(), bundle, reference, clock))
     else:
+        analysis = prepare_phase(tgt) + calibration_phase(tgt, calibration)
         with clock.stage("prepare"):
-            prepared = Pipeline(prepare_phase(tgt) + calibration_phase(tgt, calibration), instruments)(gm, ctx).graph_module
-        for cfg in configs:
-            label = str(cfg)
+            prepared = Pipeline(analysis, instruments)(gm, ctx).graph_module
+        if budgets:
+            sensitivity = sensitivity_phase(tgt, probes)
+            with clock.stage("sensitivity"):
+                prepared = Pipeline(sensitivity, instruments)(prepared, ctx).graph_module
+            analysis = analysis + sensitivity
+        variants = [(_budget_label(budgets), ilp_phase(tgt, budgets))] if budgets else []
+        variants += [(str(cfg), uniform_phase(tgt, cfg.w_bits, cfg.a_bits)) for cfg in configs]
+        for label, passes in variants:
             with clock.stage(f"quantize {label}"):
-                passes = uniform_phase(tgt, cfg.w_bits, cfg.a_bits)
                 qgm = Pipeline(passes, instruments)(copy.deepcopy(prepared), ctx).graph_module
-            spec = Pipeline(prepare_phase(tgt) + calibration_phase(tgt, calibration) + passes).spec()
-            results.append(_measure(label, qgm, spec, bundle, reference, clock))
+            results.append(_measure(label, qgm, Pipeline(analysis + passes).spec(), bundle, reference, clock))
 
     from lcpaq.tools.report import build_report, write_report
 
@@ -136,6 +152,24 @@ def quantize(
     if out_dir is not None:
         write_report(out_dir, report)
     return QuantizeResult(report, prepared, results)
+
+
+def _parse_budgets(texts: Sequence[str], target: Target) -> dict[str, str]:
+    """Check budget syntax now (the references they scale are known only after costing)."""
+    budgets: dict[str, str] = {}
+    unit = {q: 1.0 for q in QUANTITIES}
+    for text in texts:
+        parsed = parse_budget(text, unit, unit)
+        if parsed.quantity in budgets:
+            raise ConfigError(f"budget {parsed.quantity} is given twice")
+        budgets[parsed.quantity] = text.partition("=")[2].strip()
+    if "latency" in budgets:
+        raise ConfigError(f"target {target.name!r} has no per-layer latency table yet, so a latency budget cannot be enforced")
+    return budgets
+
+
+def _budget_label(budgets: dict[str, str]) -> str:
+    return "ILP(" + ",".join(f"{k}={v}" for k, v in budgets.items()) + ")"
 
 
 def _evaluate(bundle: ModelBundle, model: torch.nn.Module, reference: list[torch.Tensor]) -> dict[str, float]:

@@ -15,7 +15,8 @@ def _quantize(args: argparse.Namespace) -> int:
 
     compare = [c for item in args.compare for c in item.split(",") if c]
     result = quantize(
-        model=args.model, target=args.target, bits=args.bits, compare=compare, calibration=args.calibration,
+        model=args.model, target=args.target, bits=args.bits, compare=compare, budget=args.budget,
+        calibration=args.calibration, probes=args.probes,
         pipeline=args.pipeline, out=args.out, dump_graphs=args.dump_graphs, progress=args.progress, seed=args.seed,
     )
     print(summary(result.report))
@@ -63,9 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--model", default="resnet-digits", metavar="SPEC",
                    help="built-in name (resnet-digits, resnet18, resnet50, mobilenetv2, minilm) or path/to/file.py:function")
     q.add_argument("--target", default="x86-host", metavar="NAME", help="hardware target name or .toml file (see `lcpaq targets`)")
-    q.add_argument("--bits", default="w8a8", metavar="wNaM", help="uniform precision of the primary configuration (default w8a8)")
+    q.add_argument("--bits", default="w8a8", metavar="wNaM", help="uniform precision of the primary configuration, without --budget (default w8a8)")
     q.add_argument("--compare", action="append", default=[], metavar="wNaM[,wNaM]",
                    help="further uniform precisions to evaluate and report beside the primary one")
+    q.add_argument("--budget", action="append", default=[], metavar="KEY=VALUE",
+                   help="mixed precision by ILP under a budget: size=0.3x (of fp32), bops=0.5int8 (of uniform INT8), "
+                        "size=2MB, act_memory=64KiB; repeat for several")
+    q.add_argument("--probes", type=int, default=64, metavar="N", help="Hutchinson probes per layer, at most (default 64)")
     q.add_argument("--calibration", default="minmax", choices=["minmax", "percentile", "mse", "entropy"],
                    help="activation range estimator (default minmax)")
     q.add_argument("--pipeline", metavar="SPEC", help="full pass pipeline, e.g. 'fold-bn,shape-prop,cost,calibrate{method=mse},uniform{w=4,a=8},fake-quant'")

@@ -12,8 +12,8 @@ import torch.fx as fx
 
 from lcpaq.hw_targets.target import Target
 from lcpaq.ir.layers import find_layers, precision_groups, scale_groups
-from lcpaq.ir.meta import BITS, COST, MODEL_COST
-from lcpaq.tools.fileio import atomic_write_json, atomic_write_text
+from lcpaq.ir.meta import ASSIGNMENT, BITS, COST, MODEL_COST, PARETO, SENSITIVITY
+from lcpaq.ir.fileio import atomic_write_json, atomic_write_text
 from lcpaq.tools.models.zoo import ModelBundle
 
 if TYPE_CHECKING:
@@ -35,7 +35,26 @@ def build_report(
     fp32_bops = sum(COST.get(layer.node).macs for layer in layers) * 32 * 32
     configs = [{"label": "fp32", "size_bytes": totals.fp32_bytes, "bops": fp32_bops, "metrics": _clean(fp32_metrics)}]
     for r in results:
-        configs.append({"label": r.label, "pipeline": r.pipeline, "size_bytes": r.size_bytes, "bops": r.bops, "metrics": _clean(r.metrics)})
+        configs.append({
+            "label": r.label, "pipeline": r.pipeline, "size_bytes": r.size_bytes, "bops": r.bops,
+            "sensitivity": _total_sensitivity(r.graph_module), "predicted": _predicted(r.graph_module),
+            "metrics": _clean(r.metrics),
+        })
+    extra = {}
+    assignment = ASSIGNMENT.get(primary.graph_module)
+    if assignment is not None:
+        extra["assignment"] = {
+            "budgets": [{"quantity": b.quantity, "limit": b.limit, "text": b.text} for b in assignment.budgets],
+            "predicted": dict(assignment.achieved),
+            "sensitivity": assignment.sensitivity,
+            "solve_seconds": round(assignment.solve_seconds, 4),
+        }
+    front = PARETO.get(prepared)
+    if front is not None:
+        extra["pareto"] = {
+            "fronts": {q: [{"budget": p.budget, "achieved": p.achieved, "sensitivity": p.sensitivity} for p in pts] for q, pts in front.fronts},
+            "sweep_seconds": round(front.sweep_seconds, 4),
+        }
     return {
         "lcpaq_version": version("lcpaq"),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -55,6 +74,7 @@ def build_report(
             "bops": primary.bops,
         },
         "configs": configs,
+        **extra,
         "timing_s": {
             "stages": {k: round(v, 4) for k, v in stages.items()},
             "passes": [[name, round(t, 4)] for name, t in pass_times],
@@ -63,9 +83,32 @@ def build_report(
     }
 
 
+def _total_sensitivity(gm: fx.GraphModule) -> float | None:
+    total = 0.0
+    for layer in find_layers(gm):
+        sens, bits = SENSITIVITY.get(layer.node), BITS.get(layer.node)
+        if sens is None or bits is None:
+            return None
+        total += sens.of(bits)
+    return total
+
+
+def _predicted(gm: fx.GraphModule) -> dict[str, float]:
+    """Size, BOPs and peak activation memory of the assignment, from the annotations."""
+    from lcpaq.tools.api import model_size_and_bops
+
+    size, bops = model_size_and_bops(gm)
+    act = 0.0
+    for layer in find_layers(gm):
+        bits = BITS.get(layer.node)
+        act = max(act, COST.get(layer.node).act_bytes(bits.a_bits if bits else 32))
+    return {"size": size, "bops": float(bops), "act_memory": act}
+
+
 def _layer_row(layer) -> dict[str, Any]:
     cost = COST.get(layer.node)
     bits = BITS.get(layer.node)
+    sens = SENSITIVITY.get(layer.node)
     return {
         "name": layer.name,
         "op": layer.kind,
@@ -76,6 +119,8 @@ def _layer_row(layer) -> dict[str, Any]:
         "act_elems": cost.act_elems,
         "w_bits": None if bits is None or layer.weight is None else bits.w_bits,
         "a_bits": None if bits is None else bits.a_bits,
+        "sensitivity": None if sens is None or bits is None else sens.of(bits),
+        "weight_trace": None if sens is None else sens.weight_trace,
     }
 
 
@@ -86,9 +131,12 @@ def _clean(metrics: dict[str, float]) -> dict[str, float | None]:
 
 def write_report(out_dir: Path, report: dict[str, Any]) -> None:
     """Write report.json and report.md, each atomically (complete or absent)."""
+    from lcpaq.tools.plots import pareto_plots
+
     out_dir.mkdir(parents=True, exist_ok=True)
+    plots = pareto_plots(report, out_dir)
     atomic_write_json(out_dir / "report.json", report)
-    atomic_write_text(out_dir / "report.md", render_markdown(report))
+    atomic_write_text(out_dir / "report.md", render_markdown(report, plots))
 
 
 # --- rendering ------------------------------------------------------------------------------
@@ -120,18 +168,31 @@ def _table(header: list[str], rows: list[list[str]], align: str = "") -> list[st
 
 
 def layer_table(report: dict[str, Any]) -> list[str]:
+    with_sens = any(row.get("sensitivity") is not None for row in report["layers"])
     rows = [
         [row["name"], row["op"], _si(row["params"]), _si(row["macs"]),
-         "-" if row["w_bits"] is None else str(row["w_bits"]), "-" if row["a_bits"] is None else str(row["a_bits"])]
+         "-" if row["w_bits"] is None else str(row["w_bits"]), "-" if row["a_bits"] is None else str(row["a_bits"]),
+         *([f"{row['sensitivity']:.3g}"] if with_sens else [])]
         for row in report["layers"]
     ]
-    return _table(["layer", "op", "params", "MACs", "W bits", "A bits"], rows, "llrrrr")
+    header = ["layer", "op", "params", "MACs", "W bits", "A bits", *(["sensitivity"] if with_sens else [])]
+    return _table(header, rows, "llrrrrr")
 
 
 def config_table(report: dict[str, Any]) -> list[str]:
     names = list(dict.fromkeys(k for c in report["configs"] for k in c["metrics"]))
-    rows = [[c["label"], _bytes(c["size_bytes"]), _si(c["bops"]), *(_metric(c["metrics"].get(k)) for k in names)] for c in report["configs"]]
-    return _table(["config", "size", "BOPs", *names], rows, "lrr" + "r" * len(names))
+    with_sens = any(c.get("sensitivity") is not None for c in report["configs"])
+    rows = [
+        [c["label"], _bytes(c["size_bytes"]), _si(c["bops"]),
+         *([_sens(c.get("sensitivity"), c["label"])] if with_sens else []), *(_metric(c["metrics"].get(k)) for k in names)]
+        for c in report["configs"]
+    ]
+    header = ["config", "size", "BOPs", *(["sensitivity"] if with_sens else []), *names]
+    return _table(header, rows, "l" + "r" * (len(header) - 1))
+
+
+def _sens(value: float | None, label: str) -> str:
+    return "0" if label == "fp32" else ("-" if value is None else f"{value:.4g}")
 
 
 def summary(report: dict[str, Any]) -> str:
@@ -144,13 +205,46 @@ def summary(report: dict[str, Any]) -> str:
         "",
         f"quality ({report['data']}):",
         *config_table(report),
+        *assignment_lines(report),
         "",
         f"total time {report['timing_s']['total']:.1f} s",
     ]
     return "\n".join(lines)
 
 
-def render_markdown(report: dict[str, Any]) -> str:
+def assignment_lines(report: dict[str, Any]) -> list[str]:
+    a = report.get("assignment")
+    if a is None:
+        return []
+    budgets = ", ".join(f"{b['text']} ({b['quantity']} <= {_fmt_q(b['quantity'], b['limit'])})" for b in a["budgets"])
+    predicted = ", ".join(f"{q} {_fmt_q(q, v)}" for q, v in a["predicted"].items())
+    return [f"ILP under {budgets}: predicted {predicted}; total sensitivity {a['sensitivity']:.4g}; solved in {a['solve_seconds'] * 1e3:.0f} ms"]
+
+
+def _fmt_q(quantity: str, value: float) -> str:
+    if quantity in ("size", "act_memory"):
+        return _bytes(value)
+    if quantity == "latency":
+        return f"{value * 1e3:.3f} ms"
+    return _si(value)
+
+
+def pareto_lines(report: dict[str, Any], plots: list[str], max_rows: int = 12) -> list[str]:
+    pareto = report.get("pareto")
+    if pareto is None:
+        return []
+    lines = ["## Pareto frontier", "", f"Swept {', '.join(pareto['fronts'])} in {pareto['sweep_seconds']:.2f} s (one ILP per point).", ""]
+    for quantity, points in pareto["fronts"].items():
+        step = max(1, len(points) // max_rows)
+        rows = [[_fmt_q(quantity, p["achieved"]), f"{p['sensitivity']:.4g}"] for p in points[::step]]
+        lines += [f"### Sensitivity against {quantity} ({len(points)} points)", ""]
+        lines += _table([quantity, "total sensitivity"], rows, "rr") + [""]
+        if f"pareto_{quantity}.png" in plots:
+            lines += [f"![sensitivity against {quantity}](pareto_{quantity}.png)", ""]
+    return lines
+
+
+def render_markdown(report: dict[str, Any], plots: list[str] = ()) -> str:
     t = report["totals"]
     stages = [[name, f"{sec:.2f}"] for name, sec in report["timing_s"]["stages"].items()]
     passes = [[name, f"{sec:.3f}"] for name, sec in report["timing_s"]["passes"]]
@@ -164,6 +258,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- MACs per inference: {t['macs']:,}",
         f"- fp32 size: {_bytes(t['fp32_bytes'])}; primary configuration size: {_bytes(t['size_bytes'])}",
         f"- Pipeline: `{report['pipeline']}`",
+        *(f"- {line}" for line in assignment_lines(report)),
         "",
         "## Quality",
         "",
@@ -175,6 +270,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         *layer_table(report),
         "",
+        *pareto_lines(report, list(plots)),
         "## Groups",
         "",
         f"- Layers reading one activation (share activation precision): {len(groups['precision'])} groups",

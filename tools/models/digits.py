@@ -15,7 +15,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
-from lcpaq.tools.fileio import atomic_torch_save, cache_dir
+from lcpaq.ir.fileio import atomic_torch_save, cache_dir
 from lcpaq.tools.models.resnet import ResNet, resnet_digits
 
 

@@ -34,6 +34,7 @@ class ModelBundle:
     eval_batches: tuple[Batch, ...]
     evaluate: Evaluate | None = None
     labelled: bool = False
+    calib_labels: tuple[torch.Tensor, ...] | None = None
 
 
 def _resnet_digits(progress: bool) -> ModelBundle:
@@ -43,8 +44,9 @@ def _resnet_digits(progress: bool) -> ModelBundle:
     data = digits.load_data()
     calib = tuple((data.x_train[i : i + 32],) for i in range(0, 256, 32))
     evals = tuple((data.x_test[i : i + 120],) for i in range(0, len(data.x_test), 120))
+    labels = tuple(data.y_train[i : i + 32] for i in range(0, 256, 32))
     evaluate = lambda m: {"accuracy": digits.accuracy(m, data.x_test, data.y_test)}  # noqa: E731
-    return ModelBundle("resnet-digits", model, (data.x_test[:1],), calib, evals, evaluate, labelled=True)
+    return ModelBundle("resnet-digits", model, (data.x_test[:1],), calib, evals, evaluate, labelled=True, calib_labels=labels)
 
 
 def _random_image_model(name: str, build: Callable[[], torch.nn.Module], size: int = 224) -> ModelBundle:

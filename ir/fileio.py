@@ -5,6 +5,7 @@ import io
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,18 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json_cache(path: Path) -> Any | None:
+    """A cached JSON value, or None if absent. An unreadable entry is reported (with its path)
+    as a warning and treated as absent, so the caller recomputes and overwrites it."""
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        warnings.warn(f"cache entry {path} is unreadable ({type(exc).__name__}: {exc}); recomputing", stacklevel=2)
+        return None
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:

@@ -1,0 +1,116 @@
+"""ilp: choose each layer's precision by integer linear programming under budgets."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch.fx as fx
+
+from lcpaq.hw_targets.target import Target
+from lcpaq.ir.errors import ConfigError
+from lcpaq.ir.layers import find_layers, precision_groups
+from lcpaq.ir.meta import ASSIGNMENT, BITS, COST, MODEL_COST, SENSITIVITY, AssignmentResult, Budget
+from lcpaq.passes.base import Pass, PassResult, register_pass
+from lcpaq.passes.budgets import parse_budget
+from lcpaq.passes.context import PassContext
+from lcpaq.passes.ilp_problem import AssignmentProblem, Infeasible
+
+_UNIT = {"size": "bytes", "bops": "BOPs", "latency": "s", "act_memory": "bytes"}
+
+
+def problem_from_graph(gm: fx.GraphModule, target: Target) -> AssignmentProblem:
+    """The assignment problem of a costed, sensitivity-annotated graph; candidates per layer
+    are those the target offers for the layer's op kind."""
+    layers = find_layers(gm)
+    index = {layer.name: i for i, layer in enumerate(layers)}
+    candidates, sens, size, bops, act = [], [], [], [], []
+    for layer in layers:
+        cost, s = COST.get(layer.node), SENSITIVITY.get(layer.node)
+        cands = list(target.candidates(layer.kind))
+        candidates.append(cands)
+        sens.append(np.array([s.of(c) for c in cands]))
+        size.append(np.array([cost.weight_bytes(c.w_bits) if layer.weight is not None else 0.0 for c in cands]))
+        bops.append(np.array([float(cost.bops(c.w_bits, c.a_bits)) for c in cands]))
+        act.append(np.array([cost.act_bytes(c.a_bits) for c in cands]))
+    totals = MODEL_COST.get(gm)
+    groups = [tuple(index[n] for n in g) for g in precision_groups(layers)]
+    return AssignmentProblem(
+        names=[layer.name for layer in layers],
+        candidates=candidates,
+        sensitivity=sens,
+        costs={"size": size, "bops": bops, "act_memory": act},
+        fixed={"size": (totals.params - totals.quantizable_params) * 4.0},
+        groups=groups,
+    )
+
+
+def reference_totals(gm: fx.GraphModule) -> tuple[dict[str, float], dict[str, float]]:
+    """Totals of the fp32 model and of uniform INT8 (W8A8), the references of ``0.3x`` and
+    ``0.5int8`` budgets."""
+    layers = find_layers(gm)
+    costs = [COST.get(layer.node) for layer in layers]
+    totals = MODEL_COST.get(gm)
+    rest = (totals.params - totals.quantizable_params) * 4.0
+    fp32 = {
+        "size": float(totals.fp32_bytes),
+        "bops": float(sum(c.bops(32, 32) for c in costs)),
+        "act_memory": float(max((c.act_bytes(32) for c in costs), default=0.0)),
+    }
+    int8 = {
+        "size": rest + sum(c.weight_bytes(8) if layer.weight is not None else 0.0 for c, layer in zip(costs, layers)),
+        "bops": float(sum(c.bops(8, 8) for c in costs)),
+        "act_memory": float(max((c.act_bytes(8) for c in costs), default=0.0)),
+    }
+    return fp32, int8
+
+
+@register_pass
+@dataclass(frozen=True)
+class ILPAssign(Pass):
+    """Minimises total sensitivity subject to every budget given (size, bops, latency,
+    act_memory; each absolute, ``Nx`` of fp32 or ``Nint8`` of uniform INT8), with one precision
+    per layer from the target's candidates and equal activation widths for layers that read
+    the same tensor. Solved exactly by HiGHS (scipy.optimize.milp).
+
+    Reads: ``lcpaq.cost``, ``lcpaq.sensitivity``. Writes: ``lcpaq.bits`` on every layer and
+    ``lcpaq.assignment`` on the graph. An infeasible budget is a one-line error stating the
+    smallest achievable value of each constrained quantity."""
+
+    name = "ilp"
+    reads = (COST, SENSITIVITY)
+    writes = (BITS, ASSIGNMENT)
+    size: str = ""
+    bops: str = ""
+    latency: str = ""
+    act_memory: str = ""
+
+    def budgets(self, gm: fx.GraphModule, target: Target) -> list[Budget]:
+        fp32, int8 = reference_totals(gm)
+        texts = [f"{q}={v}" for q, v in (("size", self.size), ("bops", self.bops), ("latency", self.latency), ("act_memory", self.act_memory)) if v]
+        budgets = [parse_budget(t, fp32, int8) for t in texts]
+        if any(b.quantity == "latency" for b in budgets):
+            raise ConfigError(f"target {target.name!r} has no per-layer latency table yet, so a latency budget cannot be enforced")
+        return budgets
+
+    def call(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        budgets = self.budgets(gm, ctx.target)
+        if not budgets:
+            raise ConfigError("needs at least one budget, for example ilp{size=0.3x} or ilp{bops=0.5int8}")
+        problem = problem_from_graph(gm, ctx.target)
+        try:
+            solution = problem.solve({b.quantity: b.limit for b in budgets})
+        except Infeasible:
+            raise ConfigError(_infeasible_message(problem, budgets)) from None
+        for layer, bits in zip(find_layers(gm), solution.choice):
+            BITS.set(layer.node, bits)
+        ASSIGNMENT.set(gm, AssignmentResult(tuple(budgets), tuple(solution.totals.items()), solution.sensitivity, solution.seconds))
+        return PassResult(gm, False)
+
+
+def _infeasible_message(problem: AssignmentProblem, budgets: list[Budget]) -> str:
+    parts = []
+    for b in budgets:
+        least = problem.minimum(b.quantity)
+        parts.append(f"{b.text} asks {b.quantity} <= {b.limit:.6g} {_UNIT[b.quantity]}, the smallest achievable is {least:.6g}")
+    joint = " (each alone is achievable, not all together)" if all(problem.minimum(b.quantity) <= b.limit for b in budgets) else ""
+    return "infeasible budget: " + "; ".join(parts) + joint

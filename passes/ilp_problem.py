@@ -1,0 +1,135 @@
+"""The bit-width assignment problem as an integer linear program, solved by scipy's HiGHS.
+
+Variables: one binary x[l, c] per (layer l, candidate precision c); one choice per layer.
+Objective: minimise the sum of sensitivities. Constraints: budgets on additive quantities
+(size, BOPs, latency), peak activation memory (a per-layer bound, since peak = max), and
+layers that read the same activation choosing the same activation width."""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from typing import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp
+from scipy.sparse import lil_matrix
+
+from lcpaq.ir.meta import BitAssignment
+
+ADDITIVE = ("size", "bops", "latency")
+
+
+@dataclass(frozen=True)
+class Solution:
+    choice: tuple[BitAssignment, ...]
+    sensitivity: float
+    totals: dict[str, float]
+    seconds: float
+
+
+class Infeasible(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """HiGHS's C++ core sometimes prints debug lines straight to file descriptor 1."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+@dataclass
+class AssignmentProblem:
+    """``costs[q][l][c]``: quantity q of layer l at candidate c; ``fixed[q]``: the part of q
+    that no choice changes (for example the fp32 parameters outside quantizable layers)."""
+
+    names: list[str]
+    candidates: list[list[BitAssignment]]
+    sensitivity: list[np.ndarray]
+    costs: dict[str, list[np.ndarray]]
+    fixed: dict[str, float]
+    groups: list[tuple[int, ...]]
+
+    def __post_init__(self) -> None:
+        self.offsets = np.cumsum([0] + [len(c) for c in self.candidates])
+        self.n = int(self.offsets[-1])
+
+    def _flat(self, per_layer: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(per_layer) if per_layer else np.zeros(0)
+
+    def _structure(self) -> list[LinearConstraint]:
+        rows = lil_matrix((len(self.names), self.n))
+        for l in range(len(self.names)):
+            rows[l, self.offsets[l] : self.offsets[l + 1]] = 1
+        constraints = [LinearConstraint(rows.tocsr(), 1, 1)]
+        eq = []
+        for group in self.groups:
+            widths = sorted({c.a_bits for l in group for c in self.candidates[l]})
+            for other in group[1:]:
+                for a in widths:
+                    row = np.zeros(self.n)
+                    for l, sign in ((group[0], 1.0), (other, -1.0)):
+                        for c, cand in enumerate(self.candidates[l]):
+                            if cand.a_bits == a:
+                                row[self.offsets[l] + c] += sign
+                    eq.append(row)
+        if eq:
+            constraints.append(LinearConstraint(np.array(eq), 0, 0))
+        return constraints
+
+    def solve(self, budgets: dict[str, float], objective: np.ndarray | None = None) -> Solution:
+        """Minimise total sensitivity (or ``objective``) under ``budgets``; raise Infeasible."""
+        start = time.perf_counter()
+        constraints = self._structure()
+        for quantity, limit in budgets.items():
+            if quantity == "act_memory":
+                values = self._flat(self.costs[quantity])
+                for l in range(len(self.names)):
+                    row = np.zeros(self.n)
+                    row[self.offsets[l] : self.offsets[l + 1]] = values[self.offsets[l] : self.offsets[l + 1]]
+                    constraints.append(LinearConstraint(row, -np.inf, limit))
+            else:
+                constraints.append(LinearConstraint(self._flat(self.costs[quantity]), -np.inf, limit - self.fixed.get(quantity, 0.0)))
+        c = self._flat(self.sensitivity) if objective is None else objective
+        with _quiet_stdout():
+            res = milp(c, constraints=constraints, integrality=np.ones(self.n), bounds=Bounds(0, 1))
+        if res.status != 0 or res.x is None:
+            raise Infeasible(res.message)
+        picks = [int(np.argmax(res.x[self.offsets[l] : self.offsets[l + 1]])) for l in range(len(self.names))]
+        return self._solution(picks, time.perf_counter() - start)
+
+    def _solution(self, picks: list[int], seconds: float) -> Solution:
+        choice = tuple(self.candidates[l][c] for l, c in enumerate(picks))
+        sens = float(sum(self.sensitivity[l][c] for l, c in enumerate(picks)))
+        return Solution(choice, sens, self.evaluate(picks), seconds)
+
+    def evaluate(self, picks: list[int]) -> dict[str, float]:
+        totals = {}
+        for quantity, per_layer in self.costs.items():
+            values = [per_layer[l][c] for l, c in enumerate(picks)]
+            totals[quantity] = float(max(values)) if quantity == "act_memory" else float(sum(values) + self.fixed.get(quantity, 0.0))
+        return totals
+
+    def index_of(self, assignment: list[BitAssignment]) -> list[int]:
+        return [self.candidates[l].index(bits) for l, bits in enumerate(assignment)]
+
+    def minimum(self, quantity: str) -> float:
+        """The smallest value of ``quantity`` any assignment reaches (groups respected)."""
+        if quantity == "act_memory":
+            return float(max(np.min(v) for v in self.costs[quantity]))
+        return self.solve({}, objective=self._flat(self.costs[quantity])).totals[quantity]
+
+    def maximum(self, quantity: str) -> float:
+        if quantity == "act_memory":
+            return float(max(np.max(v) for v in self.costs[quantity]))
+        return self.solve({}, objective=-self._flat(self.costs[quantity])).totals[quantity]
