@@ -11,7 +11,8 @@ from lcpaq.ir.errors import ConfigError, CorruptFileError
 from lcpaq.ir.meta import FLOAT_BITS, BitAssignment, check_bits
 
 TARGET_DIR = Path(__file__).parent
-OP_KINDS = ("conv", "linear", "matmul")
+OP_KINDS = ("conv", "linear", "matmul", "embedding")
+_REQUIRED_KINDS = ("conv", "linear", "matmul")  # an embedding table defaults to linear's widths
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class Target:
     source: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
-        for kind in OP_KINDS:
+        for kind in _REQUIRED_KINDS:
             if kind not in self.native_weight_bits:
                 raise ValueError(f"target {self.name!r} lists no native precisions for {kind!r}")
         for bits in (*self.storage_weight_bits, *self.act_bits, *(b for v in self.native_weight_bits.values() for b in v)):
@@ -42,17 +43,20 @@ class Target:
 
     def weight_bits(self, kind: str) -> tuple[int, ...]:
         """Every weight width a layer of this op kind may get (native and storage-only)."""
-        return tuple(sorted(set(self.native_weight_bits[kind]) | set(self.storage_weight_bits)))
+        native = self.native_weight_bits.get(kind, self.native_weight_bits["linear"])
+        return tuple(sorted(set(native) | set(self.storage_weight_bits)))
 
     def candidates(self, kind: str) -> tuple[BitAssignment, ...]:
         """All (weight, activation) precisions the target can run for this op kind."""
         if kind == "matmul":  # activation x activation: both operands are activations
             return tuple(BitAssignment(a, a) for a in self.act_bits)
+        if kind == "embedding":  # a weight-only lookup: activations stay as they are
+            return tuple(BitAssignment(w, FLOAT_BITS) for w in self.weight_bits(kind))
         return tuple(BitAssignment(w, a) for w in self.weight_bits(kind) for a in self.act_bits)
 
     def check(self, kind: str, bits: BitAssignment) -> None:
         """Raise ConfigError if this target cannot run ``bits`` for a layer of ``kind``."""
-        if bits.a_bits != FLOAT_BITS and bits.a_bits not in self.act_bits:
+        if kind != "embedding" and bits.a_bits != FLOAT_BITS and bits.a_bits not in self.act_bits:
             raise ConfigError(
                 f"target {self.name!r} has no {bits.a_bits}-bit activations; it offers {_list(self.act_bits)} (or 32 = float)"
             )

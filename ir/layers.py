@@ -1,6 +1,6 @@
 """The quantizable-layer view of a captured graph.
 
-A quantizable layer is a conv, linear or matmul node, with its weight (a ``get_attr`` node, or
+A quantizable layer is a conv, linear, matmul or embedding node, with its weight (a ``get_attr`` node, or
 None for an activation x activation matmul) and the activation inputs that get quantized.
 The view is derived from the graph on demand, so it stays right after any rewrite; it looks
 through the quantizers that the fake-quant rewrite inserts.
@@ -25,6 +25,7 @@ aten = torch.ops.aten
 CONV_OPS = {aten.conv1d.default, aten.conv2d.default, aten.conv3d.default, aten.convolution.default}
 LINEAR_OPS = {aten.linear.default}
 MATMUL_OPS = {aten.matmul.default, aten.bmm.default, aten.mm.default}
+EMBEDDING_OPS = {aten.embedding.default}
 ADD_OPS = {aten.add.Tensor, aten.add_.Tensor}
 #: Ops a value passes through unchanged in layout-insensitive terms, when tracing residual adds.
 PASSTHROUGH_OPS = {
@@ -33,12 +34,13 @@ PASSTHROUGH_OPS = {
     aten.reshape.default, aten.flatten.using_ints, aten.contiguous.default, aten.gelu.default,
 }
 
-LayerKind = Literal["conv", "linear", "matmul"]
+LayerKind = Literal["conv", "linear", "matmul", "embedding"]
 
 
 @dataclass(frozen=True)
 class QuantLayer:
-    """One quantizable layer: its node, weight and activation inputs."""
+    """One quantizable layer: its node, weight and activation inputs. An embedding is a
+    weight-only layer (its input is indices, nothing to quantize)."""
 
     name: str
     node: fx.Node
@@ -75,6 +77,10 @@ def find_layers(gm: fx.GraphModule) -> list[QuantLayer]:
                 continue  # a weight computed at run time is not a layer we can quantize
             kind: LayerKind = "conv" if node.target in CONV_OPS else "linear"
             raw.append((node, kind, weight, (through_quantizer(node.args[0]),)))
+        elif node.target in EMBEDDING_OPS:
+            weight = through_quantizer(node.args[0])
+            if isinstance(weight, fx.Node) and weight.op == "get_attr":
+                raw.append((node, "embedding", weight, ()))
         elif node.target in MATMUL_OPS:
             lhs, rhs = (through_quantizer(a) for a in node.args[:2])
             if isinstance(rhs, fx.Node) and rhs.op == "get_attr":
@@ -100,6 +106,12 @@ def _names(raw: list[tuple[fx.Node, LayerKind, fx.Node | None, tuple[fx.Node, ..
             path = list(stack.values())[-1][0] if stack else ""
             names.append(f"{path}.{node.name}" if path else node.name)
     return names
+
+
+def weight_channel_axis(layer: QuantLayer) -> int:
+    """The weight axis that indexes output channels (rows, for an embedding table); per-channel
+    quantization keeps one scale along it. A constant matmul operand [K, N] has them last."""
+    return 0 if layer.node.target in CONV_OPS | LINEAR_OPS | EMBEDDING_OPS else -1
 
 
 def layer_map(gm: fx.GraphModule) -> dict[str, QuantLayer]:

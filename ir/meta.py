@@ -132,7 +132,7 @@ class ActRanges:
     per_input: tuple[tuple[ActRange, ...], ...]
 
     def __post_init__(self) -> None:
-        if not self.per_input or not all(self.per_input):
+        if not all(self.per_input):  # a weight-only layer (an embedding) has no inputs at all
             raise ValueError("ActRanges needs at least one range per input")
 
     def get(self, index: int, bits: int) -> ActRange:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch.fx as fx
 
 from lcpaq.ir.layers import find_layers
-from lcpaq.ir.meta import BITS, BitAssignment
+from lcpaq.ir.meta import BITS, FLOAT_BITS, BitAssignment
 from lcpaq.passes.base import Pass, PassResult, register_pass
 from lcpaq.passes.context import PassContext
 
@@ -15,7 +15,7 @@ from lcpaq.passes.context import PassContext
 @dataclass(frozen=True)
 class UniformBits(Pass):
     """Assigns W``w``A``a`` to every layer (an activation x activation matmul gets A``a`` on
-    both operands).
+    both operands; an embedding table, weight-only, gets W``w``).
 
     Reads: nothing. Writes: ``lcpaq.bits`` on every layer. Guarantees: the target can run
     every assignment (the target is asked per op kind; a precision it lacks is refused)."""
@@ -30,7 +30,7 @@ class UniformBits(Pass):
 
     def call(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         for layer in find_layers(gm):
-            bits = BitAssignment(self.a if layer.kind == "matmul" else self.w, self.a)
+            bits = BitAssignment(self.a if layer.kind == "matmul" else self.w, FLOAT_BITS if layer.kind == "embedding" else self.a)
             ctx.target.check(layer.kind, bits)
             BITS.set(layer.node, bits)
         return PassResult(gm, False)

@@ -36,3 +36,18 @@ def parse_budget(text: str, fp32: dict[str, float], int8: dict[str, float]) -> B
     if unit not in units:
         raise ConfigError(f"bad budget {text!r}: unit {unit!r} unknown for {key}; use {', '.join(u or 'none' for u in units)}, x or int8")
     return Budget(key, number * units[unit], text)
+
+
+def format_quantity(quantity: str, value: float) -> str:
+    """A quantity in readable units: MiB/KiB for bytes, G/M for BOPs, ms for latency."""
+    if quantity in ("size", "act_memory"):
+        for factor, unit in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+            if value >= factor:
+                return f"{value / factor:.2f} {unit}"
+        return f"{value:.0f} B"
+    if quantity == "latency":
+        return f"{value * 1e3:.3f} ms"
+    for factor, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= factor:
+            return f"{value / factor:.2f} {unit}BOPs"
+    return f"{value:.0f} BOPs"

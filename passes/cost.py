@@ -65,7 +65,9 @@ def _layer_cost(gm: fx.GraphModule, layer: QuantLayer, batch: int) -> LayerCost:
         bias = layer.node.args[2] if len(layer.node.args) > 2 else None
         if isinstance(bias, fx.Node) and bias.op == "get_attr":
             bias_elems = get_attr(gm, bias.target).numel()
-        if layer.kind == "conv":
+        if layer.kind == "embedding":
+            reduction = 0  # a table lookup: no multiply-accumulates
+        elif layer.kind == "conv":
             reduction = math.prod(weight.shape[1:])  # in_channels / groups x kernel
         elif layer.node.target is torch.ops.aten.linear.default:
             reduction = weight.shape[1]

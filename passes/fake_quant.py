@@ -8,7 +8,7 @@ from typing import Literal
 import torch.fx as fx
 
 from lcpaq.ir.capture import get_attr
-from lcpaq.ir.layers import CONV_OPS, LINEAR_OPS, QuantLayer, find_layers
+from lcpaq.ir.layers import QuantLayer, find_layers, weight_channel_axis
 from lcpaq.ir.meta import ACT_RANGE, BITS, BitAssignment, FLOAT_BITS, QUANTIZED, QUANTIZER, QuantizedInfo, QuantizerRole
 from lcpaq.ir.qops import FakeQuantize
 from lcpaq.ir.quantizer import QuantSpec
@@ -16,7 +16,6 @@ from lcpaq.passes.base import Pass, PassResult, register_pass
 from lcpaq.passes.context import PassContext
 
 QUANT_ROOT = "lcpaq_quant"
-_OUT_CHANNEL_FIRST = CONV_OPS | LINEAR_OPS  # ops whose weight is [out, in, ...]
 
 
 @register_pass
@@ -58,9 +57,7 @@ class FakeQuant(Pass):
         if layer.weight is None or w_bits == FLOAT_BITS:
             return None
         weight = get_attr(gm, layer.weight.target)
-        axis = None
-        if self.weight_granularity == "per-channel":
-            axis = 0 if layer.node.target in _OUT_CHANNEL_FIRST else weight.dim() - 1
+        axis = weight_channel_axis(layer) if self.weight_granularity == "per-channel" else None
         module = FakeQuantize.for_weight(weight, QuantSpec(w_bits, symmetric=True, ch_axis=axis))
         qnode = self._insert(gm, layer, layer.weight, module, f"{layer.name}.w", QuantizerRole("weight", w_bits))
         return str(qnode.target)

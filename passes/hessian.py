@@ -13,7 +13,7 @@ from torch.utils._pytree import tree_leaves
 
 from lcpaq.ir.capture import get_attr
 from lcpaq.ir.fileio import atomic_write_json, read_json_cache
-from lcpaq.ir.layers import CONV_OPS, LINEAR_OPS, QuantLayer, find_layers
+from lcpaq.ir.layers import QuantLayer, find_layers, weight_channel_axis
 from lcpaq.ir.meta import ACT_RANGE, FLOAT_BITS, SENSITIVITY, Sensitivity
 from lcpaq.ir.quantizer import QuantSpec, fake_quantize, qparams_from_range, quantization_error
 from lcpaq.passes.base import Pass, PassResult, register_pass
@@ -30,7 +30,8 @@ class HessianSensitivity(Pass):
     The loss is cross-entropy on ``ctx.calib_labels`` when given, else output distillation
     (0.5 x squared error against the fp32 graph's own outputs, whose Hessian at the fp32
     weights is the Gauss-Newton matrix). Traces use Rademacher probes on the first ``batches``
-    calibration batches, stopping at relative standard error ``tol`` or ``probes`` probes.
+    calibration batches, stopping at relative standard error ``tol`` (after ``min_probes``) or
+    at ``probes`` probes.
     Quantizer settings must match those given to fake-quant. Results are cached in
     ``ctx.cache_dir`` keyed by graph, weights, data and options.
     Reads: ``lcpaq.act_range``. Writes: ``lcpaq.sensitivity`` on every layer."""
@@ -46,8 +47,8 @@ class HessianSensitivity(Pass):
     act_symmetric: bool = False
 
     def __post_init__(self) -> None:
-        if not 1 <= self.min_probes <= self.probes:
-            raise ValueError(f"need 1 <= min_probes <= probes, got {self.min_probes} and {self.probes}")
+        if self.probes < 1 or self.min_probes < 1:
+            raise ValueError(f"probes and min_probes must be >= 1, got {self.probes} and {self.min_probes}")
         if self.batches < 1 or self.tol <= 0:
             raise ValueError("batches must be >= 1 and tol > 0")
 
@@ -75,7 +76,7 @@ class HessianSensitivity(Pass):
         act_nodes = list(dict.fromkeys(a for layer in layers for a in layer.act_inputs))
         loss_fn = _loss(gm, batches, labels)
         w_tr, a_tr = hessian_traces(
-            gm, weight_names, act_nodes, batches, loss_fn, self.probes, self.min_probes, self.tol, ctx.seed, ctx.progress
+            gm, weight_names, act_nodes, batches, loss_fn, self.probes, min(self.min_probes, self.probes), self.tol, ctx.seed, ctx.progress
         )
         act_values = _activations(gm, act_nodes, batches)
         out = {}
@@ -87,9 +88,7 @@ class HessianSensitivity(Pass):
                 est = w_tr[str(layer.weight.target)]
                 w_trace, rel_err, probes = max(est.mean, 0.0), est.rel_err, est.probes
                 weight = get_attr(gm, layer.weight.target).detach()
-                axis = None
-                if self.weight_granularity == "per-channel":
-                    axis = 0 if layer.node.target in CONV_OPS | LINEAR_OPS else weight.dim() - 1
+                axis = weight_channel_axis(layer) if self.weight_granularity == "per-channel" else None
                 for b in kind_bits:
                     err = quantization_error(weight, QuantSpec(b, symmetric=True, ch_axis=axis))
                     weight_sens.append((b, w_trace / weight.numel() * err))

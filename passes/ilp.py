@@ -11,12 +11,9 @@ from lcpaq.ir.errors import ConfigError
 from lcpaq.ir.layers import find_layers, precision_groups
 from lcpaq.ir.meta import ASSIGNMENT, BITS, COST, MODEL_COST, SENSITIVITY, AssignmentResult, Budget
 from lcpaq.passes.base import Pass, PassResult, register_pass
-from lcpaq.passes.budgets import parse_budget
+from lcpaq.passes.budgets import format_quantity, parse_budget
 from lcpaq.passes.context import PassContext
 from lcpaq.passes.ilp_problem import AssignmentProblem, Infeasible
-
-_UNIT = {"size": "bytes", "bops": "BOPs", "latency": "s", "act_memory": "bytes"}
-
 
 def problem_from_graph(gm: fx.GraphModule, target: Target) -> AssignmentProblem:
     """The assignment problem of a costed, sensitivity-annotated graph; candidates per layer
@@ -111,6 +108,9 @@ def _infeasible_message(problem: AssignmentProblem, budgets: list[Budget]) -> st
     parts = []
     for b in budgets:
         least = problem.minimum(b.quantity)
-        parts.append(f"{b.text} asks {b.quantity} <= {b.limit:.6g} {_UNIT[b.quantity]}, the smallest achievable is {least:.6g}")
+        parts.append(
+            f"{b.text} asks {b.quantity} <= {format_quantity(b.quantity, b.limit)}, "
+            f"the smallest achievable is {format_quantity(b.quantity, least)}"
+        )
     joint = " (each alone is achievable, not all together)" if all(problem.minimum(b.quantity) <= b.limit for b in budgets) else ""
     return "infeasible budget: " + "; ".join(parts) + joint

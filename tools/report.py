@@ -12,6 +12,7 @@ import torch.fx as fx
 
 from lcpaq.hw_targets.target import Target
 from lcpaq.ir.layers import find_layers, precision_groups, scale_groups
+from lcpaq.passes.budgets import format_quantity
 from lcpaq.ir.meta import ASSIGNMENT, BITS, COST, MODEL_COST, PARETO, SENSITIVITY
 from lcpaq.ir.fileio import atomic_write_json, atomic_write_text
 from lcpaq.tools.models.zoo import ModelBundle
@@ -118,7 +119,7 @@ def _layer_row(layer) -> dict[str, Any]:
         "macs": cost.macs,
         "act_elems": cost.act_elems,
         "w_bits": None if bits is None or layer.weight is None else bits.w_bits,
-        "a_bits": None if bits is None else bits.a_bits,
+        "a_bits": None if bits is None or not layer.act_inputs else bits.a_bits,
         "sensitivity": None if sens is None or bits is None else sens.of(bits),
         "weight_trace": None if sens is None else sens.weight_trace,
     }
@@ -216,17 +217,9 @@ def assignment_lines(report: dict[str, Any]) -> list[str]:
     a = report.get("assignment")
     if a is None:
         return []
-    budgets = ", ".join(f"{b['text']} ({b['quantity']} <= {_fmt_q(b['quantity'], b['limit'])})" for b in a["budgets"])
-    predicted = ", ".join(f"{q} {_fmt_q(q, v)}" for q, v in a["predicted"].items())
+    budgets = ", ".join(f"{b['text']} ({b['quantity']} <= {format_quantity(b['quantity'], b['limit'])})" for b in a["budgets"])
+    predicted = ", ".join(f"{q} {format_quantity(q, v)}" for q, v in a["predicted"].items())
     return [f"ILP under {budgets}: predicted {predicted}; total sensitivity {a['sensitivity']:.4g}; solved in {a['solve_seconds'] * 1e3:.0f} ms"]
-
-
-def _fmt_q(quantity: str, value: float) -> str:
-    if quantity in ("size", "act_memory"):
-        return _bytes(value)
-    if quantity == "latency":
-        return f"{value * 1e3:.3f} ms"
-    return _si(value)
 
 
 def pareto_lines(report: dict[str, Any], plots: list[str], max_rows: int = 12) -> list[str]:
@@ -236,7 +229,7 @@ def pareto_lines(report: dict[str, Any], plots: list[str], max_rows: int = 12) -
     lines = ["## Pareto frontier", "", f"Swept {', '.join(pareto['fronts'])} in {pareto['sweep_seconds']:.2f} s (one ILP per point).", ""]
     for quantity, points in pareto["fronts"].items():
         step = max(1, len(points) // max_rows)
-        rows = [[_fmt_q(quantity, p["achieved"]), f"{p['sensitivity']:.4g}"] for p in points[::step]]
+        rows = [[format_quantity(quantity, p["achieved"]), f"{p['sensitivity']:.4g}"] for p in points[::step]]
         lines += [f"### Sensitivity against {quantity} ({len(points)} points)", ""]
         lines += _table([quantity, "total sensitivity"], rows, "rr") + [""]
         if f"pareto_{quantity}.png" in plots:

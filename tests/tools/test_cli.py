@@ -139,3 +139,38 @@ def test_help_on_every_subcommand(capsys) -> None:
             main([sub, "--help"])
         assert info.value.code == 0
         assert "usage: lcpaq" in capsys.readouterr().out
+
+
+def test_budget_gives_mixed_assignment_with_pareto_plots(capsys, tmp_path) -> None:
+    out_dir = tmp_path / "ilp"
+    code, out, _ = _run(capsys, "quantize", "--budget", "size=0.15x", "--compare", "w8a8,w4a8", "--probes", "16",
+                        "--out", str(out_dir), "--no-progress")
+    assert code == 0
+    report = json.loads((out_dir / "report.json").read_text())
+    assert len({row["w_bits"] for row in report["layers"]}) > 1  # a mixed assignment
+    assert all(row["sensitivity"] is not None for row in report["layers"])
+    ilp, w8, w4 = report["configs"][1:]
+    assert ilp["label"] == "ILP(size=0.15x)"
+    limit = report["assignment"]["budgets"][0]["limit"]
+    assert limit == 0.15 * report["totals"]["fp32_bytes"]
+    assert ilp["size_bytes"] <= limit and ilp["size_bytes"] == report["assignment"]["predicted"]["size"]
+    assert ilp["sensitivity"] == pytest.approx(report["assignment"]["sensitivity"])
+    assert ilp["sensitivity"] < w4["sensitivity"]  # W4A8 also fits the budget: the ILP must beat it
+    assert set(report["pareto"]["fronts"]) == {"size", "bops"}
+    for name in ("pareto_size.png", "pareto_bops.png"):
+        assert (out_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out_dir / "report.md").read_text()
+    assert "![sensitivity against size](pareto_size.png)" in md and "ILP under size=0.15x" in md
+    assert "ILP under size=0.15x" in out
+
+
+@pytest.mark.parametrize(("budget", "message"), [
+    ("size=0.01x", "infeasible budget: size=0.01x asks size <="),
+    ("latency=2ms", "has no per-layer latency table yet"),
+    ("speed=2", "bad budget 'speed=2'"),
+])
+def test_bad_budget_exit_2(capsys, tmp_path, budget, message) -> None:
+    out_dir = tmp_path / "o"
+    code, _, err = _run(capsys, "quantize", "--budget", budget, "--probes", "4", "--out", str(out_dir), "--no-progress")
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert not out_dir.exists()

@@ -1,0 +1,152 @@
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lcpaq.hw_targets.target import Target
+from lcpaq.ir import capture, find_layers
+from lcpaq.ir.errors import ConfigError
+from lcpaq.ir.meta import ASSIGNMENT, BITS, PARETO, BitAssignment
+from lcpaq.passes import Pipeline
+from lcpaq.passes.budgets import format_quantity, parse_budget
+from lcpaq.passes.ilp import problem_from_graph
+from lcpaq.passes.ilp_problem import AssignmentProblem, Infeasible
+from tests.conftest import make_ctx
+
+ANALYSE = "fold-bn,shape-prop,cost,calibrate,hessian{probes=8}"
+
+
+@st.composite
+def problems(draw):
+    n_layers = draw(st.integers(1, 5))
+    widths = [(2, 8), (4, 8), (8, 8), (8, 16), (4, 16)]
+    candidates, sens, size, bops = [], [], [], []
+    for _ in range(n_layers):
+        cands = draw(st.lists(st.sampled_from(widths), min_size=1, max_size=4, unique=True))
+        candidates.append([BitAssignment(w, a) for w, a in cands])
+        floats = st.floats(0.0, 100.0, allow_nan=False)
+        sens.append(np.array([draw(floats) for _ in cands]))
+        size.append(np.array([draw(floats) for _ in cands]))
+        bops.append(np.array([draw(floats) for _ in cands]))
+    group = tuple(range(min(2, n_layers))) if draw(st.booleans()) and n_layers >= 2 else None
+    fixed = draw(st.floats(0, 10))
+    problem = AssignmentProblem([f"l{i}" for i in range(n_layers)], candidates, sens, {"size": size, "bops": bops},
+                                {"size": fixed}, [group] if group else [])
+
+    def binding(per_layer: list[np.ndarray], offset: float) -> float:
+        """A limit between the least and the most the layers can sum to: mostly feasible, binding."""
+        lo, hi = sum(v.min() for v in per_layer), sum(v.max() for v in per_layer)
+        return offset + lo + draw(st.floats(0.0, 1.0)) * (hi - lo)
+
+    return problem, {"size": binding(size, fixed), "bops": binding(bops, 0.0)}
+
+
+def _brute_force(problem: AssignmentProblem, budgets: dict[str, float]) -> float | None:
+    best = None
+    for picks in itertools.product(*(range(len(c)) for c in problem.candidates)):
+        if any(len({problem.candidates[l][picks[l]].a_bits for l in g}) > 1 for g in problem.groups):
+            continue
+        totals = problem.evaluate(list(picks))
+        if any(totals[q] > limit + 1e-6 for q, limit in budgets.items()):
+            continue
+        value = sum(problem.sensitivity[l][c] for l, c in enumerate(picks))
+        best = value if best is None else min(best, value)
+    return best
+
+
+@settings(max_examples=150, deadline=None)
+@given(problems())
+def test_ilp_optimum_equals_brute_force(case) -> None:
+    problem, budgets = case
+    expected = _brute_force(problem, budgets)
+    try:
+        solution = problem.solve(budgets)
+    except Infeasible:
+        assert expected is None
+        return
+    assert expected is not None
+    assert solution.sensitivity == pytest.approx(expected, abs=1e-6)
+    for quantity, limit in budgets.items():
+        assert solution.totals[quantity] <= limit + 1e-6
+
+
+def _analysed(block, target):
+    x = torch.randn(4, 3, 8, 8)
+    gm = capture(block, (x[:1],))
+    ctx = make_ctx(target, x[:1])
+    return Pipeline.from_spec(ANALYSE)(gm, ctx).graph_module, ctx
+
+
+def test_groups_share_activation_width(block, x86) -> None:
+    gm, ctx = _analysed(block, x86)
+    problem = problem_from_graph(gm, x86)
+    # a BOPs budget between uniform A8 and A16 makes activation widths a real choice
+    Pipeline.from_spec("ilp{bops=1.5int8}")(gm, ctx)
+    bits = {layer.name: BITS.get(layer.node) for layer in find_layers(gm)}
+    assert bits["c1"].a_bits == bits["c2"].a_bits and bits["fc"].a_bits == bits["fc2"].a_bits
+    assert problem.groups == [(0, 1), (2, 3)]
+    result = ASSIGNMENT.get(gm)
+    assert dict(result.achieved)["bops"] <= result.budgets[0].limit
+
+
+def test_candidates_come_from_target(block) -> None:
+    narrow = Target("narrow", "", {}, {"conv": (8,), "linear": (8,), "matmul": (8,)}, (4,), (8,))
+    gm, ctx = _analysed(block, narrow)
+    Pipeline.from_spec("ilp{size=0.2x}")(gm, ctx)
+    assert {(b.w_bits, b.a_bits) for b in (BITS.get(layer.node) for layer in find_layers(gm))} <= {(4, 8), (8, 8)}
+
+
+def test_infeasible_budget_states_smallest_achievable(block, x86) -> None:
+    gm, ctx = _analysed(block, x86)
+    least = problem_from_graph(gm, x86).minimum("size")
+    with pytest.raises(ConfigError) as info:
+        Pipeline.from_spec("ilp{size=0.01x}")(gm, ctx)
+    message = str(info.value)
+    assert message.startswith("pass 'ilp': infeasible budget: size=0.01x asks size <=")
+    assert f"the smallest achievable is {format_quantity('size', least)}" in message and "\n" not in message
+
+
+def test_ilp_needs_a_budget(block, x86) -> None:
+    gm, ctx = _analysed(block, x86)
+    with pytest.raises(ConfigError, match="needs at least one budget"):
+        Pipeline.from_spec("ilp")(gm, ctx)
+
+
+def test_pareto_front_is_monotone_and_spans_the_range(block, x86) -> None:
+    gm, ctx = _analysed(block, x86)
+    Pipeline.from_spec("pareto{points=20}")(gm, ctx)
+    problem = problem_from_graph(gm, x86)
+    for quantity in ("size", "bops"):
+        front = PARETO.get(gm).front(quantity)
+        assert len(front) >= 3
+        xs = [p.achieved for p in front]
+        ys = [p.sensitivity for p in front]
+        assert xs == sorted(xs) and all(a > b for a, b in zip(ys, ys[1:]))
+        assert xs[0] == pytest.approx(problem.minimum(quantity))
+
+
+@pytest.mark.parametrize(("text", "quantity", "limit"), [
+    ("size=0.3x", "size", 0.3 * 1000),
+    ("bops=0.5int8", "bops", 0.5 * 64),
+    ("size=2MB", "size", 2e6),
+    ("size=64KiB", "size", 65536),
+    ("bops=1.5G", "bops", 1.5e9),
+    ("latency=2.5ms", "latency", 2.5e-3),
+    ("act-memory=1kb", "act_memory", 1000),
+])
+def test_budget_parsing(text: str, quantity: str, limit: float) -> None:
+    budget = parse_budget(text, {"size": 1000, "bops": 1024}, {"size": 250, "bops": 64})
+    assert budget.quantity == quantity and budget.limit == pytest.approx(limit)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("speed=2x", "KEY one of size, bops, latency, act_memory"),
+    ("size=lots", "must be a number"),
+    ("size=3furlongs", "unit 'furlongs' unknown for size"),
+])
+def test_bad_budgets(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_budget(text, {"size": 1.0}, {"size": 1.0})
