@@ -165,6 +165,7 @@ class QuantizedInfo:
     w_quantizer: str | None
     a_quantizers: tuple[str, ...]
     bits: BitAssignment
+    bias_corrected: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,9 @@
 """Quantized ops that a rewritten graph contains. Backends recognise and lower these."""
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 
 from lcpaq.ir.quantizer import QuantSpec, fake_quantize, qparams_from_range, weight_qparams
@@ -17,6 +20,7 @@ class FakeQuantize(torch.nn.Module):
         self.spec = spec
         self.register_buffer("scale", scale.detach().clone().float())
         self.register_buffer("zero_point", zero_point.detach().clone().float())
+        self.enabled = True
 
     @classmethod
     def for_range(cls, lo: float, hi: float, spec: QuantSpec) -> "FakeQuantize":
@@ -29,9 +33,23 @@ class FakeQuantize(torch.nn.Module):
         return cls(spec, scale, zero_point)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fake_quantize(x, self.scale, self.zero_point, self.spec)
+        return fake_quantize(x, self.scale, self.zero_point, self.spec) if self.enabled else x
 
     def extra_repr(self) -> str:
         s = self.spec
         gran = "per-tensor" if s.ch_axis is None else f"per-channel(axis={s.ch_axis})"
         return f"bits={s.bits}, {'symmetric' if s.symmetric else 'asymmetric'}, {gran}"
+
+
+@contextlib.contextmanager
+def quantizers_disabled(module: torch.nn.Module) -> Iterator[None]:
+    """Run ``module`` in floating point: every FakeQuantize inside passes values through."""
+    quantizers = [m for m in module.modules() if isinstance(m, FakeQuantize)]
+    states = [q.enabled for q in quantizers]
+    for q in quantizers:
+        q.enabled = False
+    try:
+        yield
+    finally:
+        for q, state in zip(quantizers, states):
+            q.enabled = state

@@ -5,7 +5,9 @@ from lcpaq.passes.pipeline import (
     Pipeline, calibration_phase, ilp_phase, parse_spec, prepare_phase, sensitivity_phase, uniform_phase,
 )
 
-from lcpaq.passes import assign_uniform, calibrate, cost, fake_quant, fold_bn, hessian, ilp, pareto, shape_prop  # noqa: F401,E402  (registration)
+from lcpaq.passes import (  # noqa: F401,E402  (registration)
+    assign_uniform, bias_correct, calibrate, cost, distill, fake_quant, fold_bn, hessian, ilp, pareto, shape_prop,
+)
 
 __all__ = [
     "Pass", "PassContext", "PassError", "PassResult", "Pipeline", "calibration_phase", "ilp_phase", "parse_spec",

@@ -7,6 +7,7 @@ import torch
 import torch.fx as fx
 
 from lcpaq.ir.capture import get_attr, set_attr
+from lcpaq.ir.surgery import set_layer_bias
 from lcpaq.ir.layers import CONV_OPS
 from lcpaq.passes.base import Pass, PassResult, register_pass
 from lcpaq.passes.context import PassContext
@@ -71,34 +72,9 @@ def _fold(gm: fx.GraphModule, conv: fx.Node, bn: fx.Node) -> None:
     new_b = (bias - mean_t) * scale + beta_t.detach()
 
     set_attr(gm, w_node.target, torch.nn.Parameter(new_w, requires_grad=False))
-    if isinstance(b_node, fx.Node) and len(b_node.users) == 1:
-        set_attr(gm, b_node.target, torch.nn.Parameter(new_b, requires_grad=False))
-    else:
-        bias_name = _free_name(gm, w_node.target.removesuffix("weight") + "bias")
-        set_attr(gm, bias_name, torch.nn.Parameter(new_b, requires_grad=False))
-        with gm.graph.inserting_after(w_node):
-            b_new = gm.graph.get_attr(bias_name)
-        args = list(conv.args) + [None] * (3 - len(conv.args))
-        args[2] = b_new
-        conv.args = tuple(args)
+    set_layer_bias(gm, conv, w_node.target, new_b)
     bn.replace_all_uses_with(conv)
     gm.graph.erase_node(bn)
-
-
-def _free_name(gm: fx.GraphModule, name: str) -> str:
-    candidate, i = name, 0
-    while _exists(gm, candidate):
-        i += 1
-        candidate = f"{name}_{i}"
-    return candidate
-
-
-def _exists(gm: fx.GraphModule, qualname: str) -> bool:
-    try:
-        get_attr(gm, qualname)
-        return True
-    except AttributeError:
-        return False
 
 
 def _erase_unused_attrs(gm: fx.GraphModule) -> None:

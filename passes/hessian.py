@@ -13,12 +13,12 @@ from torch.utils._pytree import tree_leaves
 
 from lcpaq.ir.capture import get_attr
 from lcpaq.ir.fileio import atomic_write_json, read_json_cache
-from lcpaq.ir.layers import QuantLayer, find_layers, weight_channel_axis
-from lcpaq.ir.meta import ACT_RANGE, FLOAT_BITS, SENSITIVITY, Sensitivity
-from lcpaq.ir.quantizer import QuantSpec, fake_quantize, qparams_from_range, quantization_error
+from lcpaq.ir.layers import QuantLayer, find_layers
+from lcpaq.ir.meta import ACT_RANGE, SENSITIVITY, Sensitivity
 from lcpaq.passes.base import Pass, PassResult, register_pass
 from lcpaq.passes.context import PassContext
 from lcpaq.passes.hutchinson import hessian_traces
+from lcpaq.passes.sensitivity_terms import act_errors, collect_activations, combine, hessian_loss, weight_errors
 
 
 @register_pass
@@ -74,38 +74,14 @@ class HessianSensitivity(Pass):
     def _compute(self, gm, ctx: PassContext, layers: list[QuantLayer], batches, labels) -> dict[str, Sensitivity]:
         weight_names = list(dict.fromkeys(str(layer.weight.target) for layer in layers if layer.weight is not None))
         act_nodes = list(dict.fromkeys(a for layer in layers for a in layer.act_inputs))
-        loss_fn = _loss(gm, batches, labels)
         w_tr, a_tr = hessian_traces(
-            gm, weight_names, act_nodes, batches, loss_fn, self.probes, min(self.min_probes, self.probes), self.tol, ctx.seed, ctx.progress
+            gm, weight_names, act_nodes, batches, hessian_loss(gm, batches, labels),
+            self.probes, min(self.min_probes, self.probes), self.tol, ctx.seed, ctx.progress,
         )
-        act_values = _activations(gm, act_nodes, batches)
-        out = {}
-        for layer in layers:
-            kind_bits = [b for b in ctx.target.weight_bits(layer.kind) if b != FLOAT_BITS] if layer.weight is not None else []
-            weight_sens: list[tuple[int, float]] = []
-            w_trace, rel_err, probes = 0.0, 0.0, 0
-            if layer.weight is not None:
-                est = w_tr[str(layer.weight.target)]
-                w_trace, rel_err, probes = max(est.mean, 0.0), est.rel_err, est.probes
-                weight = get_attr(gm, layer.weight.target).detach()
-                axis = weight_channel_axis(layer) if self.weight_granularity == "per-channel" else None
-                for b in kind_bits:
-                    err = quantization_error(weight, QuantSpec(b, symmetric=True, ch_axis=axis))
-                    weight_sens.append((b, w_trace / weight.numel() * err))
-            act_sens: dict[int, float] = {}
-            a_trace = 0.0
-            ranges = ACT_RANGE.get(layer.node)
-            for index, node in enumerate(layer.act_inputs):
-                est = a_tr[node]
-                trace = max(est.mean, 0.0)
-                a_trace += trace
-                probes = max(probes, est.probes)
-                for b in (b for b in ctx.target.act_bits if b != FLOAT_BITS):
-                    r = ranges.get(index, b)
-                    err = _act_error(act_values[node], r.lo, r.hi, QuantSpec(b, symmetric=self.act_symmetric))
-                    act_sens[b] = act_sens.get(b, 0.0) + trace / est.numel * err
-            out[layer.name] = Sensitivity(w_trace, a_trace, tuple(weight_sens), tuple(sorted(act_sens.items())), probes, rel_err)
-        return out
+        values = collect_activations(gm, [n.name for n in act_nodes], batches)
+        w_err = weight_errors(gm, layers, ctx.target, self.weight_granularity)
+        a_err = act_errors(layers, values, ctx.target, self.act_symmetric)
+        return combine(gm, layers, w_tr, {n.name: est for n, est in a_tr.items()}, w_err, a_err)
 
     def _key(self, gm: fx.GraphModule, ctx: PassContext, batches, labels, layers: list[QuantLayer]) -> str:
         h = hashlib.sha256()
@@ -125,58 +101,6 @@ class HessianSensitivity(Pass):
             if isinstance(leaf, torch.Tensor):
                 h.update(leaf.detach().contiguous().cpu().numpy().tobytes())
         return h.hexdigest()[:24]
-
-
-def _loss(gm: fx.GraphModule, batches, labels):
-    if labels is not None:
-        return lambda out, b: torch.nn.functional.cross_entropy(_first_tensor(out), labels[b])
-    with torch.no_grad():
-        targets = [[t.detach() for t in _float_leaves(gm(*batch))] for batch in batches]
-
-    def distill(out: Any, b: int) -> torch.Tensor:
-        leaves = _float_leaves(out)
-        n = max(leaves[0].shape[0], 1) if leaves[0].dim() else 1
-        return sum(0.5 * ((o - t) ** 2).sum() for o, t in zip(leaves, targets[b])) / n
-
-    return distill
-
-
-def _float_leaves(out: Any) -> list[torch.Tensor]:
-    return [t for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.is_floating_point()]
-
-
-def _first_tensor(out: Any) -> torch.Tensor:
-    return _float_leaves(out)[0]
-
-
-class _Collect(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule, nodes: set[fx.Node]) -> None:
-        super().__init__(gm)
-        self.nodes, self.values = nodes, {}
-
-    def run_node(self, n: fx.Node) -> Any:
-        out = super().run_node(n)
-        if n in self.nodes:
-            self.values[n] = out.detach()
-        return out
-
-
-def _activations(gm: fx.GraphModule, nodes: list[fx.Node], batches) -> dict[fx.Node, list[torch.Tensor]]:
-    values: dict[fx.Node, list[torch.Tensor]] = {n: [] for n in nodes}
-    with torch.no_grad():
-        for batch in batches:
-            runner = _Collect(gm, set(nodes))
-            runner.run(*batch)
-            for n, v in runner.values.items():
-                values[n].append(v)
-    return values
-
-
-def _act_error(values: list[torch.Tensor], lo: float, hi: float, spec: QuantSpec) -> float:
-    """Squared quantization error of the activation, averaged over the batches."""
-    scale, zp = qparams_from_range(torch.tensor(lo), torch.tensor(hi), spec)
-    total = sum(float(((fake_quantize(v.float(), scale, zp, spec) - v.float()) ** 2).sum()) for v in values)
-    return total / max(len(values), 1)
 
 
 def _load(path, layers: list[QuantLayer]) -> dict[str, Sensitivity] | None:

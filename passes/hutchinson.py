@@ -24,6 +24,11 @@ class TraceEstimate:
     rel_err: float
     numel: int
     probes: int
+    samples: tuple[float, ...] = ()
+
+    def prefix(self, k: int) -> "TraceEstimate":
+        """The estimate from the first ``k`` probes: with one seed, the same as a run of ``k``."""
+        return _estimate(list(self.samples[:k]), self.numel)
 
 
 class _Probed(fx.Interpreter):
@@ -117,4 +122,4 @@ def _rel_err(samples: list[float]) -> float:
 
 
 def _estimate(samples: list[float], numel: int) -> TraceEstimate:
-    return TraceEstimate(sum(samples) / len(samples), _rel_err(samples), numel, len(samples))
+    return TraceEstimate(sum(samples) / len(samples), _rel_err(samples), numel, len(samples), tuple(samples))

@@ -1,6 +1,7 @@
 """ilp: choose each layer's precision by integer linear programming under budgets."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,7 +68,9 @@ class ILPAssign(Pass):
     """Minimises total sensitivity subject to every budget given (size, bops, latency,
     act_memory; each absolute, ``Nx`` of fp32 or ``Nint8`` of uniform INT8), with one precision
     per layer from the target's candidates and equal activation widths for layers that read
-    the same tensor. Solved exactly by HiGHS (scipy.optimize.milp).
+    the same tensor. Solved exactly by HiGHS (scipy.optimize.milp). ``tradeoff`` adds soft
+    cost terms to the objective, for trading budgets against each other; ``w_range`` and
+    ``a_bits`` narrow the target's candidates.
 
     Reads: ``lcpaq.cost``, ``lcpaq.sensitivity``. Writes: ``lcpaq.bits`` on every layer and
     ``lcpaq.assignment`` on the graph. An infeasible budget is a one-line error stating the
@@ -80,6 +83,43 @@ class ILPAssign(Pass):
     bops: str = ""
     latency: str = ""
     act_memory: str = ""
+    tradeoff: str = ""
+    w_range: str = ""
+    a_bits: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.tradeoff_weights()  # validates
+        self.width_range()
+
+    def tradeoff_weights(self) -> dict[str, float]:
+        """``tradeoff=bops:0.1+size:0.5``: soft terms added to the objective, each weight w
+        costing w x (mean total sensitivity) per fp32-model's worth of that quantity."""
+        weights = {}
+        for item in filter(None, self.tradeoff.split("+")):
+            quantity, _, value = item.partition(":")
+            if quantity not in ("size", "bops", "act_memory"):
+                raise ValueError(f"tradeoff on {quantity!r}: choose size, bops or act_memory")
+            weights[quantity] = float(value)
+        return weights
+
+    def width_range(self) -> tuple[int, int]:
+        """``w_range=3-8``: offer the ILP only weight widths in [3, 8] (of the target's)."""
+        if not self.w_range:
+            return 2, 32
+        lo, sep, hi = self.w_range.partition("-")
+        if not sep or not lo.isdigit() or not hi.isdigit() or int(lo) > int(hi):
+            raise ValueError(f"w_range must be LO-HI, for example 4-8, got {self.w_range!r}")
+        return int(lo), int(hi)
+
+    def candidates_target(self, target: Target) -> Target:
+        """The target narrowed to ``w_range`` and ``a_bits``; one-line error if nothing is left."""
+        lo, hi = self.width_range()
+        native = {k: tuple(b for b in v if lo <= b <= hi) for k, v in target.native_weight_bits.items()}
+        storage = tuple(b for b in target.storage_weight_bits if lo <= b <= hi)
+        acts = tuple(b for b in target.act_bits if not self.a_bits or b in self.a_bits)
+        if not acts or not all(native.get(k) or storage for k in ("conv", "linear", "matmul")):
+            raise ConfigError(f"w_range={self.w_range or 'any'}, a_bits={self.a_bits or 'any'} leave target {target.name!r} no precision")
+        return dataclasses.replace(target, native_weight_bits=native, storage_weight_bits=storage, act_bits=acts)
 
     def budgets(self, gm: fx.GraphModule, target: Target) -> list[Budget]:
         fp32, int8 = reference_totals(gm)
@@ -93,15 +133,26 @@ class ILPAssign(Pass):
         budgets = self.budgets(gm, ctx.target)
         if not budgets:
             raise ConfigError("needs at least one budget, for example ilp{size=0.3x} or ilp{bops=0.5int8}")
-        problem = problem_from_graph(gm, ctx.target)
+        problem = problem_from_graph(gm, self.candidates_target(ctx.target))
+        objective = _objective(problem, self.tradeoff_weights(), reference_totals(gm)[0])
         try:
-            solution = problem.solve({b.quantity: b.limit for b in budgets})
+            solution = problem.solve({b.quantity: b.limit for b in budgets}, objective)
         except Infeasible:
             raise ConfigError(_infeasible_message(problem, budgets)) from None
         for layer, bits in zip(find_layers(gm), solution.choice):
             BITS.set(layer.node, bits)
         ASSIGNMENT.set(gm, AssignmentResult(tuple(budgets), tuple(solution.totals.items()), solution.sensitivity, solution.seconds))
         return PassResult(gm, False)
+
+
+def _objective(problem: AssignmentProblem, weights: dict[str, float], fp32: dict[str, float]) -> np.ndarray | None:
+    if not weights:
+        return None
+    sens = np.concatenate(problem.sensitivity)
+    scale = float(sum(np.mean(s) for s in problem.sensitivity)) or 1.0
+    for quantity, w in weights.items():
+        sens = sens + w * scale * np.concatenate(problem.costs[quantity]) / max(fp32[quantity], 1e-30)
+    return sens
 
 
 def _infeasible_message(problem: AssignmentProblem, budgets: list[Budget]) -> str:

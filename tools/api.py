@@ -27,7 +27,12 @@ from lcpaq.passes.pipeline import (
     Pipeline, calibration_phase, ilp_phase, parse_spec, prepare_phase, sensitivity_phase, uniform_phase,
 )
 from lcpaq.tools.metrics import output_metrics, reference_outputs
+from lcpaq.passes.distill import Distill
+from lcpaq.passes.pareto import ParetoSweep
 from lcpaq.tools.models.zoo import ModelBundle, load_model
+from lcpaq.tools.search import run_search, search_summary
+from lcpaq.tools.search_harness import DEFAULT_PROXY, PROXIES, SearchHarness, config_pipeline
+from lcpaq.tools.search_space import SearchSpace
 
 
 
@@ -83,6 +88,12 @@ def quantize(
     calibration: str = "minmax",
     probes: int = 64,
     pipeline: str | None = None,
+    search: str = "none",
+    trials: int = 40,
+    proxy: str = DEFAULT_PROXY,
+    space: str | Path | None = None,
+    space_set: Sequence[str] = (),
+    distill: int = 0,
     out: str | Path | None = None,
     dump_graphs: str | Path | None = None,
     progress: bool = False,
@@ -91,8 +102,12 @@ def quantize(
     """Capture, analyse, calibrate and fake-quantize ``model``; evaluate fp32, the primary
     configuration and each uniform ``compare`` configuration. The primary configuration is
     the ILP's mixed assignment when a ``budget`` is given (``["size=0.3x"]``), else uniform
-    ``bits``, or a full ``pipeline`` spec. With ``out``, report.json, report.md and the Pareto
-    plots are written there atomically, after everything succeeded."""
+    ``bits``, or a full ``pipeline`` spec. ``search="proxy"`` first searches the quantization
+    hyperparameters (``space``) with TPE scored by ``proxy``, confirming the best few on the
+    validation metric; ``search="full"`` scores every trial on the validation metric (the
+    baseline). ``distill`` > 0 adds that many steps of distillation of the primary result.
+    With ``out``, report.json, report.md and the Pareto plots are written there atomically,
+    after everything succeeded."""
     # Validate every option before any heavy work, so a typo costs nothing and writes nothing.
     tgt = target if isinstance(target, Target) else load_target(target)
     if calibration not in CALIBRATION_METHODS:
@@ -103,6 +118,7 @@ def quantize(
         for kind in OP_KINDS:
             tgt.check(kind, cfg)
     custom = parse_spec(pipeline) if pipeline else None
+    search_space = _check_search(search, proxy, trials, space, space_set, budgets, custom, distill)
     out_dir = Path(out) if out is not None else None
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out_dir} exists and is not a directory")
@@ -123,6 +139,7 @@ def quantize(
         reference = reference_outputs(bundle.model, bundle.eval_batches)
         fp32_metrics = _evaluate(bundle, bundle.model, reference)
     results: list[ConfigResult] = []
+    extra: dict[str, Any] = {}
     if custom is not None:
         with clock.stage("pipeline"):
             result = Pipeline(custom, instruments)(copy.deepcopy(gm), ctx).graph_module
@@ -130,6 +147,23 @@ def quantize(
             raise ConfigError("--pipeline must include the 'cost' pass (after 'shape-prop') so the model can be sized")
         prepared = result
         results.append(_measure("custom", result, Pipeline(custom).spec(), bundle, reference, clock))
+    elif search_space is not None:
+        with clock.stage("search"):
+            harness = SearchHarness(bundle, tgt, budgets, search_space, seed, progress)
+            outcome = run_search(harness, search, trials, proxy, seed=seed, progress=progress)
+        clock.stages.update({f"search: {k}": v for k, v in {**harness.stages, **outcome.seconds}.items()})
+        with clock.stage("pareto"):
+            prepared = Pipeline([ParetoSweep()])(harness.assign(outcome.best), ctx).graph_module
+        label = f"searched {_budget_label(budgets)}"
+        with clock.stage(f"quantize {label}"):
+            qgm = harness.build(outcome.best)
+        spec = config_pipeline(outcome.best, budgets, tgt).spec()
+        results.append(_measure(label, qgm, spec, bundle, reference, clock))
+        for cfg in configs:
+            passes = uniform_phase(tgt, cfg.w_bits, cfg.a_bits)
+            qgm = Pipeline(passes, instruments)(copy.deepcopy(prepared), ctx).graph_module
+            results.append(_measure(str(cfg), qgm, "(searched calibration)," + Pipeline(passes).spec(), bundle, reference, clock))
+        extra["search"] = search_summary(outcome, harness, search_space)
     else:
         analysis = prepare_phase(tgt) + calibration_phase(tgt, calibration)
         with clock.stage("prepare"):
@@ -146,12 +180,42 @@ def quantize(
                 qgm = Pipeline(passes, instruments)(copy.deepcopy(prepared), ctx).graph_module
             results.append(_measure(label, qgm, Pipeline(analysis + passes).spec(), bundle, reference, clock))
 
+    if distill:
+        first = results[0]
+        with clock.stage("distill"):
+            start = time.perf_counter()
+            dgm = Pipeline([Distill(steps=distill)], instruments)(copy.deepcopy(first.graph_module), ctx).graph_module
+            seconds = time.perf_counter() - start
+        results.insert(1, _measure(f"{first.label} + distill", dgm, f"{first.pipeline},distill{{steps={distill}}}", bundle, reference, clock))
+        extra["distillation"] = {"steps": distill, "seconds": round(seconds, 3), "before": first.metrics, "after": results[1].metrics}
+
     from lcpaq.tools.report import build_report, write_report
 
     report = build_report(bundle, tgt, prepared, fp32_metrics, results, clock.stages, timing.times)
+    report.update(extra)
     if out_dir is not None:
         write_report(out_dir, report)
     return QuantizeResult(report, prepared, results)
+
+
+def _check_search(search: str, proxy: str, trials: int, space: str | Path | None, space_set: Sequence[str],
+                  budgets: dict[str, str], custom: list | None, distill: int) -> SearchSpace | None:
+    """Validate the search options; the narrowed space, or None without a search."""
+    if distill < 0:
+        raise ConfigError(f"--distill takes a number of steps >= 0, got {distill}")
+    if search not in ("none", "proxy", "full"):
+        raise ConfigError(f"unknown search {search!r}; choose none, proxy or full")
+    if search == "none":
+        return None
+    if proxy not in PROXIES:
+        raise ConfigError(f"unknown proxy {proxy!r}; choose from {', '.join(PROXIES)}")
+    if trials < 1:
+        raise ConfigError(f"--trials must be >= 1, got {trials}")
+    if custom is not None:
+        raise ConfigError("--search chooses the pipeline itself; it cannot be combined with --pipeline")
+    if not budgets:
+        raise ConfigError("--search assigns precisions by ILP: give at least one --budget, for example size=0.3x")
+    return (SearchSpace.load(space) if space else SearchSpace.load()).narrowed(list(space_set))
 
 
 def _parse_budgets(texts: Sequence[str], target: Target) -> dict[str, str]:

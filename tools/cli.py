@@ -16,7 +16,8 @@ def _quantize(args: argparse.Namespace) -> int:
     compare = [c for item in args.compare for c in item.split(",") if c]
     result = quantize(
         model=args.model, target=args.target, bits=args.bits, compare=compare, budget=args.budget,
-        calibration=args.calibration, probes=args.probes,
+        calibration=args.calibration, probes=args.probes, search=args.search, trials=args.trials, proxy=args.proxy,
+        space=args.space, space_set=args.space_set, distill=args.distill,
         pipeline=args.pipeline, out=args.out, dump_graphs=args.dump_graphs, progress=args.progress, seed=args.seed,
     )
     print(summary(result.report))
@@ -74,6 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--calibration", default="minmax", choices=["minmax", "percentile", "mse", "entropy"],
                    help="activation range estimator (default minmax)")
     q.add_argument("--pipeline", metavar="SPEC", help="full pass pipeline, e.g. 'fold-bn,shape-prop,cost,calibrate{method=mse},uniform{w=4,a=8},fake-quant'")
+    q.add_argument("--search", default="none", choices=["none", "proxy", "full"],
+                   help="search the quantization hyperparameters (needs --budget): 'proxy' scores trials with a cheap "
+                        "label-free proxy and confirms the best few on the validation metric; 'full' is the baseline")
+    q.add_argument("--trials", type=int, default=40, metavar="N", help="search trials (default 40)")
+    q.add_argument("--proxy", default="kl", choices=["hessian", "sqnr", "cosine", "kl"], help="search proxy (default kl)")
+    q.add_argument("--space", metavar="FILE", help="search space file (default: the built-in tools/search_space.toml)")
+    q.add_argument("--space-set", action="append", default=[], metavar="NAME=a|b",
+                   help="narrow or widen one search dimension, e.g. calibration=minmax|mse")
+    q.add_argument("--distill", type=int, default=0, metavar="STEPS",
+                   help="fine-tune the result for STEPS steps with the fp32 model as teacher (default 0: off)")
     q.add_argument("--out", metavar="DIR", help="write report.json and report.md here")
     q.add_argument("--dump-graphs", metavar="DIR", help="write the graph after each pass that changes it")
     q.add_argument("--seed", type=int, default=0, help="seed of every random generator (default 0)")

@@ -207,6 +207,7 @@ def summary(report: dict[str, Any]) -> str:
         f"quality ({report['data']}):",
         *config_table(report),
         *assignment_lines(report),
+        *_search_summary(report),
         "",
         f"total time {report['timing_s']['total']:.1f} s",
     ]
@@ -237,6 +238,43 @@ def pareto_lines(report: dict[str, Any], plots: list[str], max_rows: int = 12) -
     return lines
 
 
+def _search_summary(report: dict[str, Any]) -> list[str]:
+    search = report.get("search")
+    if search is None:
+        return []
+    return [f"{search['mode']} search ({search['trials']} trials, {search['seconds']['total']:.1f} s + "
+            f"{search['seconds']['sensitivity']:.1f} s shared analysis) chose: {_brief(search['best'])}"]
+
+
+def search_lines(report: dict[str, Any]) -> list[str]:
+    search = report.get("search")
+    if search is None:
+        return []
+    proxy = f" scored by the `{search['proxy']}` proxy, the best {len(search['confirmed'])} confirmed" if search["proxy"] else " scored by the validation metric"
+    lines = ["## Search", "", f"{search['mode']} search: {search['trials']} TPE trials over {search['space_size']:,} configurations,{proxy}.",
+             f"Best {search['metric']}: {search['best_metric']:.4f}.", "",
+             *_table(["hyperparameter", "chosen"], [[k, str(v)] for k, v in search["best"].items() if v is not None], "ll"), ""]
+    if search["confirmed"]:
+        rows = [[str(i + 1), f"{c['proxy_score']:.4g}", f"{c['metric']:.4f}", _brief(c["config"])] for i, c in enumerate(search["confirmed"])]
+        lines += _table(["rank", "proxy", search["metric"], "configuration"], rows, "rrrl") + [""]
+    lines += _table(["search stage", "seconds"], [[k, f"{v:.2f}"] for k, v in search["seconds"].items()], "lr") + [""]
+    return lines
+
+
+def _brief(config: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in config.items() if v is not None)
+
+
+def distill_lines(report: dict[str, Any]) -> list[str]:
+    d = report.get("distillation")
+    if d is None:
+        return []
+    names = [k for k in d["after"] if d["after"][k] is not None]
+    rows = [[k, _metric(d["before"].get(k)), _metric(d["after"].get(k))] for k in names]
+    return ["## Distillation", "", f"{d['steps']} steps in {d['seconds']:.1f} s, fp32 model as teacher.", "",
+            *_table(["metric", "before", "after"], rows, "lrr"), ""]
+
+
 def render_markdown(report: dict[str, Any], plots: list[str] = ()) -> str:
     t = report["totals"]
     stages = [[name, f"{sec:.2f}"] for name, sec in report["timing_s"]["stages"].items()]
@@ -263,6 +301,8 @@ def render_markdown(report: dict[str, Any], plots: list[str] = ()) -> str:
         "",
         *layer_table(report),
         "",
+        *search_lines(report),
+        *distill_lines(report),
         *pareto_lines(report, list(plots)),
         "## Groups",
         "",

@@ -150,3 +150,24 @@ def test_budget_parsing(text: str, quantity: str, limit: float) -> None:
 def test_bad_budgets(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_budget(text, {"size": 1.0}, {"size": 1.0})
+
+
+def test_width_range_and_activation_widths(block, x86) -> None:
+    gm, ctx = _analysed(block, x86)
+    Pipeline.from_spec("ilp{size=0.3x,w_range=4-6,a_bits=8}")(gm, ctx)
+    bits = [BITS.get(layer.node) for layer in find_layers(gm)]
+    assert all(4 <= b.w_bits <= 6 and b.a_bits == 8 for b in bits)
+    with pytest.raises(ConfigError, match="leave target 'x86-host' no precision"):
+        Pipeline.from_spec("ilp{size=0.3x,a_bits=4}")(gm, ctx)
+    with pytest.raises(ConfigError, match="w_range must be LO-HI"):
+        Pipeline.from_spec("ilp{size=0.3x,w_range=8-4}")
+
+
+def test_bops_tradeoff_lowers_bops(block, x86) -> None:
+    gm, ctx = _analysed(block, x86)
+    Pipeline.from_spec("ilp{size=0.5x}")(gm, ctx)
+    free = dict(ASSIGNMENT.get(gm).achieved)["bops"]
+    Pipeline.from_spec("ilp{size=0.5x,tradeoff=bops:10}")(gm, ctx)
+    traded = ASSIGNMENT.get(gm)
+    assert dict(traded.achieved)["bops"] < free
+    assert traded.sensitivity >= 0

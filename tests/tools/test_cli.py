@@ -3,6 +3,7 @@ import textwrap
 
 import pytest
 
+from lcpaq.passes import Pipeline, parse_spec
 from lcpaq.tools.cli import main
 
 
@@ -174,3 +175,38 @@ def test_bad_budget_exit_2(capsys, tmp_path, budget, message) -> None:
     code, _, err = _run(capsys, "quantize", "--budget", budget, "--probes", "4", "--out", str(out_dir), "--no-progress")
     assert code == 2 and message in err and err.count("\n") == 1
     assert not out_dir.exists()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--search", "proxy"], "give at least one --budget"),
+    (["--search", "proxy", "--budget", "size=0.2x", "--space-set", "colour=red"], "bad --space-set 'colour=red'"),
+    (["--search", "proxy", "--budget", "size=0.2x", "--trials", "0"], "--trials must be >= 1"),
+    (["--search", "proxy", "--budget", "size=0.2x", "--pipeline", "cost"], "cannot be combined with --pipeline"),
+    (["--distill", "-5"], "--distill takes a number of steps >= 0"),
+])
+def test_bad_search_options(capsys, tmp_path, argv, message) -> None:
+    code, _, err = _run(capsys, "quantize", *argv, "--out", str(tmp_path / "o"), "--no-progress")
+    assert code == 2 and message in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_proxy_search_with_distillation_report(capsys, tmp_path) -> None:
+    out_dir = tmp_path / "s"
+    code, out, _ = _run(capsys, "quantize", "--budget", "size=0.12x", "--search", "proxy", "--trials", "6",
+                        "--space-set", "probes=8", "--distill", "20", "--out", str(out_dir), "--no-progress")
+    assert code == 0
+    report = json.loads((out_dir / "report.json").read_text())
+    search = report["search"]
+    assert search["mode"] == "proxy" and search["proxy"] == "kl" and search["trials"] == 6
+    assert len(search["confirmed"]) == 3 and search["best"]["probes"] == 8
+    assert search["best_metric"] == max(c["metric"] for c in search["confirmed"])
+    assert {"prepare", "sensitivity", "search", "confirm", "total"} <= set(search["seconds"])
+    labels = [c["label"] for c in report["configs"]]
+    assert labels == ["fp32", "searched ILP(size=0.12x)", "searched ILP(size=0.12x) + distill"]
+    assert report["configs"][1]["metrics"]["accuracy"] == pytest.approx(search["best_metric"])
+    assert report["distillation"]["steps"] == 20
+    assert "hessian{probes=8" in report["pipeline"] and "ilp{size=0.12x" in report["pipeline"]
+    assert Pipeline(parse_spec(report["pipeline"])).spec() == report["pipeline"]  # reproducible with --pipeline
+    md = (out_dir / "report.md").read_text()
+    assert "## Search" in md and "## Distillation" in md
+    assert "proxy search (6 trials" in out

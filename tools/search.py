@@ -1,0 +1,136 @@
+"""Search of quantization hyperparameters: TPE (optuna) over the declared space, scored by a
+cheap label-free proxy, with the best few confirmed on the real validation metric; or, as the
+baseline, the same search scored by the validation metric itself."""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import optuna
+from scipy.stats import kendalltau, spearmanr
+from tqdm.auto import tqdm
+
+from lcpaq.tools.search_harness import PROXIES, SearchHarness
+from lcpaq.tools.search_space import Config
+
+
+@dataclass
+class SearchResult:
+    mode: str
+    proxy: str | None
+    best: Config
+    best_metric: float
+    trials: list[dict[str, Any]]
+    confirmed: list[dict[str, Any]]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def run_search(
+    harness: SearchHarness,
+    mode: Literal["proxy", "full"],
+    trials: int = 40,
+    proxy: str = "hessian",
+    top_k: int = 3,
+    seed: int = 0,
+    progress: bool = False,
+) -> SearchResult:
+    """Reproducible from ``seed``: the sampler, the harness's probes and data are all seeded."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    history: list[dict[str, Any]] = []
+    score = (lambda c: harness.proxy(c, proxy)) if mode == "proxy" else harness.true_metric
+    bar = tqdm(total=trials, desc=f"{mode} search", disable=not progress, leave=False)
+
+    def objective(trial: optuna.Trial) -> float:
+        config = harness.space.suggest(trial)
+        value = score(config)
+        history.append({"config": config, "score": value})
+        bar.update()
+        return value if math.isfinite(value) else -1e30
+
+    start = time.perf_counter()
+    study.optimize(objective, n_trials=trials)
+    bar.close()
+    search_s = time.perf_counter() - start
+    start = time.perf_counter()
+    if mode == "proxy":
+        confirmed = []
+        for entry in _top_distinct(history, top_k):
+            confirmed.append({**entry, "metric": harness.true_metric(entry["config"])})
+        best = max(confirmed, key=lambda e: e["metric"])
+    else:
+        confirmed = []
+        best = max(history, key=lambda e: e["score"])
+        best = {**best, "metric": best["score"]}
+    confirm_s = time.perf_counter() - start
+    return SearchResult(mode, proxy if mode == "proxy" else None, best["config"], best["metric"], history, confirmed,
+                        {"search": search_s, "confirm": confirm_s, "total": search_s + confirm_s})
+
+
+def _top_distinct(history: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
+    seen, out = set(), []
+    for entry in sorted(history, key=lambda e: -e["score"]):
+        key = tuple(sorted(entry["config"].items()))
+        if key in seen or not math.isfinite(entry["score"]):
+            continue
+        seen.add(key)
+        out.append(entry)
+        if len(out) == k:
+            break
+    return out
+
+
+def proxy_correlations(harness: SearchHarness, samples: int = 32, seed: int = 0, progress: bool = False) -> dict[str, Any]:
+    """Rank correlation (Spearman, Kendall) of every proxy with the validation metric over
+    ``samples`` random feasible configurations; also each proxy's cost per configuration."""
+    rng = random.Random(seed)
+    rows: list[dict[str, Any]] = []
+    cost = {name: 0.0 for name in (*PROXIES, "metric")}
+    attempts = 0
+    with tqdm(total=samples, desc="proxy correlation", disable=not progress, leave=False) as bar:
+        while len(rows) < samples and attempts < samples * 5:
+            attempts += 1
+            config = harness.space.sample(rng)
+            start = time.perf_counter()
+            if harness.assign(config) is None:
+                continue
+            row: dict[str, Any] = {"config": config}
+            for name in PROXIES:
+                start = time.perf_counter()
+                row[name] = harness.proxy(config, name)
+                cost[name] += time.perf_counter() - start
+            start = time.perf_counter()
+            row["metric"] = harness.true_metric(config)
+            cost["metric"] += time.perf_counter() - start
+            rows.append(row)
+            bar.update()
+    table = {}
+    for name in PROXIES:
+        xs, ys = [r[name] for r in rows], [r["metric"] for r in rows]
+        table[name] = {
+            "spearman": float(spearmanr(xs, ys).statistic),
+            "kendall": float(kendalltau(xs, ys).statistic),
+            "seconds_per_config": cost[name] / max(len(rows), 1),
+        }
+    best = max(PROXIES, key=lambda n: (table[n]["spearman"] if math.isfinite(table[n]["spearman"]) else -2))
+    return {"samples": len(rows), "rows": rows, "proxies": table, "best": best,
+            "metric_seconds_per_config": cost["metric"] / max(len(rows), 1)}
+
+
+def search_summary(outcome: SearchResult, harness: SearchHarness, space: Any) -> dict[str, Any]:
+    """What report.json records of a search: the winner, the confirmed few, and the cost."""
+    return {
+        "mode": outcome.mode,
+        "proxy": outcome.proxy,
+        "metric": harness.metric_name,
+        "trials": len(outcome.trials),
+        "space_size": space.size(),
+        "space": {name: list(choices) for name, choices in space.dims},
+        "best": outcome.best,
+        "best_metric": outcome.best_metric,
+        "confirmed": [{"config": c["config"], "proxy_score": c["score"], "metric": c["metric"]} for c in outcome.confirmed],
+        "seconds": {**{k: round(v, 4) for k, v in harness.stages.items()}, **{k: round(v, 4) for k, v in outcome.seconds.items()}},
+    }

@@ -1,0 +1,194 @@
+"""The shared harness of the quantization-hyperparameter search.
+
+Everything that does not depend on a configuration is computed once: the costed graph, the
+Hessian traces (at the largest probe count; smaller counts are prefixes of the same probes),
+the calibration activations, and, lazily, one calibrated graph per range estimator and the
+error tables per quantizer setting. A configuration's sensitivities are then a recombination,
+its assignment one ILP, and the "hessian" proxy its objective: no forward pass at all."""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+
+from lcpaq.hw_targets.target import Target
+from lcpaq.ir.capture import capture
+from lcpaq.ir.errors import ConfigError
+from lcpaq.ir.layers import find_layers
+from lcpaq.ir.meta import ASSIGNMENT, SENSITIVITY
+from lcpaq.passes.bias_correct import BiasCorrect
+from lcpaq.passes.calibrate import Calibrate
+from lcpaq.passes.base import Pass
+from lcpaq.passes.context import PassContext
+from lcpaq.passes.fake_quant import FakeQuant
+from lcpaq.passes.hessian import HessianSensitivity
+from lcpaq.passes.hutchinson import hessian_traces
+from lcpaq.passes.ilp import ILPAssign
+from lcpaq.passes.pipeline import Pipeline, prepare_phase
+from lcpaq.passes.sensitivity_terms import act_errors, collect_activations, combine, hessian_loss, weight_errors
+from lcpaq.tools.metrics import output_metrics, reference_outputs
+from lcpaq.tools.models.zoo import ModelBundle
+from lcpaq.tools.search_space import Config, SearchSpace
+
+PROXIES = ("hessian", "sqnr", "cosine", "kl")
+DEFAULT_PROXY = "kl"  # best rank correlation in docs/search_benchmark.md
+
+
+def calibrate_pass(config: Config) -> Calibrate:
+    return Calibrate(method=config["calibration"], percentile=config["percentile"] or 99.99)
+
+
+def hessian_pass(config: Config) -> HessianSensitivity:
+    return HessianSensitivity(probes=config["probes"], min_probes=config["probes"],
+                              weight_granularity=config["weight_granularity"], act_symmetric=config["act_symmetric"])
+
+
+def ilp_pass(config: Config, budgets: dict[str, str]) -> ILPAssign:
+    return ILPAssign(
+        **budgets,
+        tradeoff=f"bops:{config['tradeoff_bops']}" if config["tradeoff_bops"] else "",
+        w_range="" if config["weight_bits"] == "target" else str(config["weight_bits"]),
+        a_bits=() if config["act_bits"] == "target" else (int(config["act_bits"]),),
+    )
+
+
+def rewrite_passes(config: Config) -> list[Pass]:
+    passes: list[Pass] = [FakeQuant(weight_granularity=config["weight_granularity"], act_symmetric=config["act_symmetric"])]
+    return passes + ([BiasCorrect()] if config["bias_correction"] else [])
+
+
+def config_pipeline(config: Config, budgets: dict[str, str], target: Target) -> Pipeline:
+    """The pipeline that reproduces a configuration's result (``lcpaq quantize --pipeline``)."""
+    return Pipeline(prepare_phase(target) + [calibrate_pass(config), hessian_pass(config), ilp_pass(config, budgets)]
+                    + rewrite_passes(config))
+
+
+@dataclass
+class SearchHarness:
+    bundle: ModelBundle
+    target: Target
+    budgets: dict[str, str]
+    space: SearchSpace
+    seed: int = 0
+    progress: bool = False
+    proxy_batches: int = 1
+    hessian_batches: int = 2
+    stages: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.budgets:
+            raise ConfigError("the search assigns precisions by ILP: give at least one --budget")
+        start = time.perf_counter()
+        b = self.bundle
+        self.ctx = PassContext(self.target, b.example_inputs, b.calib_batches, self.progress, self.seed, b.calib_labels)
+        gm = capture(b.model, b.example_inputs, b.name)
+        self.base = Pipeline(prepare_phase(self.target))(gm, self.ctx).graph_module
+        self.layers = find_layers(self.base)
+        batches = self.ctx.batches()[: self.hessian_batches]
+        labels = b.calib_labels[: self.hessian_batches] if b.calib_labels else None
+        act_nodes = list(dict.fromkeys(a for layer in self.layers for a in layer.act_inputs))
+        weights = list(dict.fromkeys(str(layer.weight.target) for layer in self.layers if layer.weight is not None))
+        self.reference = reference_outputs(b.model, b.eval_batches)
+        self.proxy_reference = reference_outputs(b.model, b.calib_batches[: self.proxy_batches])
+        self.stages["prepare"] = time.perf_counter() - start
+        start = time.perf_counter()
+        probes = max(self.space.choices["probes"])
+        w_tr, a_tr = hessian_traces(self.base, weights, act_nodes, batches, hessian_loss(self.base, batches, labels),
+                                    probes, probes, 0.0, self.seed, self.progress)
+        self.w_traces, self.a_traces = w_tr, {n.name: est for n, est in a_tr.items()}
+        self.values = collect_activations(self.base, [n.name for n in act_nodes], batches)
+        self.stages["sensitivity"] = time.perf_counter() - start
+        self._calibrated: dict[tuple, fx.GraphModule] = {}
+        self._w_err: dict[str, dict] = {}
+        self._a_err: dict[tuple, dict] = {}
+
+    # --- configuration-dependent, cached pieces ---------------------------------------------
+    def calibrated(self, config: Config) -> fx.GraphModule:
+        key = (config["calibration"], config["percentile"])
+        if key not in self._calibrated:
+            gm = copy.deepcopy(self.base)
+            self._calibrated[key] = Pipeline([calibrate_pass(config)])(gm, self.ctx).graph_module
+        return self._calibrated[key]
+
+    def sensitivities(self, config: Config, gm: fx.GraphModule) -> dict:
+        layers = find_layers(gm)
+        gran = config["weight_granularity"]
+        if gran not in self._w_err:
+            self._w_err[gran] = weight_errors(gm, layers, self.target, gran)
+        akey = (config["calibration"], config["percentile"], config["act_symmetric"])
+        if akey not in self._a_err:
+            self._a_err[akey] = act_errors(layers, self.values, self.target, config["act_symmetric"])
+        k = config["probes"]
+        w_tr = {name: est.prefix(k) for name, est in self.w_traces.items()}
+        a_tr = {name: est.prefix(k) for name, est in self.a_traces.items()}
+        return combine(gm, layers, w_tr, a_tr, self._w_err[gran], self._a_err[akey])
+
+    def assign(self, config: Config) -> fx.GraphModule | None:
+        """The calibrated graph annotated with this configuration's sensitivities and ILP bits,
+        or None if the budgets cannot be met with its precisions."""
+        gm = self.calibrated(config)
+        sens = self.sensitivities(config, gm)
+        for layer in find_layers(gm):
+            SENSITIVITY.set(layer.node, sens[layer.name])
+        try:
+            Pipeline([ilp_pass(config, self.budgets)])(gm, self.ctx)
+        except ConfigError:
+            return None
+        return gm
+
+    def build(self, config: Config) -> fx.GraphModule | None:
+        """The fake-quantized graph of a configuration (None if infeasible)."""
+        gm = self.assign(config)
+        if gm is None:
+            return None
+        return Pipeline(rewrite_passes(config))(copy.deepcopy(gm), self.ctx).graph_module
+
+    # --- scores (higher is better; -inf for an infeasible configuration) ---------------------
+    def proxy(self, config: Config, name: str) -> float:
+        if name == "hessian":
+            gm = self.assign(config)
+            return -math.inf if gm is None else -ASSIGNMENT.get(gm).sensitivity
+        qgm = self.build(config)
+        if qgm is None:
+            return -math.inf
+        batches = self.bundle.calib_batches[: self.proxy_batches]
+        if name in ("sqnr", "cosine"):
+            metrics = output_metrics(self.proxy_reference, qgm, batches)
+            return metrics["sqnr_db" if name == "sqnr" else "cosine"]
+        if name == "kl":
+            return -_kl(self.proxy_reference, qgm, batches)
+        raise ConfigError(f"unknown proxy {name!r}; choose from {', '.join(PROXIES)}")
+
+    def true_metric(self, config: Config) -> float:
+        qgm = self.build(config)
+        return -math.inf if qgm is None else self.metric_of(qgm)
+
+    def metric_of(self, gm: torch.nn.Module) -> float:
+        """The validation metric: the model's own (its first), else output cosine vs fp32."""
+        if self.bundle.evaluate is not None:
+            with torch.no_grad():
+                return float(next(iter(self.bundle.evaluate(gm).values())))
+        return output_metrics(self.reference, gm, self.bundle.eval_batches)["cosine"]
+
+    @property
+    def metric_name(self) -> str:
+        if self.bundle.evaluate is not None:
+            with torch.no_grad():
+                return next(iter(self.bundle.evaluate(self.bundle.model)))
+        return "cosine"
+
+
+def _kl(reference: list[torch.Tensor], model: torch.nn.Module, batches) -> float:
+    """Mean KL(softmax(fp32) || softmax(quantized)) over the outputs' last dimension."""
+    outs = reference_outputs(model, batches)
+    total, n = 0.0, 0
+    for ref, out in zip(reference, outs):
+        p = torch.log_softmax(ref.double(), dim=-1)
+        q = torch.log_softmax(out.double(), dim=-1)
+        total += float(torch.sum(p.exp() * (p - q)))
+        n += ref.shape[0]
+    return total / max(n, 1)
