@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench-assignment install clean
+.PHONY: demo test test-slow bench-assignment bench-search install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ test: $(STAMP)
 
 bench-assignment: $(STAMP)
 	$(PY) -m lcpaq.tools.bench_assignment --out docs
+
+bench-search: $(STAMP)
+	$(PY) -m lcpaq.tools.bench_search --out docs
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

@@ -15,12 +15,16 @@ class FakeQuantize(torch.nn.Module):
     ``scale`` and ``zero_point`` are buffers (per channel along ``spec.ch_axis`` or scalars);
     the backward pass is the straight-through estimator, so the graph can be fine-tuned."""
 
-    def __init__(self, spec: QuantSpec, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
+    def __init__(self, spec: QuantSpec, scale: torch.Tensor, zero_point: torch.Tensor, constant_input: bool = False) -> None:
         super().__init__()
         self.spec = spec
         self.register_buffer("scale", scale.detach().clone().float())
         self.register_buffer("zero_point", zero_point.detach().clone().float())
         self.enabled = True
+        # A weight quantizer sees the same tensor on every call: without gradients, its output
+        # is kept until that tensor changes (in place: its version; or replaced: its identity).
+        self.constant_input = constant_input
+        self._cached: tuple[torch.Tensor, int, torch.Tensor] | None = None
 
     @classmethod
     def for_range(cls, lo: float, hi: float, spec: QuantSpec) -> "FakeQuantize":
@@ -30,10 +34,23 @@ class FakeQuantize(torch.nn.Module):
     @classmethod
     def for_weight(cls, weight: torch.Tensor, spec: QuantSpec) -> "FakeQuantize":
         scale, zero_point = weight_qparams(weight, spec)
-        return cls(spec, scale, zero_point)
+        return cls(spec, scale, zero_point, constant_input=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fake_quantize(x, self.scale, self.zero_point, self.spec) if self.enabled else x
+        if not self.enabled:
+            return x
+        if not self.constant_input or (torch.is_grad_enabled() and x.requires_grad):
+            return fake_quantize(x, self.scale, self.zero_point, self.spec)
+        cached = self._cached
+        if cached is None or cached[0] is not x or cached[1] != x._version:
+            with torch.no_grad():
+                cached = (x, x._version, fake_quantize(x, self.scale, self.zero_point, self.spec))
+            self._cached = cached
+        return cached[2]
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        return {**state, "_cached": None}  # copies and pickles recompute the cache
 
     def extra_repr(self) -> str:
         s = self.spec

@@ -1,0 +1,100 @@
+"""Markdown and plots for the search benchmark (tools/bench_search.py)."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from lcpaq.ir.fileio import atomic_write_bytes  # noqa: E402
+from lcpaq.tools.search_harness import PROXIES  # noqa: E402
+
+COMMAND = "make bench-search   # = .venv/bin/python -m lcpaq.tools.bench_search --out docs"
+
+
+def _scatter(m: dict[str, Any], path: Path) -> None:
+    fig, axes = plt.subplots(1, len(PROXIES), figsize=(3.2 * len(PROXIES), 3.2), dpi=100)
+    for ax, proxy in zip(axes, PROXIES):
+        pts = [(row[proxy], row["metric"]) for row in m["scatter"] if abs(row[proxy]) < 1e29]
+        ax.plot(*zip(*pts), "o", ms=4, alpha=0.7, color="#cc0000" if proxy == m["chosen_proxy"] else "#3465a4")
+        ev = m["evidence"]["proxies"][proxy]
+        ax.set_title(f"{proxy}: rho {ev['spearman']:.2f}, tau {ev['kendall']:.2f}", fontsize=9)
+        ax.set_xlabel(f"{proxy} proxy (higher is better)", fontsize=8)
+        ax.set_ylabel(m["metric"], fontsize=8)
+        ax.grid(True, alpha=0.3)
+        if proxy == "hessian":
+            ax.set_xscale("symlog", linthresh=1e-6)
+    fig.suptitle(f"{m['model']}: proxies against the validation metric ({len(m['scatter'])} configurations)", fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def model_section(m: dict[str, Any], out: Path) -> list[str]:
+    ev = m["evidence"]
+    metric = m["metric"]
+    full = m["full"]
+    lines = [
+        f"## {m['model']} (budget {', '.join(f'{k}={v}' for k, v in m['budgets'].items())}; metric: {metric}; "
+        f"space of {m['space_size']:,} configurations)",
+        "",
+        f"### Proxy evidence ({ev['samples']} random feasible configurations)",
+        "",
+        "| proxy | Spearman | Kendall | cost per configuration |",
+        "|---|---:|---:|---:|",
+    ]
+    for proxy in PROXIES:
+        p = ev["proxies"][proxy]
+        mark = " (chosen)" if proxy == m["chosen_proxy"] else ""
+        lines.append(f"| {proxy}{mark} | {p['spearman']:.3f} | {p['kendall']:.3f} | {p['seconds_per_config'] * 1e3:.1f} ms |")
+    lines += [f"| validation metric itself | 1 | 1 | {ev['metric_seconds_per_config'] * 1e3:.1f} ms |", ""]
+    name = f"search_proxies_{m['model']}.png"
+    _scatter(m, out / name)
+    lines += [f"![proxies against {metric}]({name})", "",
+              f"### Search cost ({m['trials']} TPE trials each, same seed and harness)", "",
+              f"| search | best {metric} | search | confirmation | total | time vs full | {metric} vs full |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for proxy, s in m["searches"].items():
+        sec = s["seconds"]
+        mark = " (chosen)" if proxy == m["chosen_proxy"] else ""
+        lines.append(f"| proxy: {proxy}{mark} | {s['best_metric']:.4f} | {sec['search']:.2f} s | {sec['confirm']:.2f} s | "
+                     f"{sec['total']:.2f} s | {full['seconds']['total'] / sec['total']:.1f}x less | {s['best_metric'] - full['best_metric']:+.4f} |")
+    lines += [f"| full (baseline) | {full['best_metric']:.4f} | {full['seconds']['search']:.2f} s | - | {full['seconds']['total']:.2f} s | 1x | 0 |", "",
+              "Chosen hyperparameters (chosen proxy): " + ", ".join(f"`{k}={v}`" for k, v in m["searches"][m["chosen_proxy"]]["best"].items() if v is not None),
+              "", "### Stages of the whole pipeline", "", "| stage | seconds |", "|---|---:|"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in m["stages"].items()]
+    d = m["distillation"]
+    lines += ["", f"Distillation ({d['steps']} steps) on the chosen configuration: {metric} {d['before']:.4f} -> {d['after']:.4f} "
+              f"({d['after'] - d['before']:+.4f}).", ""]
+    return lines
+
+
+def render(results: dict[str, Any], out: Path) -> str:
+    lines = [
+        "# Low-cost proxy search: benchmark",
+        "",
+        "Produced by one run of:",
+        "",
+        "```sh",
+        COMMAND,
+        "```",
+        "",
+        f"on this project's 2-core x86-64 machine (torch {results['machine']['torch']}, {results['machine']['threads']} threads); "
+        "every time below comes from that one run. Raw numbers: `search_benchmark.json`.",
+        "",
+        "Every search shares one harness: the costed graph, the Hessian traces (at the largest probe count) and the",
+        "calibration activations are computed once, before any trial, and are listed under the pipeline stages.",
+        "A trial then costs: for the `hessian` proxy, recombining cached sensitivity terms and one ILP (no forward",
+        "pass); for `sqnr`, `cosine` and `kl`, building the fake-quantized graph and one calibration batch; for the",
+        "full baseline, building it and evaluating on the whole validation set.",
+        "",
+    ]
+    for m in results["models"]:
+        lines += model_section(m, out)
+    return "\n".join(lines)
