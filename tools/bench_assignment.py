@@ -25,7 +25,7 @@ import torch
 import lcpaq.passes  # noqa: F401  (registers the passes)
 from lcpaq.hw_targets.target import Target, load_target
 from lcpaq.ir.capture import capture
-from lcpaq.ir.fileio import atomic_write_json, atomic_write_text
+from lcpaq.tools.bench_common import write_results
 from lcpaq.ir.layers import find_layers
 from lcpaq.ir.meta import BITS, COST, SENSITIVITY, BitAssignment
 from lcpaq.passes import PassContext, Pipeline, calibration_phase, prepare_phase
@@ -207,9 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     from lcpaq.tools.bench_report import render
 
-    atomic_write_json(out / "assignment_benchmark.json", results)
-    atomic_write_text(out / "assignment_benchmark.md", render(results, out))
-    print(f"wrote {out}/assignment_benchmark.md")
+    write_results(out, "assignment_benchmark", results, render(results, out))
     return 0
 
 

@@ -1,7 +1,6 @@
 """Markdown and plots for the assignment benchmark (tools/bench_assignment.py)."""
 from __future__ import annotations
 
-import io
 import statistics
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from lcpaq.ir.fileio import atomic_write_bytes  # noqa: E402
+from lcpaq.tools.bench_common import doc_header, save_figure  # noqa: E402
 
 METHODS = ("uniform", "random", "greedy", "ilp")
 COMMAND = "make bench-assignment   # = .venv/bin/python -m lcpaq.tools.bench_assignment --out docs"
@@ -91,25 +90,12 @@ def _plot(q: dict[str, Any], path: Path) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)
 
 
 def render(results: dict[str, Any], out: Path) -> str:
     lines = [
-        "# Adaptive mixed precision: benchmark",
-        "",
-        "Produced by one run of:",
-        "",
-        "```sh",
-        COMMAND,
-        "```",
-        "",
-        f"on this project's 2-core x86-64 machine (torch {results['machine']['torch']}, {results['machine']['threads']} threads).",
-        "Raw numbers: `assignment_benchmark.json` beside this file.",
-        "",
+        *doc_header("Adaptive mixed precision: benchmark", COMMAND, results["machine"], "assignment_benchmark.json"),
         "## Quality against size, at equal size",
         "",
         "Weights take any width the `x86-host` target offers (2-8, 16); activations are fixed at 8 bits for every",

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from lcpaq.hw_targets.target import load_target
-from lcpaq.ir.fileio import atomic_write_json, atomic_write_text
+from lcpaq.tools.bench_common import write_results
 from lcpaq.passes.distill import Distill
 from lcpaq.passes.pareto import ParetoSweep
 from lcpaq.passes.pipeline import Pipeline
@@ -96,9 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     from lcpaq.tools.bench_search_report import render
 
-    atomic_write_json(out / "search_benchmark.json", results)
-    atomic_write_text(out / "search_benchmark.md", render(results, out))
-    print(f"wrote {out}/search_benchmark.md")
+    write_results(out, "search_benchmark", results, render(results, out))
     return 0
 
 

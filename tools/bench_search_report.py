@@ -1,7 +1,6 @@
 """Markdown and plots for the search benchmark (tools/bench_search.py)."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from lcpaq.ir.fileio import atomic_write_bytes  # noqa: E402
+from lcpaq.tools.bench_common import doc_header, save_figure  # noqa: E402
 from lcpaq.tools.search_harness import PROXIES  # noqa: E402
 
 COMMAND = "make bench-search   # = .venv/bin/python -m lcpaq.tools.bench_search --out docs"
@@ -30,10 +29,7 @@ def _scatter(m: dict[str, Any], path: Path) -> None:
             ax.set_xscale("symlog", linthresh=1e-6)
     fig.suptitle(f"{m['model']}: proxies against the validation metric ({len(m['scatter'])} configurations)", fontsize=10)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)
 
 
 def model_section(m: dict[str, Any], out: Path) -> list[str]:
@@ -77,17 +73,7 @@ def model_section(m: dict[str, Any], out: Path) -> list[str]:
 
 def render(results: dict[str, Any], out: Path) -> str:
     lines = [
-        "# Low-cost proxy search: benchmark",
-        "",
-        "Produced by one run of:",
-        "",
-        "```sh",
-        COMMAND,
-        "```",
-        "",
-        f"on this project's 2-core x86-64 machine (torch {results['machine']['torch']}, {results['machine']['threads']} threads); "
-        "every time below comes from that one run. Raw numbers: `search_benchmark.json`.",
-        "",
+        *doc_header("Low-cost proxy search: benchmark", COMMAND, results["machine"], "search_benchmark.json"),
         "Every search shares one harness: the costed graph, the Hessian traces (at the largest probe count) and the",
         "calibration activations are computed once, before any trial, and are listed under the pipeline stages.",
         "A trial then costs: for the `hessian` proxy, recombining cached sensitivity terms and one ILP (no forward",

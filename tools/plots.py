@@ -1,7 +1,6 @@
 """Pareto-frontier plots (PNG, matplotlib's Agg backend) for reports."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from lcpaq.ir.fileio import atomic_write_bytes  # noqa: E402
+from lcpaq.tools.bench_common import save_figure  # noqa: E402
 
 _MARKERS = [("s", "#4e9a06"), ("D", "#f57900"), ("^", "#75507b"), ("v", "#c17d11"), ("p", "#2e3436")]
 _AXIS = {"size": ("model size (KiB)", 1 / 1024), "bops": ("BOPs (G)", 1e-9), "act_memory": ("peak activation (KiB)", 1 / 1024)}
@@ -47,10 +46,7 @@ def pareto_plots(report: dict[str, Any], out_dir: Path) -> list[str]:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        plt.close(fig)
         name = f"pareto_{quantity}.png"
-        atomic_write_bytes(out_dir / name, buf.getvalue())
+        save_figure(fig, out_dir / name)
         names.append(name)
     return names

@@ -1,0 +1,36 @@
+"""What the benchmarks under tools/ share: figure output, the document header, result files."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from lcpaq.ir.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Write a matplotlib figure as PNG, atomically, and release it."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def doc_header(title: str, command: str, machine: dict[str, Any], raw: str) -> list[str]:
+    """The opening of a benchmark document: the one command that produced it, and the machine."""
+    return [
+        f"# {title}", "", "Produced by one run of:", "", "```sh", command, "```", "",
+        f"on this project's 2-core x86-64 machine (torch {machine['torch']}, {machine['threads']} threads); every "
+        f"figure below comes from that one run. Raw numbers: `{raw}` beside this file.", "",
+    ]
+
+
+def write_results(out: Path, stem: str, results: dict[str, Any], markdown: str) -> None:
+    atomic_write_json(out / f"{stem}.json", results)
+    atomic_write_text(out / f"{stem}.md", markdown)
+    print(f"wrote {out}/{stem}.md")
