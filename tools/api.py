@@ -31,7 +31,7 @@ from lcpaq.passes.distill import Distill
 from lcpaq.passes.pareto import ParetoSweep
 from lcpaq.tools.models.zoo import ModelBundle, load_model
 from lcpaq.tools.search import run_search, search_summary
-from lcpaq.tools.search_harness import DEFAULT_PROXY, PROXIES, SearchHarness, config_pipeline
+from lcpaq.tools.search_harness import DEFAULT_PROXY, PROXIES, SearchHarness, calibrate_pass, config_pipeline
 from lcpaq.tools.search_space import SearchSpace
 
 
@@ -137,57 +137,24 @@ def quantize(
 
     with clock.stage("fp32 reference"):
         reference = reference_outputs(bundle.model, bundle.eval_batches)
-        fp32_metrics = _evaluate(bundle, bundle.model, reference)
-    results: list[ConfigResult] = []
+        fp32_metrics = quality(bundle, reference, bundle.model)
+    run = _Run(bundle, tgt, ctx, reference, clock, instruments)
     extra: dict[str, Any] = {}
     if custom is not None:
-        with clock.stage("pipeline"):
-            result = Pipeline(custom, instruments)(copy.deepcopy(gm), ctx).graph_module
-        if not MODEL_COST.has(result):
-            raise ConfigError("--pipeline must include the 'cost' pass (after 'shape-prop') so the model can be sized")
-        prepared = result
-        results.append(_measure("custom", result, Pipeline(custom).spec(), bundle, reference, clock))
+        prepared, results = run.custom(gm, custom)
     elif search_space is not None:
-        with clock.stage("search"):
-            harness = SearchHarness(bundle, tgt, budgets, search_space, seed, progress)
-            outcome = run_search(harness, search, trials, proxy, seed=seed, progress=progress)
-        clock.stages.update({f"search: {k}": v for k, v in {**harness.stages, **outcome.seconds}.items()})
-        with clock.stage("pareto"):
-            prepared = Pipeline([ParetoSweep()])(harness.assign(outcome.best), ctx).graph_module
-        label = f"searched {_budget_label(budgets)}"
-        with clock.stage(f"quantize {label}"):
-            qgm = harness.build(outcome.best)
-        spec = config_pipeline(outcome.best, budgets, tgt).spec()
-        results.append(_measure(label, qgm, spec, bundle, reference, clock))
-        for cfg in configs:
-            passes = uniform_phase(tgt, cfg.w_bits, cfg.a_bits)
-            qgm = Pipeline(passes, instruments)(copy.deepcopy(prepared), ctx).graph_module
-            results.append(_measure(str(cfg), qgm, "(searched calibration)," + Pipeline(passes).spec(), bundle, reference, clock))
-        extra["search"] = search_summary(outcome, harness, search_space)
+        prepared, results, extra["search"] = run.searched(gm, budgets, search_space, configs, search, trials, proxy, seed)
     else:
-        analysis = prepare_phase(tgt) + calibration_phase(tgt, calibration)
-        with clock.stage("prepare"):
-            prepared = Pipeline(analysis, instruments)(gm, ctx).graph_module
-        if budgets:
-            sensitivity = sensitivity_phase(tgt, probes)
-            with clock.stage("sensitivity"):
-                prepared = Pipeline(sensitivity, instruments)(prepared, ctx).graph_module
-            analysis = analysis + sensitivity
-        variants = [(_budget_label(budgets), ilp_phase(tgt, budgets))] if budgets else []
-        variants += [(str(cfg), uniform_phase(tgt, cfg.w_bits, cfg.a_bits)) for cfg in configs]
-        for label, passes in variants:
-            with clock.stage(f"quantize {label}"):
-                qgm = Pipeline(passes, instruments)(copy.deepcopy(prepared), ctx).graph_module
-            results.append(_measure(label, qgm, Pipeline(analysis + passes).spec(), bundle, reference, clock))
+        prepared, results = run.phases(gm, calibration, budgets, probes, configs)
 
     if distill:
         first = results[0]
         with clock.stage("distill"):
-            start = time.perf_counter()
             dgm = Pipeline([Distill(steps=distill)], instruments)(copy.deepcopy(first.graph_module), ctx).graph_module
-            seconds = time.perf_counter() - start
-        results.insert(1, _measure(f"{first.label} + distill", dgm, f"{first.pipeline},distill{{steps={distill}}}", bundle, reference, clock))
-        extra["distillation"] = {"steps": distill, "seconds": round(seconds, 3), "before": first.metrics, "after": results[1].metrics}
+        results.insert(1, run.measure(f"{first.label} + distill", dgm, f"{first.pipeline},distill{{steps={distill}}}"))
+        extra["distillation"] = {
+            "steps": distill, "seconds": round(clock.stages["distill"], 3), "before": first.metrics, "after": results[1].metrics,
+        }
 
     from lcpaq.tools.report import build_report, write_report
 
@@ -236,7 +203,8 @@ def _budget_label(budgets: dict[str, str]) -> str:
     return "ILP(" + ",".join(f"{k}={v}" for k, v in budgets.items()) + ")"
 
 
-def _evaluate(bundle: ModelBundle, model: torch.nn.Module, reference: list[torch.Tensor]) -> dict[str, float]:
+def quality(bundle: ModelBundle, reference: list[torch.Tensor], model: torch.nn.Module) -> dict[str, float]:
+    """The model's own metrics (if it has an evaluate function), then SQNR and cosine vs fp32."""
     metrics = output_metrics(reference, model, bundle.eval_batches)
     if bundle.evaluate is not None:
         with torch.no_grad():
@@ -244,11 +212,64 @@ def _evaluate(bundle: ModelBundle, model: torch.nn.Module, reference: list[torch
     return metrics
 
 
-def _measure(label: str, gm: fx.GraphModule, spec: str, bundle: ModelBundle, reference: list[torch.Tensor], clock: Stopwatch) -> ConfigResult:
-    with clock.stage(f"evaluate {label}"):
-        metrics = _evaluate(bundle, gm, reference)
-    size, bops = model_size_and_bops(gm)
-    return ConfigResult(label, gm, spec, metrics, size, bops)
+@dataclass
+class _Run:
+    """The three ways a quantize run produces its configurations, sharing the measuring."""
+
+    bundle: ModelBundle
+    target: Target
+    ctx: PassContext
+    reference: list[torch.Tensor]
+    clock: Stopwatch
+    instruments: list[PassInstrument]
+
+    def custom(self, gm: fx.GraphModule, passes: list) -> tuple[fx.GraphModule, list[ConfigResult]]:
+        with self.clock.stage("pipeline"):
+            result = Pipeline(passes, self.instruments)(copy.deepcopy(gm), self.ctx).graph_module
+        if not MODEL_COST.has(result):
+            raise ConfigError("--pipeline must include the 'cost' pass (after 'shape-prop') so the model can be sized")
+        return result, [self.measure("custom", result, Pipeline(passes).spec())]
+
+    def phases(self, gm: fx.GraphModule, calibration: str, budgets: dict[str, str], probes: int,
+               configs: list[BitAssignment]) -> tuple[fx.GraphModule, list[ConfigResult]]:
+        """Analysis once; then the ILP's assignment (with budgets) and each uniform one."""
+        analysis = prepare_phase(self.target) + calibration_phase(self.target, calibration)
+        if budgets:
+            analysis += sensitivity_phase(self.target, probes)
+        with self.clock.stage("analysis"):
+            prepared = Pipeline(analysis, self.instruments)(gm, self.ctx).graph_module
+        variants = [(_budget_label(budgets), ilp_phase(self.target, budgets))] if budgets else []
+        variants += [(str(cfg), uniform_phase(self.target, cfg.w_bits, cfg.a_bits)) for cfg in configs]
+        return prepared, [self.variant(prepared, label, analysis, passes) for label, passes in variants]
+
+    def searched(self, gm: fx.GraphModule, budgets: dict[str, str], space: SearchSpace, configs: list[BitAssignment],
+                 mode: str, trials: int, proxy: str, seed: int) -> tuple[fx.GraphModule, list[ConfigResult], dict[str, Any]]:
+        """Search the hyperparameters, build the winner; uniform baselines use its calibration."""
+        with self.clock.stage("search"):
+            harness = SearchHarness(self.bundle, self.target, budgets, space, seed, self.ctx.progress, captured=gm)
+            outcome = run_search(harness, mode, trials, proxy, seed=seed, progress=self.ctx.progress)
+        self.clock.stages.update({f"search: {k}": v for k, v in {**harness.stages, **outcome.seconds}.items()})
+        with self.clock.stage("pareto"):
+            prepared = Pipeline([ParetoSweep()])(harness.assign(outcome.best), self.ctx).graph_module
+        label = f"searched {_budget_label(budgets)}"
+        with self.clock.stage(f"quantize {label}"):
+            qgm = harness.build(outcome.best)
+        results = [self.measure(label, qgm, config_pipeline(outcome.best, budgets, self.target).spec())]
+        analysis = prepare_phase(self.target) + [calibrate_pass(outcome.best)]
+        for cfg in configs:
+            results.append(self.variant(prepared, str(cfg), analysis, uniform_phase(self.target, cfg.w_bits, cfg.a_bits)))
+        return prepared, results, search_summary(outcome, harness, space)
+
+    def variant(self, prepared: fx.GraphModule, label: str, analysis: list, passes: list) -> ConfigResult:
+        with self.clock.stage(f"quantize {label}"):
+            qgm = Pipeline(passes, self.instruments)(copy.deepcopy(prepared), self.ctx).graph_module
+        return self.measure(label, qgm, Pipeline(analysis + passes).spec())
+
+    def measure(self, label: str, gm: fx.GraphModule, spec: str) -> ConfigResult:
+        with self.clock.stage(f"evaluate {label}"):
+            metrics = quality(self.bundle, self.reference, gm)
+        size, bops = model_size_and_bops(gm)
+        return ConfigResult(label, gm, spec, metrics, size, bops)
 
 
 def model_size_and_bops(gm: fx.GraphModule) -> tuple[float, int]:

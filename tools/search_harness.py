@@ -77,6 +77,7 @@ class SearchHarness:
     progress: bool = False
     proxy_batches: int = 1
     hessian_batches: int = 2
+    captured: fx.GraphModule | None = None
     stages: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -85,7 +86,7 @@ class SearchHarness:
         start = time.perf_counter()
         b = self.bundle
         self.ctx = PassContext(self.target, b.example_inputs, b.calib_batches, self.progress, self.seed, b.calib_labels)
-        gm = capture(b.model, b.example_inputs, b.name)
+        gm = self.captured if self.captured is not None else capture(b.model, b.example_inputs, b.name)
         self.base = Pipeline(prepare_phase(self.target))(gm, self.ctx).graph_module
         self.layers = find_layers(self.base)
         batches = self.ctx.batches()[: self.hessian_batches]
