@@ -109,9 +109,10 @@ def dense_compute(m: int, n: int, k: int) -> tuple[te.Tensor, te.Tensor, te.Tens
     return x, w, c
 
 
-def tensorize_dense_block(sch: s_tir.Schedule, block: Any, row_tile: int = 4) -> Any:
+def tensorize_dense_block(sch: s_tir.Schedule, block: Any, row_tile: int = 4, epilogue: Any = None) -> None:
     """Tile a ``[i, j, k]`` u8 x s8 dense block, tensorize its 16x4 core with :data:`VNNI_INTRIN`
-    and parallelise the outer loops. Returns the loop the epilogue can be computed at (``j`` outer).
+    and parallelise the outer loops. An elementwise ``epilogue`` block reading the result is
+    computed inside each ``(i_o, j_o)`` tile and vectorized (it must be placed before tensorize).
 
     Loop order: ``(i_o, j_o) parallel, k_o, i_i, [16 x 4 -> vpdpbusd]``. ``row_tile`` rows share
     each loaded weight block (it must divide M; 1 always does)."""
@@ -124,9 +125,11 @@ def tensorize_dense_block(sch: s_tir.Schedule, block: Any, row_tile: int = 4) ->
     sch.reorder(io, jo, ko, ii, ji, ki)
     fused = sch.fuse(io, jo)
     sch.parallel(fused)
+    if epilogue is not None:
+        sch.reverse_compute_at(epilogue, fused)
+        sch.vectorize(sch.get_loops(epilogue)[-1])
     sch.decompose_reduction(block, ko)
     sch.tensorize(ji, VNNI_INTRIN)
-    return fused
 
 
 @dataclass
