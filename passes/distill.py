@@ -22,9 +22,11 @@ from lcpaq.passes.sensitivity_terms import float_leaves
 @dataclass(frozen=True)
 class Distill(Pass):
     """Knowledge distillation: the teacher is this graph with its quantizers switched off (the
-    fp32 model), the student the fake-quantized graph; ``steps`` Adam steps at ``lr`` on the
-    calibration batches minimise the output MSE normalised by the teacher's variance, with
-    straight-through gradients to the weights and biases of the quantized layers.
+    fp32 model), the student the fake-quantized graph; ``steps`` Adam steps minimise the output
+    MSE (normalised by the teacher's variance) on the calibration batches but the last, with
+    straight-through gradients to the weights and biases of the quantized layers; each tensor's
+    learning rate is ``lr`` times its RMS. The last batch is held out: the weights with the
+    least held-out loss, the starting ones included, are kept, so the held-out loss never rises.
 
     Reads: ``lcpaq.quantized``. Rewrites: those weights and biases (the graph's structure and
     quantizer scales stay). Guarantees: the teacher's outputs are computed once, before any
@@ -34,7 +36,7 @@ class Distill(Pass):
     reads = (QUANTIZED,)
     rewrites = True
     steps: int = 200
-    lr: float = 1e-4
+    lr: float = 1e-3
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.lr <= 0:
@@ -42,22 +44,42 @@ class Distill(Pass):
 
     def call(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         batches = ctx.batches()
+        train, held = (batches[:-1], batches[-1:]) if len(batches) > 1 else (batches, batches)
         with torch.no_grad(), quantizers_disabled(gm):
             teacher = [[t.detach() for t in float_leaves(gm(*b))] for b in batches]
         params = _trainable(gm)
-        opt = torch.optim.Adam(params, lr=self.lr)
+        groups = [{"params": [p], "lr": self.lr * float(p.detach().pow(2).mean().sqrt().clamp(min=1e-3))} for p in params]
+        opt = torch.optim.Adam(groups)
         torch.manual_seed(ctx.seed)
-        order = itertools.cycle(range(len(batches)))
-        for _ in tqdm(range(self.steps), desc="distill", disable=not ctx.progress, leave=False):
+        held_teacher = teacher[len(train):] if len(batches) > 1 else teacher
+        best_loss, best = self._loss(gm, held, held_teacher), [p.detach().clone() for p in params]
+        check_every = max(1, self.steps // 10)
+        order = itertools.cycle(range(len(train)))
+        for step in tqdm(range(1, self.steps + 1), desc="distill", disable=not ctx.progress, leave=False):
             i = next(order)
-            student = float_leaves(gm(*batches[i]))
-            loss = sum(((s - t) ** 2).mean() / t.var().clamp(min=1e-12) for s, t in zip(student, teacher[i]))
+            loss = _distill_loss(float_leaves(gm(*train[i])), teacher[i])
             opt.zero_grad()
             loss.backward()
             opt.step()
-        for p in params:
-            p.requires_grad_(False)
+            if step % check_every == 0 or step == self.steps:
+                held_loss = self._loss(gm, held, held_teacher)
+                if held_loss < best_loss:
+                    best_loss, best = held_loss, [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p, keep in zip(params, best):
+                p.copy_(keep)
+                p.requires_grad_(False)
         return PassResult(gm, True)
+
+    @staticmethod
+    def _loss(gm: fx.GraphModule, batches, teacher) -> float:
+        with torch.no_grad():
+            return sum(float(_distill_loss(float_leaves(gm(*b)), t)) for b, t in zip(batches, teacher))
+
+
+def _distill_loss(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
+    """Output MSE, normalised by the teacher's variance (scale-free across models)."""
+    return sum(((s - t) ** 2).mean() / t.var().clamp(min=1e-12) for s, t in zip(student, teacher))
 
 
 def _trainable(gm: fx.GraphModule) -> list[torch.nn.Parameter]:

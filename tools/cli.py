@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="search the quantization hyperparameters (needs --budget): 'proxy' scores trials with a cheap "
                         "label-free proxy and confirms the best few on the validation metric; 'full' is the baseline")
     q.add_argument("--trials", type=int, default=40, metavar="N", help="search trials (default 40)")
-    q.add_argument("--proxy", default="kl", choices=["hessian", "sqnr", "cosine", "kl"], help="search proxy (default kl)")
+    q.add_argument("--proxy", default="hessian", choices=["hessian", "sqnr", "cosine", "kl"],
+                   help="search proxy (default hessian: no forward pass per trial)")
     q.add_argument("--space", metavar="FILE", help="search space file (default: the built-in tools/search_space.toml)")
     q.add_argument("--space-set", action="append", default=[], metavar="NAME=a|b",
                    help="narrow or widen one search dimension, e.g. calibration=minmax|mse")

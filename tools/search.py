@@ -17,6 +17,9 @@ from lcpaq.tools.search_harness import PROXIES, SearchHarness
 from lcpaq.tools.search_space import Config
 
 
+LOW_COST_FRACTION = 0.2
+
+
 @dataclass
 class SearchResult:
     mode: str
@@ -85,7 +88,9 @@ def _top_distinct(history: list[dict[str, Any]], k: int) -> list[dict[str, Any]]
 
 def proxy_correlations(harness: SearchHarness, samples: int = 32, seed: int = 0, progress: bool = False) -> dict[str, Any]:
     """Rank correlation (Spearman, Kendall) of every proxy with the validation metric over
-    ``samples`` random feasible configurations; also each proxy's cost per configuration."""
+    ``samples`` random feasible configurations, and each proxy's cost per configuration.
+    ``best``: the highest Spearman among the low-cost proxies (at most ``LOW_COST_FRACTION``
+    of the metric's cost: a proxy as dear as the metric saves no search time), else overall."""
     rng = random.Random(seed)
     rows: list[dict[str, Any]] = []
     cost = {name: 0.0 for name in (*PROXIES, "metric")}
@@ -115,9 +120,13 @@ def proxy_correlations(harness: SearchHarness, samples: int = 32, seed: int = 0,
             "kendall": float(kendalltau(xs, ys).statistic),
             "seconds_per_config": cost[name] / max(len(rows), 1),
         }
-    best = max(PROXIES, key=lambda n: (table[n]["spearman"] if math.isfinite(table[n]["spearman"]) else -2))
-    return {"samples": len(rows), "rows": rows, "proxies": table, "best": best,
-            "metric_seconds_per_config": cost["metric"] / max(len(rows), 1)}
+    metric_cost = cost["metric"] / max(len(rows), 1)
+    for stats in table.values():
+        stats["low_cost"] = stats["seconds_per_config"] <= LOW_COST_FRACTION * metric_cost
+    rho = lambda n: table[n]["spearman"] if math.isfinite(table[n]["spearman"]) else -2.0  # noqa: E731
+    cheap = [n for n in PROXIES if table[n]["low_cost"]]
+    best = max(cheap or PROXIES, key=rho)
+    return {"samples": len(rows), "rows": rows, "proxies": table, "best": best, "metric_seconds_per_config": metric_cost}
 
 
 def search_summary(outcome: SearchResult, harness: SearchHarness, space: Any) -> dict[str, Any]:

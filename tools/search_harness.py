@@ -35,7 +35,7 @@ from lcpaq.tools.models.zoo import ModelBundle
 from lcpaq.tools.search_space import Config, SearchSpace
 
 PROXIES = ("hessian", "sqnr", "cosine", "kl")
-DEFAULT_PROXY = "kl"  # best rank correlation in docs/search_benchmark.md
+DEFAULT_PROXY = "hessian"  # the low-cost proxy with the best rank correlation: docs/search_benchmark.md
 
 
 def calibrate_pass(config: Config) -> Calibrate:

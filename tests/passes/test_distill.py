@@ -33,3 +33,22 @@ def test_distillation_recovers_quality_and_leaves_model_alone(block, sim) -> Non
     assert all(torch.equal(v, params[k]) for k, v in block.state_dict().items())
     trained = [get_attr(student, str(layer.weight.target)) for layer in find_layers(student)]
     assert not any(w.requires_grad for w in trained)  # handed back frozen
+
+
+def test_held_out_loss_never_rises(block, sim) -> None:
+    """From an almost lossless student (W16A16), a high learning rate would only add error:
+    the best weights on the held-out batch, the starting ones, are kept."""
+    x = torch.randn(4, 3, 8, 8)
+    ctx = make_ctx(sim, x[:1], n_batches=3, batch=8)
+    gm = capture(block, (x[:1],))
+    gm = Pipeline.from_spec("fold-bn,shape-prop,cost,calibrate,uniform{w=16,a=16},fake-quant")(gm, ctx).graph_module
+    held = ctx.batches()[-1][0]
+    with torch.no_grad(), quantizers_disabled(gm):
+        teacher = gm(held)
+
+    def held_error(graph) -> float:
+        with torch.no_grad():
+            return float(((graph(held) - teacher) ** 2).mean())
+
+    student = Pipeline.from_spec("distill{steps=30,lr=1.0}")(copy.deepcopy(gm), ctx).graph_module
+    assert held_error(student) <= held_error(gm)

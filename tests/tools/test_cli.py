@@ -197,7 +197,7 @@ def test_proxy_search_with_distillation_report(capsys, tmp_path) -> None:
     assert code == 0
     report = json.loads((out_dir / "report.json").read_text())
     search = report["search"]
-    assert search["mode"] == "proxy" and search["proxy"] == "kl" and search["trials"] == 6
+    assert search["mode"] == "proxy" and search["proxy"] == "hessian" and search["trials"] == 6
     assert len(search["confirmed"]) == 3 and search["best"]["probes"] == 8
     assert search["best_metric"] == max(c["metric"] for c in search["confirmed"])
     assert {"prepare", "sensitivity", "search", "confirm", "total"} <= set(search["seconds"])
