@@ -10,21 +10,29 @@ import torch.fx as fx
 from lcpaq.hw_targets.target import Target
 from lcpaq.ir.errors import ConfigError
 from lcpaq.ir.layers import find_layers, precision_groups
-from lcpaq.ir.meta import ASSIGNMENT, BITS, COST, MODEL_COST, SENSITIVITY, AssignmentResult, Budget
+from lcpaq.backends.latency_table import LatencyTable
+from lcpaq.ir.meta import ASSIGNMENT, BITS, COST, FLOAT_BITS, MODEL_COST, SENSITIVITY, AssignmentResult, BitAssignment, Budget
 from lcpaq.passes.base import Pass, PassResult, register_pass
 from lcpaq.passes.budgets import format_quantity, parse_budget
 from lcpaq.passes.context import PassContext
 from lcpaq.passes.ilp_problem import AssignmentProblem, Infeasible
 
-def problem_from_graph(gm: fx.GraphModule, target: Target) -> AssignmentProblem:
+def problem_from_graph(gm: fx.GraphModule, target: Target, table: LatencyTable | None = None) -> AssignmentProblem:
     """The assignment problem of a costed, sensitivity-annotated graph; candidates per layer
-    are those the target offers for the layer's op kind."""
+    are those the target offers for the layer's op kind. With a latency ``table``, each
+    candidate's latency is the table's, and candidates it has no measurement for are left out."""
     layers = find_layers(gm)
     index = {layer.name: i for i, layer in enumerate(layers)}
-    candidates, sens, size, bops, act = [], [], [], [], []
+    candidates, sens, size, bops, act, latency = [], [], [], [], [], []
     for layer in layers:
         cost, s = COST.get(layer.node), SENSITIVITY.get(layer.node)
         cands = list(target.candidates(layer.kind))
+        if table is not None:
+            timed = [(c, _seconds(table, layer.name, c)) for c in cands]
+            cands = [c for c, sec in timed if sec is not None]
+            if not cands:
+                raise ConfigError(f"latency table for {table.model} has no usable entry for layer {layer.name!r}")
+            latency.append(np.array([sec for _, sec in timed if sec is not None]))
         candidates.append(cands)
         sens.append(np.array([s.of(c) for c in cands]))
         size.append(np.array([cost.weight_bytes(c.w_bits) if layer.weight is not None else 0.0 for c in cands]))
@@ -32,19 +40,27 @@ def problem_from_graph(gm: fx.GraphModule, target: Target) -> AssignmentProblem:
         act.append(np.array([cost.act_bytes(c.a_bits) for c in cands]))
     totals = MODEL_COST.get(gm)
     groups = [tuple(index[n] for n in g) for g in precision_groups(layers)]
-    return AssignmentProblem(
-        names=[layer.name for layer in layers],
-        candidates=candidates,
-        sensitivity=sens,
-        costs={"size": size, "bops": bops, "act_memory": act},
-        fixed={"size": (totals.params - totals.quantizable_params) * 4.0},
-        groups=groups,
-    )
+    costs = {"size": size, "bops": bops, "act_memory": act}
+    fixed = {"size": (totals.params - totals.quantizable_params) * 4.0}
+    if table is not None:
+        costs["latency"], fixed["latency"] = latency, table.fixed_seconds
+    return AssignmentProblem([layer.name for layer in layers], candidates, sens, costs, fixed, groups)
 
 
-def reference_totals(gm: fx.GraphModule) -> tuple[dict[str, float], dict[str, float]]:
+def _seconds(table: LatencyTable, layer: str, bits: BitAssignment) -> float | None:
+    try:
+        return table.seconds(layer, bits)
+    except ConfigError:
+        return None
+
+
+def load_table(path: str, target: Target) -> LatencyTable | None:
+    return LatencyTable.load(path, target) if path else None
+
+
+def reference_totals(gm: fx.GraphModule, table: LatencyTable | None = None) -> tuple[dict[str, float], dict[str, float]]:
     """Totals of the fp32 model and of uniform INT8 (W8A8), the references of ``0.3x`` and
-    ``0.5int8`` budgets."""
+    ``0.5int8`` budgets; latency ones from ``table`` when given."""
     layers = find_layers(gm)
     costs = [COST.get(layer.node) for layer in layers]
     totals = MODEL_COST.get(gm)
@@ -59,7 +75,15 @@ def reference_totals(gm: fx.GraphModule) -> tuple[dict[str, float], dict[str, fl
         "bops": float(sum(c.bops(8, 8) for c in costs)),
         "act_memory": float(max((c.act_bytes(8) for c in costs), default=0.0)),
     }
+    if table is not None:
+        float_bits = BitAssignment(FLOAT_BITS, FLOAT_BITS)
+        fp32["latency"] = table.total({layer.name: float_bits for layer in layers})
+        int8["latency"] = table.total({layer.name: _int8(layer.kind) for layer in layers})
     return fp32, int8
+
+
+def _int8(kind: str) -> BitAssignment:
+    return BitAssignment(8, FLOAT_BITS) if kind == "embedding" else BitAssignment(8, 8)
 
 
 @register_pass
@@ -70,7 +94,8 @@ class ILPAssign(Pass):
     per layer from the target's candidates and equal activation widths for layers that read
     the same tensor. Solved exactly by HiGHS (scipy.optimize.milp). ``tradeoff`` adds soft
     cost terms to the objective, for trading budgets against each other; ``w_range`` and
-    ``a_bits`` narrow the target's candidates.
+    ``a_bits`` narrow the target's candidates. A latency budget needs ``table``, a latency
+    table measured by ``lcpaq profile``; candidates it has no measurement for are left out.
 
     Reads: ``lcpaq.cost``, ``lcpaq.sensitivity``. Writes: ``lcpaq.bits`` on every layer and
     ``lcpaq.assignment`` on the graph. An infeasible budget is a one-line error stating the
@@ -86,6 +111,7 @@ class ILPAssign(Pass):
     tradeoff: str = ""
     w_range: str = ""
     a_bits: tuple[int, ...] = ()
+    table: str = ""
 
     def __post_init__(self) -> None:
         self.tradeoff_weights()  # validates
@@ -121,20 +147,23 @@ class ILPAssign(Pass):
             raise ConfigError(f"w_range={self.w_range or 'any'}, a_bits={self.a_bits or 'any'} leave target {target.name!r} no precision")
         return dataclasses.replace(target, native_weight_bits=native, storage_weight_bits=storage, act_bits=acts)
 
-    def budgets(self, gm: fx.GraphModule, target: Target) -> list[Budget]:
-        fp32, int8 = reference_totals(gm)
+    def budgets(self, gm: fx.GraphModule, target: Target, table: LatencyTable | None) -> list[Budget]:
+        if self.latency and table is None:
+            raise ConfigError(
+                "a latency budget needs a latency table: run `lcpaq profile --model M --target T --out table.json` "
+                "and give it with --latency-table (ilp{table=...})"
+            )
+        fp32, int8 = reference_totals(gm, table)
         texts = [f"{q}={v}" for q, v in (("size", self.size), ("bops", self.bops), ("latency", self.latency), ("act_memory", self.act_memory)) if v]
-        budgets = [parse_budget(t, fp32, int8) for t in texts]
-        if any(b.quantity == "latency" for b in budgets):
-            raise ConfigError(f"target {target.name!r} has no per-layer latency table yet, so a latency budget cannot be enforced")
-        return budgets
+        return [parse_budget(t, fp32, int8) for t in texts]
 
     def call(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
-        budgets = self.budgets(gm, ctx.target)
+        table = load_table(self.table, ctx.target)
+        budgets = self.budgets(gm, ctx.target, table)
         if not budgets:
             raise ConfigError("needs at least one budget, for example ilp{size=0.3x} or ilp{bops=0.5int8}")
-        problem = problem_from_graph(gm, self.candidates_target(ctx.target))
-        objective = _objective(problem, self.tradeoff_weights(), reference_totals(gm)[0])
+        problem = problem_from_graph(gm, self.candidates_target(ctx.target), table)
+        objective = _objective(problem, self.tradeoff_weights(), reference_totals(gm, table)[0])
         try:
             solution = problem.solve({b.quantity: b.limit for b in budgets}, objective)
         except Infeasible:

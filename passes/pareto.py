@@ -10,7 +10,8 @@ import torch.fx as fx
 from lcpaq.ir.meta import COST, PARETO, SENSITIVITY, ParetoFront, ParetoPoint
 from lcpaq.passes.base import Pass, PassResult, register_pass
 from lcpaq.passes.context import PassContext
-from lcpaq.passes.ilp import problem_from_graph
+from lcpaq.ir.errors import ConfigError
+from lcpaq.passes.ilp import load_table, problem_from_graph
 from lcpaq.passes.ilp_problem import AssignmentProblem, Infeasible
 
 
@@ -19,6 +20,7 @@ from lcpaq.passes.ilp_problem import AssignmentProblem, Infeasible
 class ParetoSweep(Pass):
     """For each quantity, solves the ILP at ``points`` budgets spread evenly from the smallest
     achievable value to the largest, and keeps the non-dominated (quantity, sensitivity) points.
+    With a latency ``table``, latency is swept too.
 
     Reads: ``lcpaq.cost``, ``lcpaq.sensitivity``. Writes: ``lcpaq.pareto`` on the graph."""
 
@@ -27,18 +29,23 @@ class ParetoSweep(Pass):
     writes = (PARETO,)
     points: int = 50
     quantities: tuple[str, ...] = ("size", "bops")
+    table: str = ""
 
     def __post_init__(self) -> None:
         if self.points < 2:
             raise ValueError("points must be >= 2")
         for q in self.quantities:
-            if q not in ("size", "bops", "act_memory"):
-                raise ValueError(f"cannot sweep {q!r}; choose from size, bops, act_memory")
+            if q not in ("size", "bops", "act_memory", "latency"):
+                raise ValueError(f"cannot sweep {q!r}; choose from size, bops, act_memory, latency")
 
     def call(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         start = time.perf_counter()
-        problem = problem_from_graph(gm, ctx.target)
-        fronts = tuple((q, sweep(problem, q, self.points)) for q in self.quantities)
+        table = load_table(self.table, ctx.target)
+        if "latency" in self.quantities and table is None:
+            raise ConfigError("sweeping latency needs a latency table (pareto{table=...})")
+        problem = problem_from_graph(gm, ctx.target, table)
+        quantities = self.quantities + (("latency",) if table is not None and "latency" not in self.quantities else ())
+        fronts = tuple((q, sweep(problem, q, self.points)) for q in quantities)
         PARETO.set(gm, ParetoFront(fronts, time.perf_counter() - start))
         return PassResult(gm, False)
 

@@ -73,20 +73,21 @@ def uniform_phase(target: Target, w_bits: int, a_bits: int) -> list[Pass]:
     return [UniformBits(w=w_bits, a=a_bits), FakeQuant()]
 
 
-def sensitivity_phase(target: Target, probes: int = 64, sweep_points: int = 50) -> list[Pass]:
-    """Hessian sensitivity of every layer at the target's widths, and the Pareto frontier."""
+def sensitivity_phase(target: Target, probes: int = 64, sweep_points: int = 50, table: str = "") -> list[Pass]:
+    """Hessian sensitivity of every layer at the target's widths, and the Pareto frontier
+    (against latency too, given a latency table)."""
     from lcpaq.passes.hessian import HessianSensitivity
     from lcpaq.passes.pareto import ParetoSweep
 
-    return [HessianSensitivity(probes=probes, min_probes=min(8, probes)), ParetoSweep(points=sweep_points)]
+    return [HessianSensitivity(probes=probes, min_probes=min(8, probes)), ParetoSweep(points=sweep_points, table=table)]
 
 
-def ilp_phase(target: Target, budgets: dict[str, str]) -> list[Pass]:
+def ilp_phase(target: Target, budgets: dict[str, str], table: str = "") -> list[Pass]:
     """Assign precisions by ILP under ``budgets`` ({"size": "0.3x", ...}) and rewrite."""
     from lcpaq.passes.fake_quant import FakeQuant
     from lcpaq.passes.ilp import ILPAssign
 
-    return [ILPAssign(**budgets), FakeQuant()]
+    return [ILPAssign(**budgets, table=table), FakeQuant()]
 
 
 # --- text specs -----------------------------------------------------------------------------

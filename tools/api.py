@@ -13,6 +13,7 @@ import torch
 import torch.fx as fx
 
 import lcpaq.passes  # noqa: F401  (registers the passes)
+from lcpaq.backends.latency_table import LatencyTable
 from lcpaq.hw_targets.target import OP_KINDS, Target, load_target
 from lcpaq.ir.capture import capture
 from lcpaq.ir.errors import ConfigError
@@ -94,6 +95,7 @@ def quantize(
     space: str | Path | None = None,
     space_set: Sequence[str] = (),
     distill: int = 0,
+    latency_table: str | Path | None = None,
     out: str | Path | None = None,
     dump_graphs: str | Path | None = None,
     progress: bool = False,
@@ -106,13 +108,17 @@ def quantize(
     hyperparameters (``space``) with TPE scored by ``proxy``, confirming the best few on the
     validation metric; ``search="full"`` scores every trial on the validation metric (the
     baseline). ``distill`` > 0 adds that many steps of distillation of the primary result.
+    ``latency_table`` (from ``lcpaq profile``) enables latency budgets and the latency frontier.
     With ``out``, report.json, report.md and the Pareto plots are written there atomically,
     after everything succeeded."""
     # Validate every option before any heavy work, so a typo costs nothing and writes nothing.
     tgt = target if isinstance(target, Target) else load_target(target)
     if calibration not in CALIBRATION_METHODS:
         raise ConfigError(f"unknown calibration method {calibration!r}; choose from {', '.join(CALIBRATION_METHODS)}")
-    budgets = _parse_budgets(budget, tgt)
+    table = str(latency_table or "")
+    if table:
+        LatencyTable.load(table, tgt)  # a corrupt or foreign table is reported now, before any work
+    budgets = _parse_budgets(budget, tgt, table)
     configs = ([] if budgets else [parse_bits(bits)]) + [parse_bits(b) for b in compare]
     for cfg in configs:
         for kind in OP_KINDS:
@@ -138,7 +144,7 @@ def quantize(
     with clock.stage("fp32 reference"):
         reference = reference_outputs(bundle.model, bundle.eval_batches)
         fp32_metrics = quality(bundle, reference, bundle.model)
-    run = _Run(bundle, tgt, ctx, reference, clock, instruments)
+    run = _Run(bundle, tgt, ctx, reference, clock, instruments, table)
     extra: dict[str, Any] = {}
     if custom is not None:
         prepared, results = run.custom(gm, custom)
@@ -185,7 +191,7 @@ def _check_search(search: str, proxy: str, trials: int, space: str | Path | None
     return (SearchSpace.load(space) if space else SearchSpace.load()).narrowed(list(space_set))
 
 
-def _parse_budgets(texts: Sequence[str], target: Target) -> dict[str, str]:
+def _parse_budgets(texts: Sequence[str], target: Target, table: str) -> dict[str, str]:
     """Check budget syntax now (the references they scale are known only after costing)."""
     budgets: dict[str, str] = {}
     unit = {q: 1.0 for q in QUANTITIES}
@@ -194,8 +200,11 @@ def _parse_budgets(texts: Sequence[str], target: Target) -> dict[str, str]:
         if parsed.quantity in budgets:
             raise ConfigError(f"budget {parsed.quantity} is given twice")
         budgets[parsed.quantity] = text.partition("=")[2].strip()
-    if "latency" in budgets:
-        raise ConfigError(f"target {target.name!r} has no per-layer latency table yet, so a latency budget cannot be enforced")
+    if "latency" in budgets and not table:
+        raise ConfigError(
+            f"a latency budget needs a latency table: run `lcpaq profile --model M --target {target.name} --out table.json`, "
+            "then pass --latency-table table.json"
+        )
     return budgets
 
 
@@ -222,6 +231,7 @@ class _Run:
     reference: list[torch.Tensor]
     clock: Stopwatch
     instruments: list[PassInstrument]
+    table: str = ""
 
     def custom(self, gm: fx.GraphModule, passes: list) -> tuple[fx.GraphModule, list[ConfigResult]]:
         with self.clock.stage("pipeline"):
@@ -235,10 +245,10 @@ class _Run:
         """Analysis once; then the ILP's assignment (with budgets) and each uniform one."""
         analysis = prepare_phase(self.target) + calibration_phase(self.target, calibration)
         if budgets:
-            analysis += sensitivity_phase(self.target, probes)
+            analysis += sensitivity_phase(self.target, probes, table=self.table)
         with self.clock.stage("analysis"):
             prepared = Pipeline(analysis, self.instruments)(gm, self.ctx).graph_module
-        variants = [(_budget_label(budgets), ilp_phase(self.target, budgets))] if budgets else []
+        variants = [(_budget_label(budgets), ilp_phase(self.target, budgets, self.table))] if budgets else []
         variants += [(str(cfg), uniform_phase(self.target, cfg.w_bits, cfg.a_bits)) for cfg in configs]
         return prepared, [self.variant(prepared, label, analysis, passes) for label, passes in variants]
 
@@ -246,15 +256,15 @@ class _Run:
                  mode: str, trials: int, proxy: str, seed: int) -> tuple[fx.GraphModule, list[ConfigResult], dict[str, Any]]:
         """Search the hyperparameters, build the winner; uniform baselines use its calibration."""
         with self.clock.stage("search"):
-            harness = SearchHarness(self.bundle, self.target, budgets, space, seed, self.ctx.progress, captured=gm)
+            harness = SearchHarness(self.bundle, self.target, budgets, space, seed, self.ctx.progress, captured=gm, table=self.table)
             outcome = run_search(harness, mode, trials, proxy, seed=seed, progress=self.ctx.progress)
         self.clock.stages.update({f"search: {k}": v for k, v in {**harness.stages, **outcome.seconds}.items()})
         with self.clock.stage("pareto"):
-            prepared = Pipeline([ParetoSweep()])(harness.assign(outcome.best), self.ctx).graph_module
+            prepared = Pipeline([ParetoSweep(table=self.table)])(harness.assign(outcome.best), self.ctx).graph_module
         label = f"searched {_budget_label(budgets)}"
         with self.clock.stage(f"quantize {label}"):
             qgm = harness.build(outcome.best)
-        results = [self.measure(label, qgm, config_pipeline(outcome.best, budgets, self.target).spec())]
+        results = [self.measure(label, qgm, config_pipeline(outcome.best, budgets, self.target, self.table).spec())]
         analysis = prepare_phase(self.target) + [calibrate_pass(outcome.best)]
         for cfg in configs:
             results.append(self.variant(prepared, str(cfg), analysis, uniform_phase(self.target, cfg.w_bits, cfg.a_bits)))

@@ -23,7 +23,7 @@ from lcpaq.hw_targets.target import load_target
 from lcpaq.tools.bench_common import write_results
 from lcpaq.passes.distill import Distill
 from lcpaq.passes.pareto import ParetoSweep
-from lcpaq.passes.pipeline import Pipeline
+from lcpaq.passes.pipeline import Pipeline, uniform_phase
 from lcpaq.tools.models.zoo import load_model
 from lcpaq.tools.search import proxy_correlations, run_search
 from lcpaq.tools.search_harness import PROXIES, SearchHarness
@@ -55,6 +55,9 @@ def bench_model(name: str, budgets: dict[str, str], samples: int, trials: int, d
     start = time.perf_counter()
     distilled = Pipeline([Distill(steps=distill_steps)])(copy.deepcopy(built), harness.ctx).graph_module
     distill_s = time.perf_counter() - start
+    # where there is more to recover: uniform W4A8 with the chosen calibration
+    w4 = Pipeline(uniform_phase(harness.target, 4, 8))(copy.deepcopy(harness.calibrated(searches[chosen]["best"])), harness.ctx).graph_module
+    w4_distilled = Pipeline([Distill(steps=distill_steps)])(copy.deepcopy(w4), harness.ctx).graph_module
     return {
         "model": name,
         "budgets": budgets,
@@ -74,7 +77,8 @@ def bench_model(name: str, budgets: dict[str, str], samples: int, trials: int, d
             "confirmation (best 3 on validation)": searches[chosen]["seconds"]["confirm"],
             f"distillation ({distill_steps} steps)": distill_s,
         },
-        "distillation": {"steps": distill_steps, "before": harness.metric_of(built), "after": harness.metric_of(distilled)},
+        "distillation": {"steps": distill_steps, "before": harness.metric_of(built), "after": harness.metric_of(distilled),
+                         "w4a8_before": harness.metric_of(w4), "w4a8_after": harness.metric_of(w4_distilled)},
     }
 
 

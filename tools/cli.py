@@ -17,7 +17,7 @@ def _quantize(args: argparse.Namespace) -> int:
     result = quantize(
         model=args.model, target=args.target, bits=args.bits, compare=compare, budget=args.budget,
         calibration=args.calibration, probes=args.probes, search=args.search, trials=args.trials, proxy=args.proxy,
-        space=args.space, space_set=args.space_set, distill=args.distill,
+        space=args.space, space_set=args.space_set, distill=args.distill, latency_table=args.latency_table,
         pipeline=args.pipeline, out=args.out, dump_graphs=args.dump_graphs, progress=args.progress, seed=args.seed,
     )
     print(summary(result.report))
@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--budget", action="append", default=[], metavar="KEY=VALUE",
                    help="mixed precision by ILP under a budget: size=0.3x (of fp32), bops=0.5int8 (of uniform INT8), "
                         "size=2MB, act_memory=64KiB; repeat for several")
+    q.add_argument("--latency-table", metavar="FILE", help="per-layer latency table from `lcpaq profile`: enables latency= budgets")
     q.add_argument("--probes", type=int, default=64, metavar="N", help="Hutchinson probes per layer, at most (default 64)")
     q.add_argument("--calibration", default="minmax", choices=["minmax", "percentile", "mse", "entropy"],
                    help="activation range estimator (default minmax)")

@@ -47,9 +47,10 @@ def hessian_pass(config: Config) -> HessianSensitivity:
                               weight_granularity=config["weight_granularity"], act_symmetric=config["act_symmetric"])
 
 
-def ilp_pass(config: Config, budgets: dict[str, str]) -> ILPAssign:
+def ilp_pass(config: Config, budgets: dict[str, str], table: str = "") -> ILPAssign:
     return ILPAssign(
         **budgets,
+        table=table,
         tradeoff=f"bops:{config['tradeoff_bops']}" if config["tradeoff_bops"] else "",
         w_range="" if config["weight_bits"] == "target" else str(config["weight_bits"]),
         a_bits=() if config["act_bits"] == "target" else (int(config["act_bits"]),),
@@ -61,9 +62,9 @@ def rewrite_passes(config: Config) -> list[Pass]:
     return passes + ([BiasCorrect()] if config["bias_correction"] else [])
 
 
-def config_pipeline(config: Config, budgets: dict[str, str], target: Target) -> Pipeline:
+def config_pipeline(config: Config, budgets: dict[str, str], target: Target, table: str = "") -> Pipeline:
     """The pipeline that reproduces a configuration's result (``lcpaq quantize --pipeline``)."""
-    return Pipeline(prepare_phase(target) + [calibrate_pass(config), hessian_pass(config), ilp_pass(config, budgets)]
+    return Pipeline(prepare_phase(target) + [calibrate_pass(config), hessian_pass(config), ilp_pass(config, budgets, table)]
                     + rewrite_passes(config))
 
 
@@ -78,6 +79,7 @@ class SearchHarness:
     proxy_batches: int = 1
     hessian_batches: int = 2
     captured: fx.GraphModule | None = None
+    table: str = ""
     stages: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -136,7 +138,7 @@ class SearchHarness:
         for layer in find_layers(gm):
             SENSITIVITY.set(layer.node, sens[layer.name])
         try:
-            Pipeline([ilp_pass(config, self.budgets)])(gm, self.ctx)
+            Pipeline([ilp_pass(config, self.budgets, self.table)])(gm, self.ctx)
         except ConfigError:
             return None
         return gm
