@@ -334,7 +334,7 @@ def profile_model(
         for key in precision_keys(target, layer.kind):
             if key not in measured and layer.name not in torch_layers:
                 reused.add(key)
-            row[key] = measured.get(key, measured["fp32"])
+            row[key] = float(f"{measured.get(key, measured['fp32']):.4g}")  # 4 digits: timing noise is larger
         entries[layer.name] = row
     notes = [
         "conv (groups=1, square kernel) and linear layers: fp32 and w8a8 timed as TVM kernels "
