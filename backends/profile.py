@@ -81,10 +81,11 @@ def conv_geometry(node: fx.Node) -> dict[str, int] | None:
 
 
 def _fp32_conv_func(shape: tuple[int, int, int, int], out_channels: int, kernel: int, stride: int, padding: int) -> tvm.tirx.PrimFunc:
-    """NHWC float32 conv2d with OHWI weights and zero padding (``tvm_tune.fp32_conv2d_func`` plus a stride)."""
+    """NHWC float32 conv2d with HWIO weights (output channels innermost, so the 16 vectorized output
+    channels load contiguously) and zero padding: ``tvm_tune.fp32_conv2d_func`` plus a stride."""
     b, h, w_, c = shape
     x = te.placeholder(shape, "float32", name="X")
-    wt = te.placeholder((out_channels, kernel, kernel, c), "float32", name="W")
+    wt = te.placeholder((kernel, kernel, c, out_channels), "float32", name="W")
     oh, ow = t8.conv_out_size(h, kernel, stride, padding), t8.conv_out_size(w_, kernel, stride, padding)
     xp = te.compute(
         (b, h + 2 * padding, w_ + 2 * padding, c),
@@ -97,7 +98,7 @@ def _fp32_conv_func(shape: tuple[int, int, int, int], out_channels: int, kernel:
     rh, rw, rc = te.reduce_axis((0, kernel), "rh"), te.reduce_axis((0, kernel), "rw"), te.reduce_axis((0, c), "rc")
     y = te.compute(
         (b, oh, ow, out_channels),
-        lambda n, i, j, o: te.sum(xp[n, i * stride + rh, j * stride + rw, rc] * wt[o, rh, rw, rc], axis=[rh, rw, rc]),
+        lambda n, i, j, o: te.sum(xp[n, i * stride + rh, j * stride + rw, rc] * wt[rh, rw, rc, o], axis=[rh, rw, rc]),
         name="conv",
     )
     return te.create_prim_func([x, wt, y])
@@ -121,10 +122,11 @@ def _schedule_fp32_conv(func: tvm.tirx.PrimFunc) -> s_tir.Schedule:
 
 
 def _fp32_dense_func(m: int, n: int, k: int) -> tvm.tirx.PrimFunc:
+    """``Y[m, n] = X[m, k] @ W[k, n]`` in float32; W is stored K x N so vectorized columns load contiguously."""
     x = te.placeholder((m, k), "float32", name="X")
-    w = te.placeholder((n, k), "float32", name="W")
+    w = te.placeholder((k, n), "float32", name="W")
     r = te.reduce_axis((0, k), name="k")
-    return te.create_prim_func([x, w, te.compute((m, n), lambda i, j: te.sum(x[i, r] * w[j, r], axis=r), name="dense")])
+    return te.create_prim_func([x, w, te.compute((m, n), lambda i, j: te.sum(x[i, r] * w[r, j], axis=r), name="dense")])
 
 
 def _schedule_fp32_dense(func: tvm.tirx.PrimFunc) -> s_tir.Schedule:
@@ -216,7 +218,7 @@ def _conv_tvm(timer: _Timer, gm: fx.GraphModule, layer: QuantLayer, geo: dict[st
     ]
     f_kernel = timer.kernel(f"{tag}-fp32", _fp32_conv_func((1, h, w_, c), o16, k, s, p), _schedule_fp32_conv, int8=False)
     f_args = [
-        to_tvm(torch.randn(1, h, w_, c, generator=gen)), to_tvm(torch.randn(o16, k, k, c, generator=gen)),
+        to_tvm(torch.randn(1, h, w_, c, generator=gen)), to_tvm(torch.randn(k, k, c, o16, generator=gen)),
         to_tvm(np.zeros((1, oh, ow, o16), np.float32)),
     ]
     return {"fp32": timer.tvm_seconds(f_kernel, f_args), INT8: timer.tvm_seconds(q_kernel, q_args)}
@@ -236,7 +238,7 @@ def _linear_tvm(timer: _Timer, layer: QuantLayer, gen: torch.Generator) -> dict[
         *_channel_params(n16, gen), to_tvm(np.zeros((m, n16), np.uint8)),
     ]
     f_kernel = timer.kernel(f"{tag}-fp32", _fp32_dense_func(m, n16, k), _schedule_fp32_dense, int8=False)
-    f_args = [to_tvm(torch.randn(m, k, generator=gen)), to_tvm(torch.randn(n16, k, generator=gen)), to_tvm(np.zeros((m, n16), np.float32))]
+    f_args = [to_tvm(torch.randn(m, k, generator=gen)), to_tvm(torch.randn(k, n16, generator=gen)), to_tvm(np.zeros((m, n16), np.float32))]
     return {"fp32": timer.tvm_seconds(f_kernel, f_args), INT8: timer.tvm_seconds(q_kernel, q_args)}
 
 
