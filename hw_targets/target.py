@@ -22,7 +22,8 @@ class Target:
     ``native_weight_bits[kind]``: weight widths an op kind computes on directly.
     ``storage_weight_bits``: narrower widths kept only in storage and unpacked to the smallest
     native width before compute (they save memory, not time). ``act_bits``: activation widths.
-    Floating point (32) is always allowed."""
+    Floating point (32) is always allowed. ``required_features``: CPU flags (as in
+    ``/proc/cpuinfo``) a local device must have; see :mod:`lcpaq.hw_targets.host`."""
 
     name: str
     description: str
@@ -32,6 +33,7 @@ class Target:
     act_bits: tuple[int, ...]
     memory_bytes: int | None = None
     device: str = "local"
+    required_features: tuple[str, ...] = ()
     source: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -101,5 +103,6 @@ def _from_dict(data: dict[str, Any], source: str) -> Target:
         act_bits=tuple(prec["act_bits"]),
         memory_bytes=None if memory is None else int(memory),
         device=data.get("device", {}).get("kind", "local"),
+        required_features=tuple(str(f) for f in data.get("device", {}).get("requires", ())),
         source=source,
     )

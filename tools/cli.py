@@ -27,13 +27,42 @@ def _quantize(args: argparse.Namespace) -> int:
 
 
 def _targets(args: argparse.Namespace) -> int:
+    from lcpaq.hw_targets.host import host_features, host_support
     from lcpaq.hw_targets.target import OP_KINDS, available_targets, load_target
 
+    features = host_features()
     for name in available_targets():
         t = load_target(name)
         weights = "; ".join(f"{k} W{','.join(map(str, t.weight_bits(k)))}" for k in OP_KINDS)
         print(f"{t.name:<12} {t.description}")
         print(f"{'':<12} weights: {weights}; activations: A{','.join(map(str, t.act_bits))}; device: {t.device}")
+        if t.device == "local":
+            support = host_support(t, features)
+            print(f"{'':<12} {'runs on' if support.ok else 'cannot run on'} this host: {support}")
+    return 0
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lcpaq.ir.errors import ConfigError
+
+    if args.trials < 0:
+        raise ConfigError(f"--trials must be >= 0, got {args.trials}")
+    if args.repeats < 1:
+        raise ConfigError(f"--repeats must be >= 1, got {args.repeats}")
+    out = Path(args.out)
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a directory; give a file name such as {out / 'latency.json'}")
+    from lcpaq.tools.profile import profile
+
+    table = profile(args.model, args.target, trials=args.trials, repeats=args.repeats, progress=args.progress)
+    table.save(out)
+    total = sum(row["fp32"] for row in table.entries.values())
+    int8 = sum(row.get("w8a8", row["fp32"]) for row in table.entries.values())
+    print(f"{table.model} on {table.target} ({table.device}): {len(table.entries)} layers, "
+          f"fp32 {total * 1e3:.3f} ms, w8a8 {int8 * 1e3:.3f} ms (sum over layers)")
+    print(f"wrote {out}")
     return 0
 
 
@@ -93,6 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
                    help="progress bars on stderr (default: when stderr is a terminal)")
     q.set_defaults(func=_quantize)
+
+    p = sub.add_parser("profile", help="measure per-layer latency on this host and write a latency table",
+                       description="Time every quantizable layer of a model on this machine at fp32 and at each precision "
+                                   "the target computes (int8 through TVM's VNNI kernels), batch 1, and write a JSON latency table.")
+    p.add_argument("--model", default="resnet-digits", metavar="SPEC",
+                   help="built-in name (resnet-digits, resnet18, resnet50, mobilenetv2, minilm) or path/to/file.py:function")
+    p.add_argument("--target", default="x86-host", metavar="NAME", help="a local hardware target (default x86-host)")
+    p.add_argument("--out", required=True, metavar="FILE", help="latency table to write (JSON, written atomically)")
+    p.add_argument("--trials", type=int, default=0, metavar="N",
+                   help="MetaSchedule trials per kernel; 0 (default) times the untuned hand schedules. Tuning "
+                        "databases are kept under the cache directory and reused")
+    p.add_argument("--repeats", type=int, default=10, metavar="N", help="timed repeats per kernel; the median is kept (default 10)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
+                   help="progress bar on stderr (default: when stderr is a terminal)")
+    p.set_defaults(func=_profile)
 
     sub.add_parser("targets", help="list hardware targets and their precisions").set_defaults(func=_targets)
     sub.add_parser("models", help="list built-in models").set_defaults(func=_models)

@@ -210,3 +210,56 @@ def test_proxy_search_with_distillation_report(capsys, tmp_path) -> None:
     md = (out_dir / "report.md").read_text()
     assert "## Search" in md and "## Distillation" in md
     assert "proxy search (6 trials" in out
+
+
+def test_targets_reports_host_support(capsys) -> None:
+    from lcpaq.hw_targets import load_target
+    from lcpaq.hw_targets.host import host_support
+
+    code, out, _ = _run(capsys, "targets")
+    assert code == 0
+    expected = "runs on" if host_support(load_target("x86-host")).ok else "cannot run on"
+    assert f"{expected} this host" in out and "avx512_vnni" in out
+
+
+_TINY_MODEL = """
+import torch
+from torch import nn
+
+
+def build():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 6 * 6, 8))
+    return model, (torch.randn(1, 4, 6, 6),)
+"""
+
+
+def test_profile_writes_a_table(capsys, tmp_path) -> None:
+    from lcpaq.backends.latency_table import LatencyTable
+    from lcpaq.hw_targets import load_target
+    from lcpaq.hw_targets.host import host_support
+
+    if not host_support(load_target("x86-host")).ok:
+        pytest.skip("this host lacks AVX-512 VNNI")
+    path = tmp_path / "tiny.py"
+    path.write_text(_TINY_MODEL)
+    out = tmp_path / "t.json"
+    code, stdout, err = _run(capsys, "profile", "--model", f"{path}:build", "--target", "x86-host", "--out", str(out),
+                             "--repeats", "2", "--no-progress")
+    assert code == 0, err
+    table = LatencyTable.load(out, "x86-host")
+    assert len(table.entries) == 2 and all("w8a8" in row and "fp32" in row for row in table.entries.values())
+    assert f"wrote {out}" in stdout
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--target", "arm-a76"], "target 'arm-a76' is not this machine"),
+    (["--target", "tpu"], "unknown target 'tpu'"),
+    (["--trials", "-1"], "--trials must be >= 0"),
+    (["--model", "missing/model.py:build"], "model file missing/model.py does not exist"),
+])
+def test_profile_bad_input_is_one_line(capsys, tmp_path, argv, message) -> None:
+    out = tmp_path / "t.json"
+    code, _, err = _run(capsys, "profile", "--out", str(out), "--no-progress", *argv)
+    assert code == 2 and err.startswith("lcpaq: error: ") and message in err and err.count("\n") == 1
+    assert not out.exists()
