@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from lcpaq.hw_targets.target import Target
 from lcpaq.ir import capture, find_layers
-from lcpaq.ir.errors import ConfigError
+from lcpaq.backends.latency_table import LatencyTable
+from lcpaq.ir.errors import ConfigError, CorruptFileError
 from lcpaq.ir.meta import ASSIGNMENT, BITS, PARETO, BitAssignment
 from lcpaq.passes import Pipeline
 from lcpaq.passes.budgets import format_quantity, parse_budget
@@ -171,3 +172,45 @@ def test_bops_tradeoff_lowers_bops(block, x86) -> None:
     traded = ASSIGNMENT.get(gm)
     assert dict(traded.achieved)["bops"] < free
     assert traded.sensitivity >= 0
+
+
+def _table(path, target: str = "x86-host") -> str:
+    """A hand-made latency table for the block: 16-bit layers cost twice their 8-bit time."""
+    layers = {"c1": 4e-5, "c2": 1e-5, "fc": 2e-6, "fc2": 2e-6}
+    table = LatencyTable(target, "test", "0", "2026-11-21", 0, "block",
+                         {name: {"fp32": 3 * s, "w8a8": s, "w16a16": 2 * s} for name, s in layers.items()}, fixed_seconds=1e-5)
+    table.save(path)
+    return str(path)
+
+
+def test_latency_budget_reads_the_table(block, x86, tmp_path) -> None:
+    gm, ctx = _analysed(block, x86)
+    path = _table(tmp_path / "t.json")
+    table = LatencyTable.load(path, x86)
+    Pipeline.from_spec(f"ilp{{latency=0.07ms,table={path}}}")(gm, ctx)
+    bits = {layer.name: BITS.get(layer.node) for layer in find_layers(gm)}
+    achieved = dict(ASSIGNMENT.get(gm).achieved)["latency"]
+    assert achieved <= 0.07e-3 and achieved == pytest.approx(table.total(bits))
+    assert {(b.w_bits, b.a_bits) for b in bits.values()} <= {(w, 8) for w in range(2, 9)} | {(16, 16)}
+    assert any(b.w_bits == 16 for b in bits.values())  # the budget leaves room for some 16-bit layers
+    Pipeline.from_spec(f"ilp{{latency=1.0int8,table={path}}}")(gm, ctx)
+    assert all(BITS.get(layer.node).a_bits == 8 for layer in find_layers(gm))  # only int8 fits
+
+
+def test_latency_budget_errors(block, x86, tmp_path) -> None:
+    gm, ctx = _analysed(block, x86)
+    path = _table(tmp_path / "t.json")
+    with pytest.raises(ConfigError, match="latency=0.01ms asks latency <= 0.010 ms, the smallest achievable is 0.064 ms"):
+        Pipeline.from_spec(f"ilp{{latency=0.01ms,table={path}}}")(gm, ctx)
+    with pytest.raises(ConfigError, match="a latency budget needs a latency table"):
+        Pipeline.from_spec("ilp{latency=1ms}")(gm, ctx)
+    foreign = _table(tmp_path / "arm.json", target="arm-a76")
+    with pytest.raises(CorruptFileError, match=f"latency table {foreign} was measured for target 'arm-a76'"):
+        Pipeline.from_spec(f"ilp{{latency=1ms,table={foreign}}}")(gm, ctx)
+
+
+def test_pareto_sweeps_latency_with_a_table(block, x86, tmp_path) -> None:
+    gm, ctx = _analysed(block, x86)
+    Pipeline.from_spec(f"pareto{{points=10,table={_table(tmp_path / 't.json')}}}")(gm, ctx)
+    front = PARETO.get(gm).front("latency")
+    assert len(front) >= 2 and front[0].achieved == pytest.approx(6.4e-5)

@@ -167,7 +167,7 @@ def test_budget_gives_mixed_assignment_with_pareto_plots(capsys, tmp_path) -> No
 
 @pytest.mark.parametrize(("budget", "message"), [
     ("size=0.01x", "infeasible budget: size=0.01x asks size <="),
-    ("latency=2ms", "has no per-layer latency table yet"),
+    ("latency=2ms", "a latency budget needs a latency table: run `lcpaq profile"),
     ("speed=2", "bad budget 'speed=2'"),
 ])
 def test_bad_budget_exit_2(capsys, tmp_path, budget, message) -> None:
