@@ -104,12 +104,19 @@ def _fp32_conv_func(shape: tuple[int, int, int, int], out_channels: int, kernel:
     return te.create_prim_func([x, wt, y])
 
 
+def col_tile(width: int) -> int:
+    """Output columns computed together (each loaded weight vector is reused across them): the
+    largest divisor of ``width`` up to 8, so a tile's accumulators fit in registers."""
+    return max(d for d in range(1, 9) if width % d == 0)
+
+
 def _schedule_fp32_conv(func: tvm.tirx.PrimFunc) -> s_tir.Schedule:
-    """(n, oh) parallel, ow/4, o/16, kh, kw, c, 4 columns, 16 output channels vectorized (O % 16 == 0)."""
+    """(n, oh) parallel, ow/t, o/16, kh, kw, c, t columns (:func:`col_tile`), 16 output channels
+    vectorized (O % 16 == 0)."""
     sch = s_tir.Schedule(func)
     block = sch.get_sblock("conv")
     n, oh, ow, o, rh, rw, rc = sch.get_loops(block)
-    tile = 4 if int(sch.get(ow).extent) % 4 == 0 else 1
+    tile = col_tile(int(sch.get(ow).extent))
     owo, owi = sch.split(ow, [None, tile])
     oo, oi = sch.split(o, [None, LANES])
     sch.reorder(n, oh, owo, oo, rh, rw, rc, owi, oi)
@@ -210,7 +217,8 @@ def _conv_tvm(timer: _Timer, gm: fx.GraphModule, layer: QuantLayer, geo: dict[st
     oh, ow = t8.conv_out_size(h, k, s, p), t8.conv_out_size(w_, k, s, p)
     tag = f"conv-{c4}x{h}x{w_}-o{o16}-k{k}s{s}p{p}"
     q_func = t8.qconv2d_func((1, h, w_, c4), o16, k, s, p, 0, t8.Requant(0))
-    q_kernel = timer.kernel(f"{tag}-int8", q_func, t8.schedule_qconv2d, int8=True)
+    q_sched = lambda f: t8.schedule_qconv2d(f, col_tile(ow))  # noqa: E731  (same column tile as fp32)
+    q_kernel = timer.kernel(f"{tag}-int8", q_func, q_sched, int8=True)
     w_q = torch.randint(-127, 128, (o16, c4, k, k), generator=gen, dtype=torch.int8)
     q_args = [
         to_tvm(torch.randint(0, 256, (1, h, w_, c4), generator=gen, dtype=torch.uint8)), to_tvm(t8.pack_conv_weight(w_q)),

@@ -65,3 +65,19 @@ def test_tiny_model_has_every_layer_and_precision(tmp_path) -> None:
     path = tmp_path / "t.json"
     table.save(path)
     assert LatencyTable.load(path, X86) == table
+
+
+@pytest.mark.slow
+@needs_vnni
+def test_tuned_profile_records_and_reuses_tuning_database(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("LCPAQ_CACHE_DIR", str(tmp_path / "cache"))
+    model = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 8 * 8, 16))
+    gm = _costed(model, torch.randn(1, 16, 8, 8))
+    first = profile_model(gm, X86, "tuned", trials=4, repeats=3, progress=False)
+    databases = sorted((tmp_path / "cache" / "tuning").glob("*/database_tuning_record.json"))
+    assert len(databases) == 4  # conv and dense, int8 and fp32
+    stamps = [p.stat().st_mtime_ns for p in databases]
+    second = profile_model(gm, X86, "tuned", trials=4, repeats=3, progress=False)
+    assert [p.stat().st_mtime_ns for p in databases] == stamps  # reused, not tuned again
+    assert set(first.entries) == set(second.entries) == {"0", "3"}
+    assert first.trials == 4 and all(s > 0 for row in second.entries.values() for s in row.values())
