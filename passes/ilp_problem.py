@@ -17,6 +17,7 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import lil_matrix
 
+from lcpaq.ir.errors import LcpaqError
 from lcpaq.ir.meta import BitAssignment
 
 ADDITIVE = ("size", "bops", "latency")
@@ -32,6 +33,31 @@ class Solution:
 
 class Infeasible(Exception):
     pass
+
+
+class SolverError(LcpaqError):
+    """HiGHS failed for a reason other than infeasibility (even after a retry without presolve)."""
+
+
+_INFEASIBLE = 2  # scipy.optimize.milp's status for a proven infeasible problem
+TOLERANCE = 1e-6  #: relative slack of every budget: HiGHS's feasibility tolerance on scaled rows
+
+
+def _scaled(row: np.ndarray, limit: float, budget: float | None = None) -> LinearConstraint:
+    """``row . x <= limit`` divided by the largest of its magnitudes and the whole ``budget``
+    (fixed part included): budgets in bytes, BOPs or seconds span 15 orders of magnitude, which
+    HiGHS's presolve does not always survive, and what is negligible against the budget stays so."""
+    scale = max(float(np.max(np.abs(row), initial=0.0)), abs(limit), abs(budget or 0.0)) or 1.0
+    return LinearConstraint(row / scale, -np.inf, limit / scale)
+
+
+def _milp(c: np.ndarray, constraints: list[LinearConstraint], n: int):
+    """Solve; on a solver error (not a verdict), retry once without presolve."""
+    with _quiet_stdout():
+        res = milp(c, constraints=constraints, integrality=np.ones(n), bounds=Bounds(0, 1))
+        if res.status not in (0, _INFEASIBLE):
+            res = milp(c, constraints=constraints, integrality=np.ones(n), bounds=Bounds(0, 1), options={"presolve": False})
+    return res
 
 
 @contextlib.contextmanager
@@ -88,7 +114,15 @@ class AssignmentProblem:
         return constraints
 
     def solve(self, budgets: dict[str, float], objective: np.ndarray | None = None) -> Solution:
-        """Minimise total sensitivity (or ``objective``) under ``budgets``; raise Infeasible."""
+        """Minimise total sensitivity (or ``objective``) under ``budgets``; raise Infeasible.
+        Budgets hold to the solver's tolerance: within one part in a million (``TOLERANCE``)."""
+        solution = self._solve_once(budgets, objective)
+        for quantity, limit in budgets.items():
+            if solution.totals[quantity] > limit + TOLERANCE * max(abs(limit), 1e-30):
+                raise SolverError(f"the ILP solver returned {quantity} {solution.totals[quantity]:.9g} over its budget {limit:.9g}")
+        return solution
+
+    def _solve_once(self, budgets: dict[str, float], objective: np.ndarray | None) -> Solution:
         start = time.perf_counter()
         constraints = self._structure()
         for quantity, limit in budgets.items():
@@ -97,14 +131,15 @@ class AssignmentProblem:
                 for l in range(len(self.names)):
                     row = np.zeros(self.n)
                     row[self.offsets[l] : self.offsets[l + 1]] = values[self.offsets[l] : self.offsets[l + 1]]
-                    constraints.append(LinearConstraint(row, -np.inf, limit))
+                    constraints.append(_scaled(row, limit))
             else:
-                constraints.append(LinearConstraint(self._flat(self.costs[quantity]), -np.inf, limit - self.fixed.get(quantity, 0.0)))
+                constraints.append(_scaled(self._flat(self.costs[quantity]), limit - self.fixed.get(quantity, 0.0), limit))
         c = self._flat(self.sensitivity) if objective is None else objective
-        with _quiet_stdout():
-            res = milp(c, constraints=constraints, integrality=np.ones(self.n), bounds=Bounds(0, 1))
-        if res.status != 0 or res.x is None:
+        res = _milp(c, constraints, self.n)
+        if res.status == _INFEASIBLE:
             raise Infeasible(res.message)
+        if res.status != 0 or res.x is None:
+            raise SolverError(f"the ILP solver (HiGHS) failed on this assignment problem: {res.message}")
         picks = [int(np.argmax(res.x[self.offsets[l] : self.offsets[l + 1]])) for l in range(len(self.names))]
         return self._solution(picks, time.perf_counter() - start)
 
