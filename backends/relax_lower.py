@@ -56,11 +56,11 @@ def qconv2d_module(
 
     bb = relax.BlockBuilder()
     kernel = bb.add_func(prim, KERNEL_NAME)
-    x = relax.Var("x", relax.TensorStructInfo(x_shape, "uint8"))
+    x = relax.Var("x", relax.TensorType(x_shape, "uint8"))
     with bb.function("main", [x]):
         with bb.dataflow():
             x_nhwc = bb.emit(relax.op.permute_dims(x, [0, 2, 3, 1]))
-            y = bb.emit(relax.call_tir(kernel, [x_nhwc, *consts], relax.TensorStructInfo((b, oh, ow, o_pad), "uint8")))
+            y = bb.emit(relax.call_tir(kernel, relax.Tuple([x_nhwc, *consts]), relax.TensorType((b, oh, ow, o_pad), "uint8")))
             if o_pad != o:
                 y = bb.emit(relax.op.strided_slice(y, axes=[3], begin=[0], end=[o]))
             out = bb.emit_output(relax.op.permute_dims(y, [0, 3, 1, 2]))
