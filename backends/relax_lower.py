@@ -4,8 +4,9 @@ The scheduled, tensorized PrimFunc of :func:`lcpaq.backends.tvm_int8.qconv2d_fun
 IRModule as-is; Relax does the layout plumbing around it (NCHW -> NHWC, slicing padded output
 channels, NHWC -> NCHW) with ordinary ops that the default pipeline legalizes. Weights and
 per-channel requantization parameters are bound as constants. The PrimFunc is marked
-``op_pattern = kOpaque`` and ``tir.is_scheduled`` so that ``AnnotateTIROpPattern``/``FuseOps``/
-``FuseTIR`` leave it alone (a fused copy would lose the tensorized schedule).
+``op_pattern = kOpaque`` and ``tir.is_scheduled``, guards so that ``FuseOps``/``FuseTIR`` never
+fuse neighbours into it (a fused copy would lose the tensorized schedule) and MetaSchedule-based
+pipelines do not retune it (the default pipeline leaves it alone even without them).
 
 Semantics are those of :func:`lcpaq.backends.integer_ref.conv2d` (NCHW u8 in, NCHW u8 out),
 bit-exact. Input channels must be a multiple of 4 (the activation is not padded in Relax);
