@@ -86,8 +86,7 @@ def _run_vm(ex: Any, params: dict, x: torch.Tensor, warmup: int, repeat: int) ->
     vm = relax.VirtualMachine(ex, dev)
     args = [tvm.runtime.tensor(x.numpy(), dev)] + [tvm.runtime.tensor(p.numpy(), dev) for p in params["main"]]
     out = vm["main"](*args)
-    first = out[0] if isinstance(out, (list, tuple)) or hasattr(out, "__getitem__") and not hasattr(out, "numpy") else out
-    y = first.numpy()
+    y = (out if hasattr(out, "numpy") else out[0]).numpy()  # from_exported_program's main returns a tuple
     return _median_ms(lambda: vm["main"](*args), warmup, repeat), y
 
 
