@@ -147,23 +147,24 @@ class ILPAssign(Pass):
             raise ConfigError(f"w_range={self.w_range or 'any'}, a_bits={self.a_bits or 'any'} leave target {target.name!r} no precision")
         return dataclasses.replace(target, native_weight_bits=native, storage_weight_bits=storage, act_bits=acts)
 
-    def budgets(self, gm: fx.GraphModule, target: Target, table: LatencyTable | None) -> list[Budget]:
+    def budgets(self, table: LatencyTable | None, fp32: dict[str, float], int8: dict[str, float]) -> list[Budget]:
+        """The budgets given, resolved against the fp32 and uniform-INT8 reference totals."""
         if self.latency and table is None:
             raise ConfigError(
                 "a latency budget needs a latency table: run `lcpaq profile --model M --target T --out table.json` "
                 "and give it with --latency-table (ilp{table=...})"
             )
-        fp32, int8 = reference_totals(gm, table)
         texts = [f"{q}={v}" for q, v in (("size", self.size), ("bops", self.bops), ("latency", self.latency), ("act_memory", self.act_memory)) if v]
         return [parse_budget(t, fp32, int8) for t in texts]
 
     def call(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         table = load_table(self.table, ctx.target)
-        budgets = self.budgets(gm, ctx.target, table)
+        fp32, int8 = reference_totals(gm, table)
+        budgets = self.budgets(table, fp32, int8)
         if not budgets:
             raise ConfigError("needs at least one budget, for example ilp{size=0.3x} or ilp{bops=0.5int8}")
         problem = problem_from_graph(gm, self.candidates_target(ctx.target), table)
-        objective = _objective(problem, self.tradeoff_weights(), reference_totals(gm, table)[0])
+        objective = _objective(problem, self.tradeoff_weights(), fp32)
         try:
             solution = problem.solve({b.quantity: b.limit for b in budgets}, objective)
         except Infeasible:

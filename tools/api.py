@@ -18,8 +18,7 @@ from lcpaq.hw_targets.target import OP_KINDS, Target, load_target
 from lcpaq.ir.capture import capture
 from lcpaq.ir.errors import ConfigError
 from lcpaq.ir.fileio import cache_dir
-from lcpaq.ir.layers import find_layers
-from lcpaq.ir.meta import BITS, COST, MODEL_COST, BitAssignment
+from lcpaq.ir.meta import MODEL_COST, BitAssignment
 from lcpaq.passes.context import PassContext
 from lcpaq.passes.instruments import DumpGraphs, PassInstrument, Timing
 from lcpaq.passes.range_estimators import METHODS as CALIBRATION_METHODS
@@ -28,6 +27,7 @@ from lcpaq.passes.pipeline import (
     Pipeline, calibration_phase, ilp_phase, parse_spec, prepare_phase, sensitivity_phase, uniform_phase,
 )
 from lcpaq.tools.metrics import output_metrics, reference_outputs
+from lcpaq.tools.report import build_report, model_size_and_bops, write_report
 from lcpaq.passes.distill import Distill
 from lcpaq.passes.pareto import ParetoSweep
 from lcpaq.tools.models.zoo import ModelBundle, load_model
@@ -162,8 +162,6 @@ def quantize(
             "steps": distill, "seconds": round(clock.stages["distill"], 3), "before": first.metrics, "after": results[1].metrics,
         }
 
-    from lcpaq.tools.report import build_report, write_report
-
     report = build_report(bundle, tgt, prepared, fp32_metrics, results, clock.stages, timing.times)
     report.update(extra)
     if out_dir is not None:
@@ -280,17 +278,3 @@ class _Run:
             metrics = quality(self.bundle, self.reference, gm)
         size, bops = model_size_and_bops(gm)
         return ConfigResult(label, gm, spec, metrics, size, bops)
-
-
-def model_size_and_bops(gm: fx.GraphModule) -> tuple[float, int]:
-    """Stored size in bytes (quantized layers at their widths, everything else fp32) and
-    total BOPs, from the cost and bits annotations."""
-    totals = MODEL_COST.get(gm)
-    size = (totals.params - totals.quantizable_params) * 4.0
-    bops = 0
-    for layer in find_layers(gm):
-        cost = COST.get(layer.node)
-        bits = BITS.get(layer.node) or BitAssignment(32, 32)
-        size += cost.weight_bytes(bits.w_bits)
-        bops += cost.bops(bits.w_bits, bits.a_bits)
-    return size, bops

@@ -13,7 +13,7 @@ import torch.fx as fx
 from lcpaq.hw_targets.target import Target
 from lcpaq.ir.layers import find_layers, precision_groups, scale_groups
 from lcpaq.passes.budgets import format_quantity
-from lcpaq.ir.meta import ASSIGNMENT, BITS, COST, MODEL_COST, PARETO, SENSITIVITY
+from lcpaq.ir.meta import ASSIGNMENT, BITS, COST, MODEL_COST, PARETO, SENSITIVITY, BitAssignment
 from lcpaq.ir.fileio import atomic_write_json, atomic_write_text
 from lcpaq.tools.models.zoo import ModelBundle
 
@@ -38,7 +38,7 @@ def build_report(
     for r in results:
         configs.append({
             "label": r.label, "pipeline": r.pipeline, "size_bytes": r.size_bytes, "bops": r.bops,
-            "sensitivity": _total_sensitivity(r.graph_module), "predicted": _predicted(r.graph_module),
+            "sensitivity": _total_sensitivity(r.graph_module), "predicted": _predicted(r),
             "metrics": _clean(r.metrics),
         })
     extra = {}
@@ -94,16 +94,28 @@ def _total_sensitivity(gm: fx.GraphModule) -> float | None:
     return total
 
 
-def _predicted(gm: fx.GraphModule) -> dict[str, float]:
-    """Size, BOPs and peak activation memory of the assignment, from the annotations."""
-    from lcpaq.tools.api import model_size_and_bops
-
-    size, bops = model_size_and_bops(gm)
+def _predicted(r: "ConfigResult") -> dict[str, float]:
+    """Size, BOPs (measured with the result) and peak activation memory of the assignment."""
     act = 0.0
-    for layer in find_layers(gm):
+    for layer in find_layers(r.graph_module):
         bits = BITS.get(layer.node)
         act = max(act, COST.get(layer.node).act_bytes(bits.a_bits if bits else 32))
-    return {"size": size, "bops": float(bops), "act_memory": act}
+    return {"size": r.size_bytes, "bops": float(r.bops), "act_memory": act}
+
+
+def model_size_and_bops(gm: fx.GraphModule) -> tuple[float, int]:
+    """Stored size in bytes (quantized layers at their widths, everything else fp32) and
+    total BOPs, from the cost and bits annotations."""
+    totals = MODEL_COST.get(gm)
+    size = (totals.params - totals.quantizable_params) * 4.0
+    bops = 0
+    for layer in find_layers(gm):
+        cost = COST.get(layer.node)
+        bits = BITS.get(layer.node) or BitAssignment(32, 32)
+        size += cost.weight_bytes(bits.w_bits)
+        bops += cost.bops(bits.w_bits, bits.a_bits)
+    return size, bops
+
 
 
 def _layer_row(layer) -> dict[str, Any]:
