@@ -216,7 +216,7 @@ def _conv_tvm(timer: _Timer, gm: fx.GraphModule, layer: QuantLayer, geo: dict[st
     c4, o16 = _round_up(c, DEPTH), _round_up(o, LANES)
     oh, ow = t8.conv_out_size(h, k, s, p), t8.conv_out_size(w_, k, s, p)
     tag = f"conv-{c4}x{h}x{w_}-o{o16}-k{k}s{s}p{p}"
-    q_func = t8.qconv2d_func((1, h, w_, c4), o16, k, s, p, 0, t8.Requant(0))
+    q_func = t8.qconv2d_func((1, h, w_, c4), o16, k, s, p)
     q_sched = lambda f: t8.schedule_qconv2d(f, col_tile(ow))  # noqa: E731  (same column tile as fp32)
     q_kernel = timer.kernel(f"{tag}-int8", q_func, q_sched, int8=True)
     w_q = torch.randint(-127, 128, (o16, c4, k, k), generator=gen, dtype=torch.int8)
@@ -239,7 +239,7 @@ def _linear_tvm(timer: _Timer, layer: QuantLayer, gen: torch.Generator) -> dict[
     m = max(1, int(np.prod(in_shape[1:-1]))) if len(in_shape) > 2 else 1
     k4, n16 = _round_up(k, DEPTH), _round_up(n, LANES)
     tag = f"dense-m{m}-n{n16}-k{k4}"
-    q_kernel = timer.kernel(f"{tag}-int8", t8.qdense_func(m, n16, k4, t8.Requant(0)), t8.schedule_qdense, int8=True)
+    q_kernel = timer.kernel(f"{tag}-int8", t8.qdense_func(m, n16, k4), t8.schedule_qdense, int8=True)
     q_args = [
         to_tvm(torch.randint(0, 256, (m, k4), generator=gen, dtype=torch.uint8)),
         to_tvm(pack_weight(torch.randint(-127, 128, (n16, k4), generator=gen, dtype=torch.int8))),
@@ -253,7 +253,7 @@ def _linear_tvm(timer: _Timer, layer: QuantLayer, gen: torch.Generator) -> dict[
 def _channel_params(n: int, gen: torch.Generator) -> list[Any]:
     bias = torch.randint(-5000, 5000, (n,), generator=gen, dtype=torch.int32)
     mult = torch.randint(2**29, 2**30, (n,), generator=gen, dtype=torch.int32)
-    return [to_tvm(bias), to_tvm(mult), to_tvm(torch.full((n,), 38, dtype=torch.int32))]
+    return [to_tvm(bias), to_tvm(mult), to_tvm(torch.full((n,), 38, dtype=torch.int32)), to_tvm(t8.Requant(3).qp(5))]
 
 
 def _torch_fp32(timer: _Timer, gm: fx.GraphModule, layer: QuantLayer, gen: torch.Generator) -> float:

@@ -47,13 +47,13 @@ def qconv2d_module(
     w_p = t8._pad_dim(w_q.to(torch.int8), 0, LANES)
     o_pad = w_p.shape[0]
     prim = t8.schedule_qconv2d(
-        t8.qconv2d_func((b, h, w_, c), o_pad, kh, stride, padding, x_zp, t8.Requant(out_zp, qmin, qmax))
+        t8.qconv2d_func((b, h, w_, c), o_pad, kh, stride, padding)
     ).mod["main"]
     prim = prim.with_attrs({"global_symbol": KERNEL_NAME, "op_pattern": OPAQUE, "tir.is_scheduled": True})
     oh, ow = t8.conv_out_size(h, kh, stride, padding), t8.conv_out_size(w_, kw, stride, padding)
     consts = [relax.const(t8.pack_conv_weight(w_p))] + [
         relax.const(a) for a in _channel_arrays(t8._bias_eff(w_q, x_zp, bias), multiplier, shift, o, o_pad)
-    ]
+    ] + [relax.const(t8.Requant(out_zp, qmin, qmax).qp(x_zp))]
 
     bb = relax.BlockBuilder()
     kernel = bb.add_func(prim, KERNEL_NAME)

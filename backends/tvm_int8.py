@@ -25,44 +25,70 @@ from tvm import s_tir, te
 from lcpaq.backends.tvm_vnni import DEPTH, LANES, VNNI_INTRIN, Kernel, build, dense_compute, pack_weight, tensorize_dense_block, to_tvm
 
 
+#: Output dtypes of the requantizing kernels: uint8 codes, or int32 (an intermediate on a finer
+#: scale, e.g. a conv output that a residual add combines before the final requantization).
+OUT_DTYPES = ("uint8", "int32")
+_OUT_RANGE = {"uint8": (0, 255), "int32": (-(2**31), 2**31 - 1)}
+
+
 @dataclass(frozen=True)
 class Requant:
-    """Output quantization of a layer: zero point and the clamp range (ReLU: ``qmin = out_zp``)."""
+    """Output quantization of a layer: zero point and the clamp range (ReLU: ``qmin = out_zp``).
+
+    The kernels take these at run time, with the input zero point, as the int32 vector
+    :meth:`qp` ``= [x_zp, out_zp, qmin, qmax]``: one compiled kernel (and one tuning record)
+    serves every layer of the same shape."""
 
     out_zp: int
     qmin: int = 0
     qmax: int = 255
+    out_dtype: str = "uint8"
 
     def __post_init__(self) -> None:
-        if not 0 <= self.qmin <= self.qmax <= 255 or not 0 <= self.out_zp <= 255:
-            raise ValueError(f"uint8 output needs 0 <= qmin <= qmax <= 255 and out_zp in [0, 255], got {self}")
+        if self.out_dtype not in OUT_DTYPES:
+            raise ValueError(f"out_dtype must be one of {OUT_DTYPES}, got {self.out_dtype!r}")
+        lo, hi = _OUT_RANGE[self.out_dtype]
+        if not lo <= self.qmin <= self.qmax <= hi or not lo <= self.out_zp <= hi:
+            raise ValueError(f"{self.out_dtype} output needs {lo} <= qmin <= qmax <= {hi} and out_zp in range, got {self}")
+
+    def qp(self, x_zp: int) -> np.ndarray:
+        """The kernels' run-time parameter vector ``[x_zp, out_zp, qmin, qmax]`` (int32)."""
+        if not 0 <= x_zp <= 255:
+            raise ValueError(f"input zero point must be a uint8 code, got {x_zp}")
+        return np.array([x_zp, self.out_zp, self.qmin, self.qmax], dtype=np.int32)
 
 
-def requant_compute(acc: te.Tensor, ch_axis: int, rq: Requant, name: str = "requant") -> tuple[te.Tensor, ...]:
-    """TE stage ``acc (int32) -> uint8`` with per-channel bias, multiplier and shift (int32 inputs
-    of length ``acc.shape[ch_axis]``). Returns (bias, multiplier, shift, out)."""
+def requant_compute(
+    acc: te.Tensor, ch_axis: int, out_dtype: str = "uint8", qp: te.Tensor | None = None, name: str = "requant"
+) -> tuple[te.Tensor, ...]:
+    """TE stage ``acc (int32) -> out_dtype`` with per-channel bias, multiplier and shift (int32
+    inputs of length ``acc.shape[ch_axis]``) and the run-time vector ``qp = [x_zp, out_zp, qmin,
+    qmax]`` (a new placeholder unless given). Returns (bias, multiplier, shift, qp, out)."""
+    if out_dtype not in OUT_DTYPES:
+        raise ValueError(f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype!r}")
     n = acc.shape[ch_axis]
     bias = te.placeholder((n,), "int32", name="bias")
     mult = te.placeholder((n,), "int32", name="multiplier")
     shift = te.placeholder((n,), "int32", name="shift")
+    qp = te.placeholder((4,), "int32", name="qp") if qp is None else qp
     one = tvm.tirx.const(1, "int64")
 
     def f(*idx: Any) -> Any:
         c = idx[ch_axis]
         s = shift[c].astype("int64")
         a = acc(*idx).astype("int64") + bias[c].astype("int64")
-        y = ((a * mult[c].astype("int64") + (one << (s - one))) >> s) + tvm.tirx.const(rq.out_zp, "int64")
-        y = tvm.tirx.max(tvm.tirx.min(y, tvm.tirx.const(rq.qmax, "int64")), tvm.tirx.const(rq.qmin, "int64"))
-        return y.astype("uint8")
+        y = ((a * mult[c].astype("int64") + (one << (s - one))) >> s) + qp[1].astype("int64")
+        y = tvm.tirx.max(tvm.tirx.min(y, qp[3].astype("int64")), qp[2].astype("int64"))
+        return y.astype(out_dtype)
 
-    return bias, mult, shift, te.compute(acc.shape, f, name=name)
+    return bias, mult, shift, qp, te.compute(acc.shape, f, name=name)
 
 
-def qdense_func(m: int, n: int, k: int, rq: Requant) -> tvm.tirx.PrimFunc:
-    """PrimFunc ``(X u8 [m,k], W packed, bias, multiplier, shift, Y u8 [m,n])``; n % 16 == k % 4 == 0."""
+def qdense_func(m: int, n: int, k: int, out_dtype: str = "uint8") -> tvm.tirx.PrimFunc:
+    """PrimFunc ``(X u8 [m,k], W packed, bias, multiplier, shift, qp, Y [m,n])``; n % 16 == k % 4 == 0."""
     x, w, acc = dense_compute(m, n, k)
-    bias, mult, shift, y = requant_compute(acc, 1, rq)
-    return te.create_prim_func([x, w, bias, mult, shift, y])
+    bias, mult, shift, qp, y = requant_compute(acc, 1, out_dtype)
+    return te.create_prim_func([x, w, bias, mult, shift, qp, y])
 
 
 def schedule_qdense(func: tvm.tirx.PrimFunc) -> s_tir.Schedule:
@@ -80,22 +106,24 @@ def conv_out_size(size: int, kernel: int, stride: int, padding: int) -> int:
 
 
 def qconv2d_func(
-    shape: tuple[int, int, int, int], out_channels: int, kernel: int, stride: int, padding: int, x_zp: int, rq: Requant
+    shape: tuple[int, int, int, int], out_channels: int, kernel: int, stride: int, padding: int, out_dtype: str = "uint8"
 ) -> tvm.tirx.PrimFunc:
-    """PrimFunc ``(X u8 NHWC, W [O/16, KH, KW, C/4, 16, 4], bias, multiplier, shift, Y u8 NHWC)``.
+    """PrimFunc ``(X u8 NHWC, W [O/16, KH, KW, C/4, 16, 4], bias, multiplier, shift, qp, Y NHWC)``.
 
-    ``shape`` is the NHWC input shape; C % 4 == 0 and O % 16 == 0. Padding uses code ``x_zp``."""
+    ``shape`` is the NHWC input shape; C % 4 == 0 and O % 16 == 0. Padding uses code ``qp[0]``
+    (the input zero point)."""
     b, h, w_, c = shape
     if c % DEPTH or out_channels % LANES:
         raise ValueError(f"VNNI conv2d needs C % 4 == 0 and O % 16 == 0, got C={c}, O={out_channels}")
     oh, ow = conv_out_size(h, kernel, stride, padding), conv_out_size(w_, kernel, stride, padding)
     x = te.placeholder(shape, "uint8", name="X")
     wt = te.placeholder((out_channels // LANES, kernel, kernel, c // DEPTH, LANES, DEPTH), "int8", name="W")
-    zp = tvm.tirx.const(x_zp, "uint8")
+    qp = te.placeholder((4,), "int32", name="qp")
     xp = te.compute(
         (b, h + 2 * padding, w_ + 2 * padding, c),
         lambda n, i, j, ch: tvm.tirx.if_then_else(
-            tvm.tirx.all(i >= padding, i < h + padding, j >= padding, j < w_ + padding), x[n, i - padding, j - padding, ch], zp
+            tvm.tirx.all(i >= padding, i < h + padding, j >= padding, j < w_ + padding), x[n, i - padding, j - padding, ch],
+            qp[0].astype("uint8"),
         ),
         name="pad",
     )
@@ -111,8 +139,8 @@ def qconv2d_func(
         ),
         name="conv",
     )
-    bias, mult, shift, y = requant_compute(acc, 3, rq)
-    return te.create_prim_func([x, wt, bias, mult, shift, y])
+    bias, mult, shift, qp, y = requant_compute(acc, 3, out_dtype, qp)
+    return te.create_prim_func([x, wt, bias, mult, shift, qp, y])
 
 
 def schedule_qconv2d(func: tvm.tirx.PrimFunc, col_tile: int = 4) -> s_tir.Schedule:
@@ -177,9 +205,11 @@ def qdense(
     n = w_q.shape[0]
     x_p = _pad_dim(x_q.to(torch.uint8), 1, DEPTH)
     w_p = _pad_dim(_pad_dim(w_q.to(torch.int8), 1, DEPTH), 0, LANES)
-    kernel = build(schedule_qdense(qdense_func(m, w_p.shape[0], w_p.shape[1], Requant(out_zp, qmin, qmax))).mod)
+    qp = Requant(out_zp, qmin, qmax).qp(x_zp)
+    kernel = build(schedule_qdense(qdense_func(m, w_p.shape[0], w_p.shape[1])).mod)
     out = to_tvm(np.zeros((m, w_p.shape[0]), np.uint8))
-    kernel(to_tvm(x_p), to_tvm(pack_weight(w_p)), *_channel_params(_bias_eff(w_q, x_zp, bias), multiplier, shift, n, w_p.shape[0]), out)
+    params = _channel_params(_bias_eff(w_q, x_zp, bias), multiplier, shift, n, w_p.shape[0])
+    kernel(to_tvm(x_p), to_tvm(pack_weight(w_p)), *params, to_tvm(qp), out)
     return torch.from_numpy(out.numpy())[:, :n].contiguous()
 
 
@@ -200,13 +230,14 @@ def qconv2d(
         raise ValueError(f"qconv2d needs square kernels and matching channels, got x {tuple(x_q.shape)}, w {tuple(w_q.shape)}")
     x_nhwc = _pad_dim(x_q.to(torch.uint8).permute(0, 2, 3, 1).contiguous(), 3, DEPTH)
     w_p = _pad_dim(_pad_dim(w_q.to(torch.int8), 1, DEPTH), 0, LANES)
-    func = qconv2d_func(tuple(x_nhwc.shape), w_p.shape[0], kh, stride, padding, x_zp, Requant(out_zp, qmin, qmax))
+    qp = Requant(out_zp, qmin, qmax).qp(x_zp)
+    func = qconv2d_func(tuple(x_nhwc.shape), w_p.shape[0], kh, stride, padding)
     kernel = build(schedule_qconv2d(func).mod)
     b, h, w_, _ = x_nhwc.shape
     oh, ow = conv_out_size(h, kh, stride, padding), conv_out_size(w_, kw, stride, padding)
     out = to_tvm(np.zeros((b, oh, ow, w_p.shape[0]), np.uint8))
     params = _channel_params(_bias_eff(w_q, x_zp, bias), multiplier, shift, o, w_p.shape[0])
-    kernel(to_tvm(x_nhwc), to_tvm(pack_conv_weight(w_p)), *params, out)
+    kernel(to_tvm(x_nhwc), to_tvm(pack_conv_weight(w_p)), *params, to_tvm(qp), out)
     return torch.from_numpy(out.numpy())[..., :o].permute(0, 3, 1, 2).contiguous()
 
 

@@ -38,8 +38,8 @@ def bench_dense(trials: int, gen: torch.Generator) -> dict[str, float]:
     mult, shift = torch.randint(2**30, 2**31 - 1, (n,), generator=gen), torch.full((n,), 40)
     params = t8._channel_params(t8._bias_eff(w, 3, b), mult, shift, n, n)
     y8 = to_tvm(np.zeros((m, n), np.uint8))
-    int8_args = [to_tvm(x, "uint8"), to_tvm(pack_weight(w)), *params, y8]
-    int8 = tt.tune(t8.qdense_func(m, n, k, t8.Requant(3)), trials, int8=True)
+    int8_args = [to_tvm(x, "uint8"), to_tvm(pack_weight(w)), *params, to_tvm(t8.Requant(3).qp(3)), y8]
+    int8 = tt.tune(t8.qdense_func(m, n, k), trials, int8=True)
     int8(*int8_args)
     if not torch.equal(torch.from_numpy(y8.numpy()), ir.dense(x, 3, w, b, mult, shift, 3)):
         raise AssertionError("tuned int8 dense is not bit-exact against integer_ref")
@@ -56,8 +56,8 @@ def bench_conv(trials: int, gen: torch.Generator) -> dict[str, float]:
     mult, shift = torch.randint(2**30, 2**31 - 1, (o,), generator=gen), torch.full((o,), 41)
     params = t8._channel_params(t8._bias_eff(w, 5, None), mult, shift, o, o)
     y8 = to_tvm(np.zeros((bsz, h, w_, o), np.uint8))
-    int8_args = [to_tvm(x, "uint8"), to_tvm(t8.pack_conv_weight(w)), *params, y8]
-    int8 = tt.tune(t8.qconv2d_func(shape, o, kk, 1, 1, 5, t8.Requant(7)), trials, int8=True)
+    int8_args = [to_tvm(x, "uint8"), to_tvm(t8.pack_conv_weight(w)), *params, to_tvm(t8.Requant(7).qp(5)), y8]
+    int8 = tt.tune(t8.qconv2d_func(shape, o, kk, 1, 1), trials, int8=True)
     int8(*int8_args)
     want = ir.conv2d(x.permute(0, 3, 1, 2), 5, w, None, mult, shift, 7, padding=1)
     if not torch.equal(torch.from_numpy(y8.numpy()).permute(0, 3, 1, 2), want):

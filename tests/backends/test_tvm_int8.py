@@ -66,7 +66,7 @@ def test_qconv2d_from_float_scales_matches_oracle() -> None:
 
 
 def test_qconv2d_kernel_assembly_uses_vpdpbusd() -> None:
-    func = t8.qconv2d_func((1, 8, 8, 16), 32, 3, 1, 1, 5, t8.Requant(5))
+    func = t8.qconv2d_func((1, 8, 8, 16), 32, 3, 1, 1)
     assert "vpdpbusd" in build(t8.schedule_qconv2d(func).mod).asm
 
 
@@ -74,6 +74,6 @@ def test_bad_requant_and_shapes_are_rejected() -> None:
     with pytest.raises(ValueError, match="uint8 output"):
         t8.Requant(out_zp=10, qmin=200, qmax=100)
     with pytest.raises(ValueError, match="C % 4"):
-        t8.qconv2d_func((1, 8, 8, 6), 16, 3, 1, 1, 0, t8.Requant(0))
+        t8.qconv2d_func((1, 8, 8, 6), 16, 3, 1, 1)
     with pytest.raises(ValueError, match="larger than the padded input"):
         t8.conv_out_size(2, 5, 1, 0)

@@ -27,7 +27,7 @@ def test_vnni_rules_name_our_intrinsic() -> None:
 @pytest.mark.slow
 def test_tuned_qdense_is_vnni_and_bit_exact() -> None:
     m, n, k = 32, 64, 128
-    kernel = tt.tune(t8.qdense_func(m, n, k, t8.Requant(10)), trials=8, int8=True)
+    kernel = tt.tune(t8.qdense_func(m, n, k), trials=8, int8=True)
     assert "vpdpbusd" in kernel.asm
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (m, k), generator=gen, dtype=torch.int32)
@@ -37,14 +37,14 @@ def test_tuned_qdense_is_vnni_and_bit_exact() -> None:
     shift = torch.randint(36, 40, (n,), generator=gen)
     out = to_tvm(np.zeros((m, n), np.uint8))
     params = t8._channel_params(t8._bias_eff(w, 0, b), mult, shift, n, n)
-    kernel(to_tvm(x, "uint8"), to_tvm(pack_weight(w)), *params, out)
+    kernel(to_tvm(x, "uint8"), to_tvm(pack_weight(w)), *params, to_tvm(t8.Requant(10).qp(0)), out)
     assert torch.equal(torch.from_numpy(out.numpy()), ir.dense(x, 0, w, b, mult, shift, 10))
 
 
 @pytest.mark.slow
 def test_tuned_qconv2d_is_vnni_and_bit_exact() -> None:
     shape, o = (1, 8, 8, 16), 32
-    kernel = tt.tune(t8.qconv2d_func(shape, o, 3, 1, 1, 7, t8.Requant(20)), trials=8, int8=True)
+    kernel = tt.tune(t8.qconv2d_func(shape, o, 3, 1, 1), trials=8, int8=True)
     assert "vpdpbusd" in kernel.asm
     gen = torch.Generator().manual_seed(1)
     x = torch.randint(0, 256, shape, generator=gen, dtype=torch.int32)
@@ -53,6 +53,6 @@ def test_tuned_qconv2d_is_vnni_and_bit_exact() -> None:
     shift = torch.randint(38, 42, (o,), generator=gen)
     out = to_tvm(np.zeros((1, 8, 8, o), np.uint8))
     params = t8._channel_params(t8._bias_eff(w, 7, None), mult, shift, o, o)
-    kernel(to_tvm(x, "uint8"), to_tvm(t8.pack_conv_weight(w)), *params, out)
+    kernel(to_tvm(x, "uint8"), to_tvm(t8.pack_conv_weight(w)), *params, to_tvm(t8.Requant(20).qp(7)), out)
     want = ir.conv2d(x.permute(0, 3, 1, 2), 7, w, None, mult, shift, 20, padding=1)
     assert torch.equal(torch.from_numpy(out.numpy()).permute(0, 3, 1, 2), want)
