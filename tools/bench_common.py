@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import io
+import statistics
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import matplotlib
 
@@ -34,3 +36,17 @@ def write_results(out: Path, stem: str, results: dict[str, Any], markdown: str) 
     atomic_write_json(out / f"{stem}.json", results)
     atomic_write_text(out / f"{stem}.md", markdown)
     print(f"wrote {out}/{stem}.md")
+
+
+def median_ms(fn: Callable[[], Any], warmup: int, repeat: int) -> float:
+    """Median wall time of ``fn()`` in milliseconds over ``repeat`` calls, after ``warmup`` untimed ones."""
+    if repeat < 1:
+        raise ValueError(f"repeat must be at least 1, got {repeat}")
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
