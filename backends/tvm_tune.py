@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import psutil
 import tvm
-from tvm import te
+from tvm import s_tir, te
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.schedule_rule import MultiLevelTiling, MultiLevelTilingWithIntrin, ReuseType
 
@@ -74,6 +75,11 @@ def tune(func: tvm.tirx.PrimFunc, trials: int, int8: bool, work_dir: str | None 
 
     ``int8=True`` uses :func:`vnni_rules`; otherwise TVM's generic llvm rules. Guarantees a built
     kernel computing ``func``; raises RuntimeError if no candidate was valid."""
+    return build(tune_schedule(func, trials, int8, work_dir, seed).mod, tuning_target())
+
+
+def tune_schedule(func: tvm.tirx.PrimFunc, trials: int, int8: bool, work_dir: str | None = None, seed: int = 0) -> s_tir.Schedule:
+    """The best schedule of ``func`` that MetaSchedule finds in ``trials`` candidates (see :func:`tune`)."""
     if trials < 1:
         raise ValueError(f"trials must be >= 1, got {trials}")
     target = tuning_target()
@@ -99,7 +105,30 @@ def tune(func: tvm.tirx.PrimFunc, trials: int, int8: bool, work_dir: str | None 
         sch = ms.tir_integration.compile_tir(database, mod, target)
     if sch is None:
         raise RuntimeError("MetaSchedule found no valid schedule (every candidate failed to build or run)")
-    return build(sch.mod, target)
+    return sch
+
+
+def schedule_from_database(func: tvm.tirx.PrimFunc, work_dir: Path, int8: bool) -> s_tir.Schedule | None:
+    """The tuned schedule of ``func`` recorded in the MetaSchedule database in ``work_dir``, or None
+    (no database there, or no record of this workload)."""
+    workload, records = work_dir / "database_workload.json", work_dir / "database_tuning_record.json"
+    if not (workload.exists() and records.exists()):
+        return None
+    if int8:
+        register_vnni_intrinsic()
+    mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    db = ms.database.JSONDatabase(path_workload=str(workload), path_tuning_record=str(records))
+    return ms.tir_integration.compile_tir(db, mod, tuning_target())
+
+
+def cached_schedule(func: tvm.tirx.PrimFunc, trials: int, int8: bool, work_dir: Path) -> s_tir.Schedule:
+    """From the database in ``work_dir`` when it has ``func``; else tuned (``trials`` candidates)
+    with the records kept in ``work_dir``, so the next call costs no tuning."""
+    sch = schedule_from_database(func, work_dir, int8)
+    if sch is not None:
+        return sch
+    work_dir.mkdir(parents=True, exist_ok=True)
+    return tune_schedule(func, trials, int8, str(work_dir))
 
 
 def fp32_dense_func(m: int, n: int, k: int) -> tvm.tirx.PrimFunc:

@@ -20,3 +20,7 @@ class PassContractError(LcpaqError):
 
 class CorruptFileError(LcpaqError):
     """A cache, table or data file on disk could not be read; the message names its path."""
+
+
+class LoweringError(LcpaqError):
+    """A graph a backend cannot lower or build; the message names the node and its op."""

@@ -251,6 +251,28 @@ class CaptureInfo:
     input_names: tuple[str, ...] = field(default_factory=tuple)
 
 
+@dataclass(frozen=True)
+class CodeDomain:
+    """What the integer codes of a tensor mean: ``real = (code - zero_point) * scale``, codes
+    within [qmin, qmax]. Set by the integer lowering on every node producing codes."""
+
+    scale: float
+    zero_point: int
+    qmin: int
+    qmax: int
+    dtype: Literal["uint8", "int32"] = "uint8"
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.scale) or self.scale <= 0:
+            raise ValueError(f"code domain needs a positive finite scale, got {self.scale}")
+        if not self.qmin <= self.qmax:
+            raise ValueError(f"code domain needs qmin <= qmax, got [{self.qmin}, {self.qmax}]")
+
+    def code(self, real: float) -> int:
+        """The code of ``real``, unclamped (round half to even, as the quantizers)."""
+        return self.zero_point + round(real / self.scale)
+
+
 SHAPE: MetaKey[TensorShape] = MetaKey("lcpaq.shape", TensorShape, "node", "output shape and dtype")
 COST: MetaKey[LayerCost] = MetaKey("lcpaq.cost", LayerCost, "layer", "params, MACs, activation size")
 MODEL_COST: MetaKey[ModelCost] = MetaKey("lcpaq.model_cost", ModelCost, "graph", "whole-model totals")
@@ -262,7 +284,8 @@ SENSITIVITY: MetaKey[Sensitivity] = MetaKey("lcpaq.sensitivity", Sensitivity, "l
 ASSIGNMENT: MetaKey[AssignmentResult] = MetaKey("lcpaq.assignment", AssignmentResult, "graph", "ILP budgets and totals")
 PARETO: MetaKey[ParetoFront] = MetaKey("lcpaq.pareto", ParetoFront, "graph", "sensitivity/cost frontier")
 CAPTURE: MetaKey[CaptureInfo] = MetaKey("lcpaq.capture", CaptureInfo, "graph", "capture provenance")
+DOMAIN: MetaKey[CodeDomain] = MetaKey("lcpaq.domain", CodeDomain, "node", "meaning of an integer graph node's codes")
 
 ALL_KEYS: tuple[MetaKey, ...] = (
-    SHAPE, COST, MODEL_COST, ACT_RANGE, BITS, QUANTIZED, QUANTIZER, SENSITIVITY, ASSIGNMENT, PARETO, CAPTURE,
+    SHAPE, COST, MODEL_COST, ACT_RANGE, BITS, QUANTIZED, QUANTIZER, SENSITIVITY, ASSIGNMENT, PARETO, CAPTURE, DOMAIN,
 )

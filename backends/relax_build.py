@@ -1,0 +1,307 @@
+"""Lower an integer graph (:mod:`lcpaq.backends.integerize`) to one TVM Relax module.
+
+Lowerings are registered per op (:func:`register_lowering`, as TVM's ``register_legalize``):
+each turns one integer-graph node into a ``call_tir`` of a scheduled PrimFunc, so the Relax
+module is plumbing between our kernels; equal kernels (same op, shapes and constants) are added
+once. Conv and dense are the VNNI kernels of :mod:`lcpaq.backends.tvm_int8`: hand scheduled, or
+tuned by MetaSchedule with the records kept under ``cache_dir()/tuning`` (shared with
+``lcpaq profile``, whose tuning a build reuses). The other ops are :mod:`tvm_elementwise`.
+
+Activations are NHWC between kernels, uint8 (int32 into residual adds), channels padded to the
+kernels' multiples (16 outputs; inputs to 4) and never sliced until the float output; weights,
+biases and requantization parameters are constants of the module. Measuring is separate:
+:mod:`lcpaq.backends.measure`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.fx as fx
+import tvm
+from tvm import relax
+
+from lcpaq.backends import integer_ops as iops
+from lcpaq.backends import tvm_elementwise as ew
+from lcpaq.backends import tvm_int8 as t8
+from lcpaq.backends.tvm_vnni import DEPTH, LANES
+from lcpaq.ir.capture import get_attr
+from lcpaq.ir.errors import LoweringError
+
+#: ``relay.op.OpPattern.kOpaque``: Relax never fuses our kernels with their neighbours.
+OPAQUE = 8
+aten = torch.ops.aten
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+@dataclass(frozen=True)
+class RVal:
+    """A lowered value: ``expr`` with logical ``shape`` (NCHW for 4-d) and ``dtype``. 4-d values
+    are stored NHWC; ``cp`` is the stored channel count (dim 1 of the logical shape), >= it."""
+
+    expr: relax.Expr
+    shape: tuple[int, ...]
+    dtype: str
+    cp: int
+
+    @property
+    def phys(self) -> tuple[int, ...]:
+        if len(self.shape) == 4:
+            b, _, h, w = self.shape
+            return (b, h, w, self.cp)
+        return (self.shape[0], self.cp, *self.shape[2:])
+
+
+Lowering = Callable[["RelaxLowering", fx.Node], RVal]
+LOWERINGS: dict[Any, Lowering] = {}
+
+
+def register_lowering(*targets: Any) -> Callable[[Lowering], Lowering]:
+    """Register the Relax lowering of integer-graph ops (``call_function`` targets)."""
+
+    def wrap(fn: Lowering) -> Lowering:
+        for t in targets:
+            LOWERINGS[t] = fn
+        return fn
+
+    return wrap
+
+
+class RelaxLowering:
+    """Walks an integer graph in order and emits the Relax ``main`` function."""
+
+    def __init__(self, ig: fx.GraphModule, input_shapes: list[tuple[int, ...]], trials: int = 0) -> None:
+        self.ig, self.input_shapes, self.trials = ig, input_shapes, trials
+        self.bb = relax.BlockBuilder()
+        self.env: dict[fx.Node, RVal] = {}
+        self._funcs: dict[tuple, relax.GlobalVar] = {}
+
+    def tensor(self, node: Any) -> torch.Tensor | None:
+        return None if node is None else get_attr(self.ig, str(node.target))
+
+    def prim(self, key: tuple, make: Callable[[], tvm.tirx.PrimFunc], schedule: Callable[[tvm.tirx.PrimFunc], Any]) -> relax.GlobalVar:
+        """The module's function for ``key``, made, scheduled and added on first use."""
+        if key not in self._funcs:
+            name = f"lcpaq_{key[0]}_{len(self._funcs)}"
+            func = schedule(make()).mod["main"]
+            func = func.with_attrs({"global_symbol": name, "op_pattern": OPAQUE, "tir.is_scheduled": True})
+            self._funcs[key] = self.bb.add_func(func, name)
+        return self._funcs[key]
+
+    def call(self, gv: relax.GlobalVar, args: list[relax.Expr], shape: tuple[int, ...], dtype: str) -> relax.Expr:
+        return self.bb.emit(relax.call_tir(gv, relax.Tuple(args), relax.TensorType(shape, dtype)))
+
+    def kernel_schedule(self, tag: str) -> Callable[[tvm.tirx.PrimFunc], Any]:
+        """Hand schedule (trials 0) or the tuned one, from or into the shared tuning cache."""
+        def schedule(func: tvm.tirx.PrimFunc, hand: Callable[[tvm.tirx.PrimFunc], Any]) -> Any:
+            if self.trials <= 0:
+                return hand(func)
+            from lcpaq.backends.tvm_tune import cached_schedule
+            from lcpaq.ir.fileio import cache_dir
+
+            return cached_schedule(func, self.trials, True, cache_dir() / "tuning" / f"{tag}-t{self.trials}")
+
+        return schedule  # type: ignore[return-value]
+
+    def run(self) -> tvm.IRModule:
+        placeholders = [n for n in self.ig.graph.nodes if n.op == "placeholder"]
+        if len(placeholders) != len(self.input_shapes):
+            raise LoweringError(f"the graph has {len(placeholders)} inputs but {len(self.input_shapes)} shapes were given")
+        params = [relax.Var(n.name, relax.TensorType(s, "float32")) for n, s in zip(placeholders, self.input_shapes)]
+        with self.bb.function("main", params):
+            with self.bb.dataflow():
+                for node, var, shape in zip(placeholders, params, self.input_shapes):
+                    self.env[node] = RVal(var, tuple(shape), "float32", shape[1] if len(shape) > 1 else 1)
+                out = None
+                for node in self.ig.graph.nodes:
+                    if node.op == "call_function":
+                        self.env[node] = self.lower(node)
+                    elif node.op == "output":
+                        out = self.bb.emit_output(self.output(node.args[0]))
+            self.bb.emit_func_output(out)
+        return self.bb.get()
+
+    def lower(self, node: fx.Node) -> RVal:
+        fn = LOWERINGS.get(node.target)
+        if fn is None:
+            name = getattr(node.target, "__name__", str(node.target))
+            src = node.meta.get("lcpaq.source", node.name)
+            raise LoweringError(f"no TVM lowering for {name} (from node {src}); the integer graph runs it in float")
+        return fn(self, node)
+
+    def output(self, arg: Any) -> relax.Expr:
+        if isinstance(arg, (tuple, list)):
+            return relax.Tuple([self.output(a) for a in arg])
+        v = self.env[arg]
+        if v.dtype != "float32" or v.cp != (v.shape[1] if len(v.shape) > 1 else v.cp):
+            raise LoweringError(f"output {arg.name} is not a float tensor of its logical shape")
+        return v.expr
+
+
+def _codes(lw: RelaxLowering, node: fx.Node, i: int = 0) -> RVal:
+    v = lw.env[node.args[i]]
+    if v.dtype not in ("uint8", "int32") or len(v.shape) not in (2, 4):
+        raise LoweringError(f"{node.name}: expects 2-d or 4-d integer codes, got {v.dtype} {v.shape}")
+    return v
+
+
+@register_lowering(iops.quantize)
+def _quantize(lw: RelaxLowering, node: fx.Node) -> RVal:
+    x = lw.env[node.args[0]]
+    inv, zp = float(node.args[1]), int(node.args[2])
+    qmin, qmax = int(node.kwargs["qmin"]), int(node.kwargs["qmax"])
+    if len(x.shape) not in (2, 4):
+        raise LoweringError(f"{node.name}: quantize expects a 2-d or 4-d float input, got {x.shape}")
+    cp = _round_up(x.shape[1], DEPTH)
+    key = ("quantize", x.shape, inv, zp, qmin, qmax, cp)
+    gv = lw.prim(key, lambda: ew.quantize_func(x.shape, inv, zp, qmin, qmax, cp), ew.schedule_elementwise)
+    phys = (x.shape[0], x.shape[2], x.shape[3], cp) if len(x.shape) == 4 else (x.shape[0], cp)
+    return RVal(lw.call(gv, [x.expr], phys, "uint8"), x.shape, "uint8", cp)
+
+
+@register_lowering(iops.dequantize, iops.dequantize_channels)
+def _dequantize(lw: RelaxLowering, node: fx.Node) -> RVal:
+    x = _codes(lw, node)
+    c = x.shape[1]
+    if node.target is iops.dequantize:
+        scale, zp = float(node.args[1]), int(node.args[2])
+        key = ("dequantize", x.phys, x.dtype, c, scale, zp)
+        gv = lw.prim(key, lambda: ew.dequantize_func(x.phys, x.dtype, c, scale, zp), ew.schedule_elementwise)
+        args = [x.expr]
+    else:
+        scales = lw.tensor(node.args[1]).float().numpy()
+        key = ("dequantize_channels", x.phys, x.dtype, c)
+        gv = lw.prim(key, lambda: ew.dequantize_func(x.phys, x.dtype, c, [1.0] * c, 0), ew.schedule_elementwise)
+        args = [x.expr, relax.const(np.ascontiguousarray(scales))]
+    return RVal(lw.call(gv, args, x.shape, "float32"), x.shape, "float32", c)
+
+
+@register_lowering(iops.requantize)
+def _requantize(lw: RelaxLowering, node: fx.Node) -> RVal:
+    x = _codes(lw, node)
+    x_zp, mult, shift, out_zp = (int(a) for a in node.args[1:5])
+    qmin, qmax, dtype = int(node.kwargs["qmin"]), int(node.kwargs["qmax"]), node.kwargs.get("out_dtype", "uint8")
+    key = ("requantize", x.phys, x.dtype, x_zp, mult, shift, out_zp, qmin, qmax, dtype)
+    gv = lw.prim(key, lambda: ew.requantize_func(x.phys, x.dtype, x_zp, mult, shift, out_zp, qmin, qmax, dtype), ew.schedule_elementwise)
+    return RVal(lw.call(gv, [x.expr], x.phys, dtype), x.shape, dtype, x.cp)
+
+
+@register_lowering(iops.qadd)
+def _qadd(lw: RelaxLowering, node: fx.Node) -> RVal:
+    a, b = _codes(lw, node, 0), _codes(lw, node, 1)
+    if a.phys != b.phys:
+        raise LoweringError(f"{node.name}: residual add of stored shapes {a.phys} and {b.phys} (broadcasting is not lowered)")
+    pa, pb = tuple(int(v) for v in node.args[2:5]), tuple(int(v) for v in node.args[5:8])
+    out_zp, qmin, qmax = int(node.args[8]), int(node.kwargs["qmin"]), int(node.kwargs["qmax"])
+    dtype = node.kwargs.get("out_dtype", "uint8")
+    key = ("qadd", a.phys, a.dtype, b.dtype, pa, pb, out_zp, qmin, qmax, dtype)
+    gv = lw.prim(key, lambda: ew.qadd_func(a.phys, a.dtype, b.dtype, pa, pb, out_zp, qmin, qmax, dtype), ew.schedule_elementwise)
+    return RVal(lw.call(gv, [a.expr, b.expr], a.phys, dtype), a.shape, dtype, a.cp)
+
+
+@register_lowering(iops.clamp)
+def _clamp(lw: RelaxLowering, node: fx.Node) -> RVal:
+    x = _codes(lw, node)
+    qmin, qmax = int(node.args[1]), int(node.args[2])
+    gv = lw.prim(("clamp", x.phys, x.dtype, qmin, qmax), lambda: ew.clamp_func(x.phys, x.dtype, qmin, qmax), ew.schedule_elementwise)
+    return RVal(lw.call(gv, [x.expr], x.phys, x.dtype), x.shape, x.dtype, x.cp)
+
+
+@register_lowering(iops.max_pool2d)
+def _max_pool(lw: RelaxLowering, node: fx.Node) -> RVal:
+    x = _codes(lw, node)
+    k, s, p = (int(a) for a in node.args[1:4])
+    b, c, h, w = x.shape
+    oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    gv = lw.prim(("max_pool", x.phys, x.dtype, k, s, p), lambda: ew.max_pool2d_func(x.phys, x.dtype, k, s, p), ew.schedule_elementwise)
+    return RVal(lw.call(gv, [x.expr], (b, oh, ow, x.cp), x.dtype), (b, c, oh, ow), x.dtype, x.cp)
+
+
+@register_lowering(iops.global_avg_pool)
+def _global_pool(lw: RelaxLowering, node: fx.Node) -> RVal:
+    x = _codes(lw, node)
+    b, c = x.shape[:2]
+    gv = lw.prim(("global_avg_pool", x.phys, x.dtype), lambda: ew.global_avg_pool_func(x.phys, x.dtype), ew.schedule_elementwise)
+    return RVal(lw.call(gv, [x.expr], (b, 1, 1, x.cp), x.dtype), (b, c, 1, 1), x.dtype, x.cp)
+
+
+@register_lowering(aten.flatten.using_ints, aten.view.default, aten.reshape.default)
+def _flatten(lw: RelaxLowering, node: fx.Node) -> RVal:
+    x = lw.env[node.args[0]]
+    out_shape = tuple(int(d) for d in node.meta["val"].shape) if "val" in node.meta else None
+    if len(x.shape) == 4 and x.shape[2:] == (1, 1) and out_shape in (None, (x.shape[0], x.shape[1])):
+        b = x.shape[0]
+        return RVal(lw.bb.emit(relax.op.reshape(x.expr, (b, x.cp))), (b, x.shape[1]), x.dtype, x.cp)
+    raise LoweringError(f"{node.name}: only flattening a [B, C, 1, 1] tensor is lowered (got {x.shape})")
+
+
+def _channel_vectors(bias_eff: torch.Tensor, mult: torch.Tensor, shift: torch.Tensor, n_pad: int) -> list[relax.Expr]:
+    return [relax.const(a.numpy()) for a in t8._channel_params(bias_eff, mult, shift, len(mult), n_pad)]
+
+
+@register_lowering(iops.qconv2d)
+def _qconv2d(lw: RelaxLowering, node: fx.Node) -> RVal:
+    from lcpaq.backends.profile import col_tile
+
+    x = _codes(lw, node)
+    if x.dtype != "uint8" or len(x.shape) != 4:
+        raise LoweringError(f"{node.name}: conv input must be uint8 NCHW codes")
+    w, bias, mult, shift = (lw.tensor(a) for a in node.args[1:5])
+    kw = node.kwargs
+    stride, pad, groups, dtype = int(kw["stride"]), int(kw["padding"]), int(kw.get("groups", 1)), kw.get("out_dtype", "uint8")
+    o, c, k, k2 = w.shape
+    if groups != 1 or k != k2:
+        raise LoweringError(f"{node.name}: grouped/depthwise or non-square convs have no TVM kernel yet (groups={groups})")
+    b, _, h, wd = x.shape
+    o16 = _round_up(o, LANES)
+    w_p = torch.zeros(o16, x.cp, k, k, dtype=torch.int8)  # padded channels: zero weights
+    w_p[:o, :c] = w.to(torch.int8)
+    oh, ow = t8.conv_out_size(h, k, stride, pad), t8.conv_out_size(wd, k, stride, pad)
+    rq = t8.Requant(int(kw["out_zp"]), int(kw["qmin"]), int(kw["qmax"]), dtype)
+    tag = f"conv-{x.cp}x{h}x{wd}-o{o16}-k{k}s{stride}p{pad}-int8" + ("" if dtype == "uint8" else "-i32") + ("" if b == 1 else f"-b{b}")
+    sched = lw.kernel_schedule(tag)
+    gv = lw.prim(
+        ("qconv2d", (b, h, wd, x.cp), o16, k, stride, pad, dtype),
+        lambda: t8.qconv2d_func((b, h, wd, x.cp), o16, k, stride, pad, dtype),
+        lambda f: sched(f, lambda g: t8.schedule_qconv2d(g, col_tile(ow))),
+    )
+    args = [x.expr, relax.const(t8.pack_conv_weight(w_p)), *_channel_vectors(t8._bias_eff(w, int(kw["x_zp"]), bias), mult, shift, o16),
+            relax.const(rq.qp(int(kw["x_zp"])))]
+    return RVal(lw.call(gv, args, (b, oh, ow, o16), dtype), (b, o, oh, ow), dtype, o16)
+
+
+@register_lowering(iops.qlinear)
+def _qlinear(lw: RelaxLowering, node: fx.Node) -> RVal:
+    x = _codes(lw, node)
+    if x.dtype != "uint8" or len(x.shape) != 2:
+        raise LoweringError(f"{node.name}: linear input must be 2-d uint8 codes, got {x.dtype} {x.shape}")
+    w, bias, mult, shift = (lw.tensor(a) for a in node.args[1:5])
+    kw = node.kwargs
+    dtype = kw.get("out_dtype", "uint8")
+    n, k = w.shape
+    m, k4, n16 = x.shape[0], _round_up(x.cp, DEPTH), _round_up(n, LANES)
+    w_p = torch.zeros(n16, k4, dtype=torch.int8)
+    w_p[:n, :k] = w.to(torch.int8)
+    if k4 != x.cp:
+        raise LoweringError(f"{node.name}: linear input of {x.cp} stored features is not a multiple of 4")
+    from lcpaq.backends.tvm_vnni import pack_weight
+
+    rq = t8.Requant(int(kw["out_zp"]), int(kw["qmin"]), int(kw["qmax"]), dtype)
+    tag = f"dense-m{m}-n{n16}-k{k4}-int8" + ("" if dtype == "uint8" else "-i32")
+    sched = lw.kernel_schedule(tag)
+    gv = lw.prim(("qdense", m, n16, k4, dtype), lambda: t8.qdense_func(m, n16, k4, dtype), lambda f: sched(f, t8.schedule_qdense))
+    args = [x.expr, relax.const(pack_weight(w_p)), *_channel_vectors(t8._bias_eff(w, int(kw["x_zp"]), bias), mult, shift, n16),
+            relax.const(rq.qp(int(kw["x_zp"])))]
+    return RVal(lw.call(gv, args, (m, n16), dtype), (m, n), dtype, n16)
+
+
+def lower_to_relax(ig: fx.GraphModule, input_shapes: list[tuple[int, ...]], trials: int = 0) -> tvm.IRModule:
+    """The Relax module ``main(*float32 inputs) -> float32 output(s)`` of an integer graph.
+
+    Raises LoweringError naming the node for an op without a lowering."""
+    return RelaxLowering(ig, [tuple(int(d) for d in s) for s in input_shapes], trials).run()
