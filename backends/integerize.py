@@ -16,7 +16,9 @@ result is a new ``fx.GraphModule`` (the input is not changed) in which
   sum is requantized once (integer only);
 * float enters once (``quantize`` of the model input) and leaves once (``dequantize`` of each
   output); layers left in float (32 bits), and any op without an integer form, run in float on
-  dequantized inputs (the graph stays correct; backends may not lower every float op).
+  dequantized inputs (the graph stays correct; backends may not lower every float op). 16-bit
+  quantizers have no integer kernel: their layers run in float on fake-quantized weights, and
+  the 16-bit rounding of their activations is not applied.
 
 Running the integer graph is the integer reference (the oracle the TVM build is checked against);
 it matches the fake-quantized graph within the rounding of the requantizations.
@@ -40,10 +42,13 @@ from lcpaq.ir.quantizer import quantize as quantize_codes
 
 aten = torch.ops.aten
 
+#: Widest quantizer with an integer kernel (uint8 activations, int8 weights); wider ones run in float.
+INTEGER_BITS = 8
 #: Extra bits of precision of a conv output that a residual add consumes (int32 codes).
 FINE_BITS = 8
 RELU_OPS = {aten.relu.default, aten.relu_.default}
-CLAMP_OPS = {aten.hardtanh.default, aten.hardtanh_.default, aten.clamp.default}
+RELU6_OPS = {aten.relu6.default, aten.relu6_.default} if hasattr(aten, "relu6_") else {aten.relu6.default}
+CLAMP_OPS = {aten.hardtanh.default, aten.hardtanh_.default, aten.clamp.default} | RELU6_OPS
 IDENTITY_OPS = {aten.dropout.default, aten.clone.default, aten.contiguous.default, aten.detach.default}
 RESHAPE_OPS = {aten.flatten.using_ints, aten.view.default, aten.reshape.default}
 GLOBAL_POOL_OPS = {aten.adaptive_avg_pool2d.default, aten.mean.dim}
@@ -131,7 +136,8 @@ class Integerizer:
         found: list[CodeDomain | Fine | None] = []
         for user in node.users:
             if is_quantizer(user) and QUANTIZER.get(user).role == "act":
-                found.append(act_domain(self.module(user)))
+                fq = self.module(user)
+                found.append(act_domain(fq) if fq.spec.bits <= INTEGER_BITS else None)
             elif user.op == "call_function" and user.target in ADD_OPS | GLOBAL_POOL_OPS:
                 # a sum or a mean has a narrower range than its inputs: they get finer int32 codes
                 found.append(_finer(self.target_domain(user)))
@@ -180,8 +186,15 @@ class Integerizer:
             elif node.op == "get_attr":
                 continue  # constants are read where they are used
             elif node.op == "call_module" and is_quantizer(node):
-                if QUANTIZER.get(node).role == "act":
-                    self.env[node] = self.into_domain(self.value(node.args[0]), act_domain(self.module(node)), node)
+                fq = self.module(node)
+                if QUANTIZER.get(node).role == "weight":  # read by its layer; as a float constant otherwise
+                    with torch.no_grad():
+                        w = fq(get_attr(self.gm, str(node.args[0].target)))
+                    self.env[node] = Value(self.const(f"{node.name}_fq", w.detach().clone()), None)
+                elif fq.spec.bits > INTEGER_BITS:  # no integer kernel: float (16-bit rounding not applied)
+                    self.env[node] = self.to_float(self.value(node.args[0]), node)
+                else:
+                    self.env[node] = self.into_domain(self.value(node.args[0]), act_domain(fq), node)
             elif node.op == "output":
                 outs = fx.node.map_arg(node.args[0], lambda n: self.to_float(self.value(n), n).node)
                 self.graph.output(outs)
@@ -229,7 +242,7 @@ class Integerizer:
 
     def _quantized_layer(self, node: fx.Node) -> bool:
         x, w = node.args[0], node.args[1]
-        return all(isinstance(a, fx.Node) and is_quantizer(a) for a in (x, w))
+        return all(isinstance(a, fx.Node) and is_quantizer(a) and self.module(a).spec.bits <= INTEGER_BITS for a in (x, w))
 
     def _codes_add(self, node: fx.Node) -> bool:
         a, b = node.args[0], node.args[1]
@@ -286,6 +299,8 @@ class Integerizer:
         dom = x.domain
         if node.target in RELU_OPS:
             lo, hi = 0.0, None
+        elif node.target in RELU6_OPS:
+            lo, hi = 0.0, 6.0
         else:
             lo = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", node.kwargs.get("min"))
             hi = node.args[2] if len(node.args) > 2 else node.kwargs.get("max_val", node.kwargs.get("max"))

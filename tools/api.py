@@ -100,6 +100,8 @@ def quantize(
     dump_graphs: str | Path | None = None,
     progress: bool = False,
     seed: int = 0,
+    build: bool | None = None,
+    build_trials: int = 0,
 ) -> QuantizeResult:
     """Capture, analyse, calibrate and fake-quantize ``model``; evaluate fp32, the primary
     configuration and each uniform ``compare`` configuration. The primary configuration is
@@ -109,6 +111,9 @@ def quantize(
     validation metric; ``search="full"`` scores every trial on the validation metric (the
     baseline). ``distill`` > 0 adds that many steps of distillation of the primary result.
     ``latency_table`` (from ``lcpaq profile``) enables latency budgets and the latency frontier.
+    ``build`` (default: when the target is this host) compiles every configuration for the
+    target with TVM (``build_trials`` MetaSchedule trials per kernel), checks it against the
+    integer reference and reports its measured latency beside the table's prediction.
     With ``out``, report.json, report.md and the Pareto plots are written there atomically,
     after everything succeeded."""
     # Validate every option before any heavy work, so a typo costs nothing and writes nothing.
@@ -116,8 +121,11 @@ def quantize(
     if calibration not in CALIBRATION_METHODS:
         raise ConfigError(f"unknown calibration method {calibration!r}; choose from {', '.join(CALIBRATION_METHODS)}")
     table = str(latency_table or "")
-    if table:
-        LatencyTable.load(table, tgt)  # a corrupt or foreign table is reported now, before any work
+    table_data = LatencyTable.load(table, tgt) if table else None  # a corrupt or foreign table is reported now
+    if build_trials < 0:
+        raise ConfigError(f"--build-trials must be >= 0, got {build_trials}")
+    if build is None:
+        build = _runs_here(tgt)
     budgets = _parse_budgets(budget, tgt, table)
     configs = ([] if budgets else [parse_bits(bits)]) + [parse_bits(b) for b in compare]
     for cfg in configs:
@@ -162,11 +170,25 @@ def quantize(
             "steps": distill, "seconds": round(clock.stages["distill"], 3), "before": first.metrics, "after": results[1].metrics,
         }
 
+    if build:
+        from lcpaq.tools.deploy import deploy
+
+        with clock.stage("build and measure"):
+            extra["deployment"] = {
+                r.label: deploy(r.graph_module, bundle.example_inputs, bundle.model, tgt, table_data, build_trials) for r in results
+            }
     report = build_report(bundle, tgt, prepared, fp32_metrics, results, clock.stages, timing.times)
     report.update(extra)
     if out_dir is not None:
         write_report(out_dir, report)
     return QuantizeResult(report, prepared, results)
+
+
+def _runs_here(target: Target) -> bool:
+    """True when ``target`` is this machine and the host has its CPU features."""
+    from lcpaq.hw_targets.host import host_support
+
+    return target.device == "local" and bool(target.tvm_target) and host_support(target).ok
 
 
 def _check_search(search: str, proxy: str, trials: int, space: str | Path | None, space_set: Sequence[str],

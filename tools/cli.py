@@ -19,10 +19,45 @@ def _quantize(args: argparse.Namespace) -> int:
         calibration=args.calibration, probes=args.probes, search=args.search, trials=args.trials, proxy=args.proxy,
         space=args.space, space_set=args.space_set, distill=args.distill, latency_table=args.latency_table,
         pipeline=args.pipeline, out=args.out, dump_graphs=args.dump_graphs, progress=args.progress, seed=args.seed,
+        build=args.build, build_trials=args.build_trials,
     )
     print(summary(result.report))
     if args.out:
         print(f"wrote {args.out}/report.json and {args.out}/report.md")
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lcpaq.ir.errors import ConfigError
+    from lcpaq.tools.api import quantize
+    from lcpaq.tools.deploy import deploy, deployment_lines
+
+    out = Path(args.output)
+    if out.is_dir():
+        raise ConfigError(f"-o {out} is a directory; give a file name such as {out / 'model.so'}")
+    if args.trials < 0:
+        raise ConfigError(f"--trials must be >= 0, got {args.trials}")
+    result = quantize(
+        model=args.model, target=args.target, bits=args.bits, budget=args.budget, calibration=args.calibration,
+        probes=args.probes, latency_table=args.latency_table, pipeline=args.pipeline, progress=args.progress,
+        seed=args.seed, build=False,
+    )
+    from lcpaq.backends.latency_table import LatencyTable
+    from lcpaq.hw_targets.target import load_target
+    from lcpaq.tools.models.zoo import load_model
+
+    target = load_target(args.target)
+    bundle = load_model(args.model)
+    table = LatencyTable.load(args.latency_table, target) if args.latency_table else None
+    primary = result.results[0]
+    entry = deploy(primary.graph_module, bundle.example_inputs, bundle.model, target, table, args.trials, library=out)
+    if not entry["built"]:
+        raise ConfigError(f"cannot build {primary.label} for {target.name}: {entry['reason']}")
+    print("\n".join(deployment_lines({"target": target.name, "deployment": {primary.label: entry}})))
+    shape = "x".join(str(d) for d in (1, *bundle.example_inputs[0].shape[1:]))
+    print(f"wrote {out} (input float32 {shape}; load with tvm.runtime.load_module and relax.VirtualMachine, call 'main')")
     return 0
 
 
@@ -121,7 +156,30 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0, help="seed of every random generator (default 0)")
     q.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
                    help="progress bars on stderr (default: when stderr is a terminal)")
+    q.add_argument("--build", action=argparse.BooleanOptionalAction, default=None,
+                   help="compile each configuration with TVM, check it against the integer reference and measure its "
+                        "latency (default: when the target is this machine)")
+    q.add_argument("--build-trials", type=int, default=0, metavar="N",
+                   help="MetaSchedule trials per conv/dense kernel when building (default 0: hand schedules)")
     q.set_defaults(func=_quantize)
+
+    b = sub.add_parser("build", help="quantize a model and export the deployable library for the target",
+                       description="Quantize (uniform --bits, or --budget by ILP, or a --pipeline), lower to integer "
+                                   "ops, compile with TVM for the target and write a shared library.")
+    b.add_argument("--model", default="resnet-digits", metavar="SPEC", help="built-in name or path/to/file.py:function")
+    b.add_argument("--target", default="x86-host", metavar="NAME", help="a local hardware target (default x86-host)")
+    b.add_argument("-o", "--output", required=True, metavar="FILE", help="shared library to write, e.g. model.so")
+    b.add_argument("--bits", default="w8a8", metavar="wNaM", help="uniform precision, without --budget (default w8a8)")
+    b.add_argument("--budget", action="append", default=[], metavar="KEY=VALUE", help="mixed precision by ILP, as for quantize")
+    b.add_argument("--latency-table", metavar="FILE", help="latency table: latency budgets and the predicted latency")
+    b.add_argument("--calibration", default="minmax", choices=["minmax", "percentile", "mse", "entropy"])
+    b.add_argument("--probes", type=int, default=64, metavar="N", help="Hutchinson probes per layer (with --budget)")
+    b.add_argument("--pipeline", metavar="SPEC", help="full pass pipeline instead of --bits/--budget")
+    b.add_argument("--trials", type=int, default=0, metavar="N",
+                   help="MetaSchedule trials per conv/dense kernel (default 0: hand schedules); records are cached and reused")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty())
+    b.set_defaults(func=_build)
 
     p = sub.add_parser("profile", help="measure per-layer latency on this host and write a latency table",
                        description="Time every quantizable layer of a model on this machine at fp32 and at each precision "

@@ -220,10 +220,18 @@ def summary(report: dict[str, Any]) -> str:
         *config_table(report),
         *assignment_lines(report),
         *_search_summary(report),
+        *_deployment(report),
         "",
         f"total time {report['timing_s']['total']:.1f} s",
     ]
     return "\n".join(lines)
+
+
+def _deployment(report: dict[str, Any]) -> list[str]:
+    from lcpaq.tools.deploy import deployment_lines
+
+    lines = deployment_lines(report)
+    return ["", *lines] if lines else []
 
 
 def assignment_lines(report: dict[str, Any]) -> list[str]:

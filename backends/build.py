@@ -1,0 +1,130 @@
+"""Build a fake-quantized graph for a hardware target: integer graph -> Relax -> executable.
+
+:func:`build_model` is the whole backend path; :class:`BuiltModel` runs the result, exports it as
+a shared library (``lcpaq build -o model.so``) and is what :mod:`lcpaq.backends.measure` times.
+A library written by :meth:`BuiltModel.export` is loaded back with :func:`load_library`.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.fx as fx
+import tvm
+from tvm import relax
+
+from lcpaq.backends.integerize import integerize
+from lcpaq.backends.relax_build import lower_to_relax
+from lcpaq.hw_targets.target import Target
+from lcpaq.ir.errors import ConfigError, CorruptFileError
+
+
+def _host_target(target: Target) -> tvm.target.Target:
+    """The TVM target of ``target`` (plus ``num-cores``), if it is this machine."""
+    from lcpaq.backends.profile import check_host
+    from lcpaq.backends.tvm_tune import tuning_target
+
+    check_host(target)
+    config = dict(target.tvm_target)
+    config["num-cores"] = dict(tuning_target().export()).get("num-cores", 1)
+    return tvm.target.Target(config)
+
+
+def _as_numpy(x: Any) -> np.ndarray:
+    return np.ascontiguousarray(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x))
+
+
+@dataclass
+class BuiltModel:
+    """A compiled model: ``executable`` holds the Relax VM bytecode and the kernels."""
+
+    executable: Any
+    input_shapes: list[tuple[int, ...]]
+    target: str
+    kernels: int
+    integer_graph: fx.GraphModule | None = None
+
+    def __post_init__(self) -> None:
+        self._vm: relax.VirtualMachine | None = None
+
+    @property
+    def vm(self) -> relax.VirtualMachine:
+        if self._vm is None:
+            self._vm = relax.VirtualMachine(self.executable, tvm.cpu())
+        return self._vm
+
+    def inputs(self, *xs: Any) -> list[Any]:
+        """TVM tensors of ``xs``, checked against the built shapes (one line on a mismatch)."""
+        if len(xs) != len(self.input_shapes):
+            raise ConfigError(f"the model was built for {len(self.input_shapes)} inputs, got {len(xs)}")
+        out = []
+        for x, shape in zip(xs, self.input_shapes):
+            a = _as_numpy(x).astype(np.float32, copy=False)
+            if tuple(a.shape) != tuple(shape):
+                raise ConfigError(f"the model was built for input shape {tuple(shape)}, got {tuple(a.shape)}")
+            out.append(tvm.runtime.tensor(a, tvm.cpu()))
+        return out
+
+    def run(self, *xs: Any) -> np.ndarray | tuple[np.ndarray, ...]:
+        """Outputs as numpy arrays (one array for a single output)."""
+        out = self.vm["main"](*self.inputs(*xs))
+        arrays = tuple(o.numpy() for o in out) if not hasattr(out, "numpy") else (out.numpy(),)
+        return arrays[0] if len(arrays) == 1 else arrays
+
+    @property
+    def asm(self) -> str:
+        """Assembly of the compiled kernels (the VM's imported llvm modules)."""
+        mod = getattr(self.executable, "mod", self.executable)
+        return "\n".join(m.inspect_source("asm") for m in mod.imports if m.kind == "llvm")
+
+    def export(self, path: str | Path) -> Path:
+        """Write the deployable shared library to ``path`` atomically (a temporary file, then a rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=path.suffix or ".so", dir=path.parent, prefix=f".{path.name}.")
+        os.close(fd)
+        try:
+            self.executable.export_library(tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+
+def build_model(
+    gm: fx.GraphModule, example_inputs: Sequence[Any], target: Target, trials: int = 0, batch: int | None = 1,
+) -> BuiltModel:
+    """Compile a fake-quantized graph for ``target`` (this host), for the shapes of
+    ``example_inputs`` with the batch dimension set to ``batch`` (None: as given).
+
+    ``trials`` > 0 tunes each conv / dense kernel with MetaSchedule (records reused from the
+    tuning cache). Guarantees: the executable computes the integer graph of ``gm`` bit-exactly
+    (see ``tests/backends/test_relax_build.py``). Raises ConfigError if ``target`` is not this
+    host, LoweringError naming the node for an op that has no lowering."""
+    tvm_target = _host_target(target)
+    shapes = [tuple(_as_numpy(x).shape) for x in example_inputs]
+    if batch is not None:
+        shapes = [(batch, *s[1:]) for s in shapes]
+    ig = integerize(gm)
+    mod = lower_to_relax(ig, shapes, trials)
+    kernels = sum(1 for gv in mod.functions if gv.name_hint.startswith("lcpaq_"))
+    executable = tvm.compile(mod, target=tvm_target)
+    return BuiltModel(executable, shapes, target.name, kernels, ig)
+
+
+def load_library(path: str | Path, input_shapes: Sequence[Sequence[int]]) -> BuiltModel:
+    """A model exported by :meth:`BuiltModel.export`; unreadable files are CorruptFileError with the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no built model at {path}")
+    try:
+        lib = tvm.runtime.load_module(str(path))
+    except Exception as exc:  # noqa: BLE001 (TVM raises its own error types)
+        raise CorruptFileError(f"built model {path} cannot be loaded: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+    return BuiltModel(lib, [tuple(s) for s in input_shapes], "", 0)

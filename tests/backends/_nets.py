@@ -1,0 +1,51 @@
+"""Small seeded CNNs that exercise every op of the integer lowering, and their quantized graphs."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lcpaq.hw_targets import load_target
+from lcpaq.ir import capture
+from lcpaq.passes import Pipeline
+from tests.conftest import make_ctx
+
+PREPARE = "fold-bn,shape-prop,cost,calibrate{method=minmax}"
+
+
+class TinyResNet(nn.Module):
+    """Stem conv (3 input channels, 12 outputs: both padded by the kernels) + BN + ReLU, max pool,
+    a residual block with a strided 1x1 downsample, ReLU6, global average pool, linear to 10."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 12, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(12)
+        self.pool = nn.MaxPool2d(3, 2, 1)
+        self.c1 = nn.Conv2d(12, 24, 3, stride=2, padding=1)
+        self.c2 = nn.Conv2d(24, 24, 3, padding=1)
+        self.down = nn.Conv2d(12, 24, 1, stride=2)
+        self.c3 = nn.Conv2d(24, 32, 1)
+        self.fc = nn.Linear(32, 10)
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-0.5, 0.5)
+            self.bn.running_var.uniform_(0.5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(torch.relu(self.bn(self.stem(x))))
+        y = torch.relu(self.c2(torch.relu(self.c1(x))) + self.down(x))
+        y = nn.functional.relu6(self.c3(y))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+
+def quantized(model: nn.Module, x: torch.Tensor, spec: str = "uniform{w=8,a=8},fake-quant", target: str = "x86-host"):
+    """(fake-quantized graph module, its fp32 graph) of ``model`` calibrated on seeded noise."""
+    torch.manual_seed(0)
+    model = model.eval()
+    gm = capture(model, (x[:1],))
+    ctx = make_ctx(load_target(target), x[:1])
+    gm = Pipeline.from_spec(PREPARE)(gm, ctx).graph_module
+    return Pipeline.from_spec(spec)(gm, ctx).graph_module
+
+
+def sqnr(ref: torch.Tensor, out: torch.Tensor) -> float:
+    return float(10 * torch.log10(ref.pow(2).sum() / (ref - out).pow(2).sum()))

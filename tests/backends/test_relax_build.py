@@ -1,0 +1,91 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lcpaq.backends.build import build_model, load_library
+from lcpaq.backends.measure import measure_latency
+from lcpaq.hw_targets import load_target
+from lcpaq.ir.errors import ConfigError, CorruptFileError, LoweringError
+from tests.backends._nets import TinyResNet, quantized, sqnr
+
+SPECS = {
+    "w8a8": "uniform{w=8,a=8},fake-quant",
+    "w4a8 symmetric activations": "uniform{w=4,a=8},fake-quant{act_symmetric=true}",
+    "w8a6 per-tensor weights": "uniform{w=8,a=6},fake-quant{weight_granularity=per-tensor}",  # quantized for 'sim'
+}
+
+
+def _first(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@pytest.fixture(scope="module")
+def model_and_input():
+    torch.manual_seed(0)
+    return TinyResNet().eval(), torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize("label", list(SPECS))
+def test_tvm_build_is_bit_exact_against_integer_reference(model_and_input, label) -> None:
+    model, x = model_and_input
+    gm = quantized(model, x, SPECS[label], target="sim" if "a6" in label else "x86-host")
+    built = build_model(gm, (x[:1],), load_target("x86-host"))
+    y = built.run(x[:1])
+    with torch.no_grad():
+        ref = _first(built.integer_graph(x[:1])).numpy()
+        fp32 = model(x[:1])
+    assert np.array_equal(y, ref)
+    assert sqnr(fp32, torch.from_numpy(y)) > (20.0 if label == "w8a8" else 10.0)
+
+
+def test_kernels_are_shared_and_conv_uses_vnni(model_and_input) -> None:
+    model, x = model_and_input
+    built = build_model(quantized(model, x), (x[:1],), load_target("x86-host"))
+    # quantize, 5 convs (no two alike), max pool, add, global pool, requantize, dense, dequantize
+    assert built.kernels == 12
+    assert "vpdpbusd" in built.asm
+
+
+def test_exported_library_loads_and_runs(model_and_input, tmp_path) -> None:
+    model, x = model_and_input
+    built = build_model(quantized(model, x), (x[:1],), load_target("x86-host"))
+    path = built.export(tmp_path / "model.so")
+    assert path.exists() and not list(tmp_path.glob(".model.so.*"))  # written atomically
+    loaded = load_library(path, built.input_shapes)
+    assert np.array_equal(loaded.run(x[:1]), built.run(x[:1]))
+    lat = measure_latency(loaded, (x[:1],), repeats=3, number=2)
+    assert 0 < lat.p10 <= lat.median <= lat.p90
+
+
+def test_bad_library_and_input_shape_are_one_line_errors(model_and_input, tmp_path) -> None:
+    model, x = model_and_input
+    bad = tmp_path / "bad.so"
+    bad.write_bytes(b"not a library")
+    with pytest.raises(CorruptFileError, match=str(bad)):
+        load_library(bad, [(1, 3, 16, 16)])
+    built = build_model(quantized(model, x), (x[:1],), load_target("x86-host"))
+    with pytest.raises(ConfigError, match="built for input shape"):
+        built.run(x[:2])
+
+
+class _Sigmoid(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(4, 16, 3, padding=1), nn.Conv2d(16, 16, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c2(torch.sigmoid(self.c1(x)))
+
+
+def test_op_without_lowering_is_named() -> None:
+    x = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    gm = quantized(_Sigmoid(), x)
+    with pytest.raises(LoweringError, match="sigmoid"):
+        build_model(gm, (x[:1],), load_target("x86-host"))
+
+
+def test_other_targets_are_refused(model_and_input) -> None:
+    model, x = model_and_input
+    with pytest.raises(ConfigError, match="not this machine"):
+        build_model(quantized(model, x), (x[:1],), load_target("arm-a76"))
