@@ -48,9 +48,12 @@ class RVal:
     shape: tuple[int, ...]
     dtype: str
     cp: int
+    layout: str = "NHWC"  # of 4-d values; float model inputs and outputs are NCHW
 
     @property
     def phys(self) -> tuple[int, ...]:
+        if len(self.shape) == 4 and self.layout == "NCHW":
+            return self.shape
         if len(self.shape) == 4:
             b, _, h, w = self.shape
             return (b, h, w, self.cp)
@@ -116,7 +119,7 @@ class RelaxLowering:
         with self.bb.function("main", params):
             with self.bb.dataflow():
                 for node, var, shape in zip(placeholders, params, self.input_shapes):
-                    self.env[node] = RVal(var, tuple(shape), "float32", shape[1] if len(shape) > 1 else 1)
+                    self.env[node] = RVal(var, tuple(shape), "float32", shape[1] if len(shape) > 1 else 1, "NCHW")
                 out = None
                 for node in self.ig.graph.nodes:
                     if node.op == "call_function":
@@ -140,6 +143,8 @@ class RelaxLowering:
         v = self.env[arg]
         if v.dtype != "float32" or v.cp != (v.shape[1] if len(v.shape) > 1 else v.cp):
             raise LoweringError(f"output {arg.name} is not a float tensor of its logical shape")
+        if len(v.shape) == 4 and v.layout == "NHWC":
+            return self.bb.emit(relax.op.permute_dims(v.expr, [0, 3, 1, 2]))
         return v.expr
 
 
@@ -159,7 +164,9 @@ def _quantize(lw: RelaxLowering, node: fx.Node) -> RVal:
         raise LoweringError(f"{node.name}: quantize expects a 2-d or 4-d float input, got {x.shape}")
     cp = _round_up(x.shape[1], DEPTH)
     key = ("quantize", x.shape, inv, zp, qmin, qmax, cp)
-    gv = lw.prim(key, lambda: ew.quantize_func(x.shape, inv, zp, qmin, qmax, cp), ew.schedule_elementwise)
+    nhwc = len(x.shape) == 4 and x.layout == "NHWC"
+    key = (*key, nhwc)
+    gv = lw.prim(key, lambda: ew.quantize_func(x.shape, inv, zp, qmin, qmax, cp, nhwc), ew.schedule_elementwise)
     phys = (x.shape[0], x.shape[2], x.shape[3], cp) if len(x.shape) == 4 else (x.shape[0], cp)
     return RVal(lw.call(gv, [x.expr], phys, "uint8"), x.shape, "uint8", cp)
 
@@ -178,7 +185,7 @@ def _dequantize(lw: RelaxLowering, node: fx.Node) -> RVal:
         key = ("dequantize_channels", x.phys, x.dtype, c)
         gv = lw.prim(key, lambda: ew.dequantize_func(x.phys, x.dtype, c, [1.0] * c, 0), ew.schedule_elementwise)
         args = [x.expr, relax.const(np.ascontiguousarray(scales))]
-    return RVal(lw.call(gv, args, x.shape, "float32"), x.shape, "float32", c)
+    return RVal(lw.call(gv, args, x.shape, "float32"), x.shape, "float32", c, "NCHW")
 
 
 @register_lowering(iops.requantize)

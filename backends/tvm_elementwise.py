@@ -31,9 +31,11 @@ def _clamp(v: Any, lo: int, hi: int) -> Any:
     return tir.max(tir.min(v, tir.const(hi, "int64")), tir.const(lo, "int64"))
 
 
-def quantize_func(in_shape: Shape, inv_scale: float, zp: int, qmin: int, qmax: int, cp: int) -> tvm.tirx.PrimFunc:
-    """float32 NCHW (or [B, C]) to uint8 NHWC (or [B, cp]); channels beyond C get code ``zp``."""
-    x = te.placeholder(tuple(in_shape), "float32", name="X")
+def quantize_func(in_shape: Shape, inv_scale: float, zp: int, qmin: int, qmax: int, cp: int, nhwc_in: bool = False) -> tvm.tirx.PrimFunc:
+    """float32 NCHW (NHWC with ``nhwc_in``; or [B, C]) to uint8 NHWC (or [B, cp]); channels
+    beyond C get code ``zp``. ``in_shape`` is the logical (NCHW) shape."""
+    stored = (in_shape[0], in_shape[2], in_shape[3], in_shape[1]) if nhwc_in and len(in_shape) == 4 else tuple(in_shape)
+    x = te.placeholder(stored, "float32", name="X")
     c = in_shape[1]
     inv = tir.const(inv_scale, "float32")
 
@@ -45,7 +47,9 @@ def quantize_func(in_shape: Shape, inv_scale: float, zp: int, qmin: int, qmax: i
         b, _, h, w = in_shape
         y = te.compute(
             (b, h, w, cp),
-            lambda n, i, j, ch: tir.if_then_else(ch < c, code(n, tir.min(ch, c - 1), i, j), tir.const(zp, "uint8")),
+            lambda n, i, j, ch: tir.if_then_else(
+                ch < c, code(n, i, j, tir.min(ch, c - 1)) if nhwc_in else code(n, tir.min(ch, c - 1), i, j), tir.const(zp, "uint8")
+            ),
             name="quantize",
         )
     else:
