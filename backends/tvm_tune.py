@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -17,6 +18,7 @@ from tvm import te
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.schedule_rule import MultiLevelTiling, MultiLevelTilingWithIntrin, ReuseType
 
+from lcpaq.backends.tuning_db import open_database
 from lcpaq.backends.tvm_vnni import VNNI_INTRIN, Kernel, build, register_vnni_intrinsic, x86_target
 
 
@@ -72,8 +74,11 @@ def _drop_unnamed_handlers() -> None:
 def tune(func: tvm.tirx.PrimFunc, trials: int, int8: bool, work_dir: str | None = None, seed: int = 0) -> Kernel:
     """Tune ``func`` with MetaSchedule (``trials`` measured candidates) and build the best schedule.
 
-    ``int8=True`` uses :func:`vnni_rules`; otherwise TVM's generic llvm rules. Guarantees a built
-    kernel computing ``func``; raises RuntimeError if no candidate was valid."""
+    ``int8=True`` uses :func:`vnni_rules`; otherwise TVM's generic llvm rules. With ``work_dir``
+    the records go to the database there, opened by :func:`lcpaq.backends.tuning_db.open_database`
+    (checked first: CorruptFileError if corrupt or foreign; a fresh one gets its ``meta.json``);
+    without, to a temporary one. Guarantees a built kernel computing ``func``; raises RuntimeError
+    if no candidate was valid."""
     if trials < 1:
         raise ValueError(f"trials must be >= 1, got {trials}")
     target = tuning_target()
@@ -89,6 +94,7 @@ def tune(func: tvm.tirx.PrimFunc, trials: int, int8: bool, work_dir: str | None 
             mod,
             target,
             work_dir or tmp,
+            database=open_database(Path(work_dir), target) if work_dir else "json",
             max_trials_global=trials,
             num_trials_per_iter=min(trials, 16),
             space=space,
