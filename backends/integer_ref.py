@@ -129,26 +129,35 @@ def conv2d_acc(
     bias: torch.Tensor | None = None,
     stride: int = 1,
     padding: int = 0,
+    groups: int = 1,
 ) -> torch.Tensor:
-    """int32 NCHW accumulators of a conv2d (groups=1, no dilation) over ``x_q - x_zp``.
+    """int32 NCHW accumulators of a (grouped) conv2d, no dilation, over ``x_q - x_zp``.
 
     Padding is with real zero, i.e. code ``x_zp`` (which contributes nothing after the zero-point
-    subtraction). ``x_q`` is [B, C, H, W], ``w_q`` is [O, C, KH, KW]; the result is exact."""
+    subtraction). ``x_q`` is [B, C, H, W], ``w_q`` is [O, C / groups, KH, KW] with C and O
+    multiples of ``groups``; output channel ``o`` reads input channels ``g * C/groups ..
+    (g + 1) * C/groups - 1`` of its group ``g = o // (O / groups)``. Depthwise is
+    ``groups == C == O`` with ``w_q`` [C, 1, KH, KW]. The result is exact (int64 inside)."""
     _check_codes(x_q, w_q)
-    if x_q.dim() != 4 or w_q.dim() != 4 or x_q.shape[1] != w_q.shape[1]:
-        raise ValueError(f"conv2d needs x [B, C, H, W] and w [O, C, KH, KW], got {tuple(x_q.shape)} and {tuple(w_q.shape)}")
+    if groups < 1 or x_q.dim() != 4 or w_q.dim() != 4:
+        raise ValueError(f"conv2d needs x [B, C, H, W], w [O, C/groups, KH, KW] and groups >= 1, got {tuple(x_q.shape)}, {tuple(w_q.shape)}, groups={groups}")
+    c, o = x_q.shape[1], w_q.shape[0]
+    if c % groups or o % groups or w_q.shape[1] * groups != c:
+        raise ValueError(f"conv2d with groups={groups} needs C and O divisible by it and w [O, C/groups, KH, KW], got x {tuple(x_q.shape)} and w {tuple(w_q.shape)}")
     x = torch.nn.functional.pad(x_q.to(torch.int64) - int(x_zp), (padding,) * 4)
-    w = w_q.to(torch.int64)
-    _, _, kh, kw = w.shape
+    w = w_q.to(torch.int64).reshape(groups, o // groups, c // groups, *w_q.shape[2:])
+    kh, kw = w_q.shape[2:]
     ho = (x.shape[2] - kh) // stride + 1
     wo = (x.shape[3] - kw) // stride + 1
     if ho <= 0 or wo <= 0:
         raise ValueError("conv2d kernel is larger than the padded input")
-    acc = torch.zeros(x.shape[0], w.shape[0], ho, wo, dtype=torch.int64)
+    acc = torch.zeros(x.shape[0], groups, o // groups, ho, wo, dtype=torch.int64)
+    xg = x.reshape(x.shape[0], groups, c // groups, *x.shape[2:])
     for i in range(kh):
         for j in range(kw):
-            patch = x[:, :, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride]
-            acc += torch.einsum("bchw,oc->bohw", patch, w[:, :, i, j])
+            patch = xg[..., i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride]
+            acc += torch.einsum("bgchw,goc->bgohw", patch, w[..., i, j])
+    acc = acc.reshape(x.shape[0], o, ho, wo)
     if bias is not None:
         acc = acc + bias.to(torch.int64).reshape(1, -1, 1, 1)
     return _to_int32(acc)
@@ -182,9 +191,11 @@ def conv2d(
     qmax: int = 255,
     stride: int = 1,
     padding: int = 0,
+    groups: int = 1,
 ) -> torch.Tensor:
-    """Quantized conv2d: uint8 NCHW codes, per-output-channel requantization."""
-    acc = conv2d_acc(x_q, x_zp, w_q, bias, stride, padding)
+    """Quantized (grouped) conv2d: uint8 NCHW codes, per-output-channel requantization; see
+    :func:`conv2d_acc` for the weight layout of ``groups > 1``."""
+    acc = conv2d_acc(x_q, x_zp, w_q, bias, stride, padding, groups)
     return requantize(acc, multiplier, shift, out_zp, qmin, qmax, ch_axis=1).to(torch.uint8)
 
 

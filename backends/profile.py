@@ -8,7 +8,8 @@ What runs where (batch 1, shapes from the ``lcpaq.shape`` annotations):
   :mod:`lcpaq.backends.tvm_int8` (requantization fused). With ``trials=0`` both use fixed
   hand schedules (int8: the untuned VNNI schedule; fp32: outer loops parallel, 16 output
   channels vectorized); with ``trials > 0`` both are tuned by MetaSchedule and the tuning
-  databases are kept under ``cache_dir()/tuning``, so a second run reuses them.
+  databases are kept under ``cache_dir()/tuning``, so a second run reuses them (each checked
+  first by :mod:`lcpaq.backends.tuning_db`: a corrupt or foreign one raises CorruptFileError).
 * every other layer (depthwise or grouped conv, dilated conv, activation x activation matmul,
   embedding): the layer's own ATen op is timed in fp32 with torch, and that time stands for
   every precision of the layer (there is no integer kernel for it yet).
@@ -182,23 +183,12 @@ class _Timer:
 
 def _tuned(func: tvm.tirx.PrimFunc, trials: int, int8: bool, work_dir: Path) -> Kernel:
     """A kernel from the tuning database in ``work_dir`` if it has a schedule for ``func``; else tune
-    (``trials`` candidates) with :func:`lcpaq.backends.tvm_tune.tune`, recording into ``work_dir``."""
-    from tvm.s_tir import meta_schedule as ms
-
+    (``trials`` candidates) with :func:`lcpaq.backends.tvm_tune.tune`, recording into ``work_dir``.
+    The database is checked first (:func:`lcpaq.backends.tuning_db.open_database`): a corrupt or
+    foreign one raises CorruptFileError naming its path instead of being used or overwritten."""
     from lcpaq.backends import tvm_tune as tt
 
-    workload, records = work_dir / "database_workload.json", work_dir / "database_tuning_record.json"
-    if workload.exists() and records.exists():
-        target = tt.tuning_target()
-        if int8:
-            tt.register_vnni_intrinsic()
-        mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
-        db = ms.database.JSONDatabase(path_workload=str(workload), path_tuning_record=str(records))
-        sch = ms.tir_integration.compile_tir(db, mod, target)
-        if sch is not None:
-            return build(sch.mod, target)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    return tt.tune(func, trials, int8, str(work_dir))
+    return build(tt.cached_schedule(func, trials, int8, work_dir).mod, tt.tuning_target())
 
 
 def _shape(node: fx.Node) -> tuple[int, ...]:

@@ -105,6 +105,19 @@ def conv_out_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return out
 
 
+def pad_nhwc(x: te.Tensor, padding: int, value: Any, name: str = "pad") -> te.Tensor:
+    """TE stage padding the H and W axes of NHWC ``x`` by ``padding`` on each side with ``value``
+    (a TIR expression of x's dtype, e.g. the run-time input zero point)."""
+    b, h, w_, c = x.shape
+    return te.compute(
+        (b, h + 2 * padding, w_ + 2 * padding, c),
+        lambda n, i, j, ch: tvm.tirx.if_then_else(
+            tvm.tirx.all(i >= padding, i < h + padding, j >= padding, j < w_ + padding), x[n, i - padding, j - padding, ch], value,
+        ),
+        name=name,
+    )
+
+
 def qconv2d_func(
     shape: tuple[int, int, int, int], out_channels: int, kernel: int, stride: int, padding: int, out_dtype: str = "uint8"
 ) -> tvm.tirx.PrimFunc:
@@ -119,14 +132,7 @@ def qconv2d_func(
     x = te.placeholder(shape, "uint8", name="X")
     wt = te.placeholder((out_channels // LANES, kernel, kernel, c // DEPTH, LANES, DEPTH), "int8", name="W")
     qp = te.placeholder((4,), "int32", name="qp")
-    xp = te.compute(
-        (b, h + 2 * padding, w_ + 2 * padding, c),
-        lambda n, i, j, ch: tvm.tirx.if_then_else(
-            tvm.tirx.all(i >= padding, i < h + padding, j >= padding, j < w_ + padding), x[n, i - padding, j - padding, ch],
-            qp[0].astype("uint8"),
-        ),
-        name="pad",
-    )
+    xp = pad_nhwc(x, padding, qp[0].astype("uint8"))
     rh = te.reduce_axis((0, kernel), name="rh")
     rw = te.reduce_axis((0, kernel), name="rw")
     rc = te.reduce_axis((0, c), name="rc")

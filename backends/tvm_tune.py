@@ -18,6 +18,7 @@ from tvm import s_tir, te
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.schedule_rule import MultiLevelTiling, MultiLevelTilingWithIntrin, ReuseType
 
+from lcpaq.backends.tuning_db import open_database
 from lcpaq.backends.tvm_vnni import VNNI_INTRIN, Kernel, build, register_vnni_intrinsic, x86_target
 
 
@@ -73,8 +74,11 @@ def _drop_unnamed_handlers() -> None:
 def tune(func: tvm.tirx.PrimFunc, trials: int, int8: bool, work_dir: str | None = None, seed: int = 0) -> Kernel:
     """Tune ``func`` with MetaSchedule (``trials`` measured candidates) and build the best schedule.
 
-    ``int8=True`` uses :func:`vnni_rules`; otherwise TVM's generic llvm rules. Guarantees a built
-    kernel computing ``func``; raises RuntimeError if no candidate was valid."""
+    ``int8=True`` uses :func:`vnni_rules`; otherwise TVM's generic llvm rules. With ``work_dir``
+    the records go to the database there, opened by :func:`lcpaq.backends.tuning_db.open_database`
+    (checked first: CorruptFileError if corrupt or foreign; a fresh one gets its ``meta.json``);
+    without, to a temporary one. Guarantees a built kernel computing ``func``; raises RuntimeError
+    if no candidate was valid."""
     return build(tune_schedule(func, trials, int8, work_dir, seed).mod, tuning_target())
 
 
@@ -95,6 +99,7 @@ def tune_schedule(func: tvm.tirx.PrimFunc, trials: int, int8: bool, work_dir: st
             mod,
             target,
             work_dir or tmp,
+            database=open_database(Path(work_dir), target) if work_dir else "json",
             max_trials_global=trials,
             num_trials_per_iter=min(trials, 16),
             space=space,
@@ -110,15 +115,16 @@ def tune_schedule(func: tvm.tirx.PrimFunc, trials: int, int8: bool, work_dir: st
 
 def schedule_from_database(func: tvm.tirx.PrimFunc, work_dir: Path, int8: bool) -> s_tir.Schedule | None:
     """The tuned schedule of ``func`` recorded in the MetaSchedule database in ``work_dir``, or None
-    (no database there, or no record of this workload)."""
-    workload, records = work_dir / "database_workload.json", work_dir / "database_tuning_record.json"
-    if not (workload.exists() and records.exists()):
+    (no database there, or no record of this workload). The database is checked first: a corrupt
+    or foreign one is CorruptFileError naming its path, never used."""
+    if not work_dir.is_dir():
         return None
     if int8:
         register_vnni_intrinsic()
+    target = tuning_target()
+    db = open_database(work_dir, target)
     mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
-    db = ms.database.JSONDatabase(path_workload=str(workload), path_tuning_record=str(records))
-    return ms.tir_integration.compile_tir(db, mod, tuning_target())
+    return ms.tir_integration.compile_tir(db, mod, target)
 
 
 def cached_schedule(func: tvm.tirx.PrimFunc, trials: int, int8: bool, work_dir: Path) -> s_tir.Schedule:

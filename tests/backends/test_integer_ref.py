@@ -121,6 +121,25 @@ def test_conv2d_acc_is_exact(stride: int, padding: int) -> None:
     assert acc.dtype == torch.int32 and torch.equal(acc.double(), want)
 
 
+@pytest.mark.parametrize("c,o,groups,stride,padding", [(6, 6, 6, 1, 1), (6, 6, 6, 2, 1), (6, 9, 3, 1, 0), (8, 4, 2, 2, 2), (6, 12, 6, 1, 1)])
+def test_grouped_conv2d_acc_is_exact(c: int, o: int, groups: int, stride: int, padding: int) -> None:
+    gen = torch.Generator().manual_seed(c + o + groups)
+    x_q = torch.randint(0, 256, (2, c, 9, 7), generator=gen, dtype=torch.int32)
+    w_q = torch.randint(-127, 128, (o, c // groups, 3, 3), generator=gen).to(torch.int8)
+    b_q = torch.randint(-1000, 1000, (o,), generator=gen, dtype=torch.int32)
+    acc = ir.conv2d_acc(x_q, 201, w_q, b_q, stride, padding, groups)
+    want = torch.nn.functional.conv2d((x_q - 201).double(), w_q.double(), b_q.double(), stride, padding, groups=groups)
+    assert acc.dtype == torch.int32 and torch.equal(acc.double(), want)
+
+
+def test_grouped_conv2d_rejects_mismatched_groups() -> None:
+    x_q = torch.zeros(1, 6, 4, 4, dtype=torch.int32)
+    with pytest.raises(ValueError, match="groups=4"):
+        ir.conv2d_acc(x_q, 0, torch.zeros(6, 1, 3, 3, dtype=torch.int8), groups=4)
+    with pytest.raises(ValueError, match="groups=6"):
+        ir.conv2d_acc(x_q, 0, torch.zeros(6, 2, 3, 3, dtype=torch.int8), groups=6)
+
+
 def test_conv2d_matches_float_within_one_lsb() -> None:
     gen = torch.Generator().manual_seed(5)
     x = torch.rand(1, 8, 10, 10, generator=gen) * 3 - 0.5
