@@ -56,12 +56,7 @@ def qconv2d(
 ) -> torch.Tensor:
     """Quantized conv2d, NCHW: int32 accumulation of ``(x - x_zp) * w`` plus int32 bias, per-channel
     dyadic requantization to ``out_dtype`` codes clamped to [qmin, qmax]."""
-    if groups == 1:
-        acc = ir.conv2d_acc(x, x_zp, weight, bias, stride, padding)
-    else:  # each group is an ordinary conv over its slice of channels
-        xs, ws = x.chunk(groups, dim=1), weight.chunk(groups, dim=0)
-        bs = bias.chunk(groups) if bias is not None else [None] * groups
-        acc = torch.cat([ir.conv2d_acc(xi, x_zp, wi, bi, stride, padding) for xi, wi, bi in zip(xs, ws, bs)], dim=1)
+    acc = ir.conv2d_acc(x, x_zp, weight, bias, stride, padding, groups)
     return ir.requantize(acc, multiplier, shift, out_zp, qmin, qmax, ch_axis=1).to(_dtype(out_dtype))
 
 

@@ -226,7 +226,10 @@ class Integerizer:
                 k, s, p = _pool_args(node)
                 return self.emit(iops.max_pool2d, (x.node, k, s, p), {}, x.domain, node)
             if t in GLOBAL_POOL_OPS and _is_global_pool(node):
-                return self.emit(iops.global_avg_pool, (x.node,), {}, x.domain, node)
+                pooled = self.emit(iops.global_avg_pool, (x.node,), {}, x.domain, node)
+                if t is aten.mean.dim and not _keepdim(node):
+                    return self.emit(aten.flatten.using_ints, (pooled.node, 1), {}, x.domain, node)
+                return pooled
             if t in RESHAPE_OPS:
                 return self.emit(t, (x.node, *node.args[1:]), dict(node.kwargs), x.domain, node)
         return self.lower_float(node)
@@ -359,7 +362,11 @@ def _is_global_pool(node: fx.Node) -> bool:
     if node.target is aten.adaptive_avg_pool2d.default:
         return list(node.args[1]) in ([1, 1], [1])
     dims = sorted(d % 4 for d in node.args[1])
-    return dims == [2, 3] and (node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False))
+    return dims == [2, 3]
+
+
+def _keepdim(node: fx.Node) -> bool:
+    return bool(node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False))
 
 
 def integerize(gm: fx.GraphModule) -> fx.GraphModule:

@@ -262,8 +262,10 @@ def _qconv2d(lw: RelaxLowering, node: fx.Node) -> RVal:
     kw = node.kwargs
     stride, pad, groups, dtype = int(kw["stride"]), int(kw["padding"]), int(kw.get("groups", 1)), kw.get("out_dtype", "uint8")
     o, c, k, k2 = w.shape
+    if groups != 1 and groups == o == x.shape[1] and c == 1 and k == k2:
+        return _qdepthwise(lw, node, x, w, bias, mult, shift)
     if groups != 1 or k != k2:
-        raise LoweringError(f"{node.name}: grouped/depthwise or non-square convs have no TVM kernel yet (groups={groups})")
+        raise LoweringError(f"{node.name}: grouped (not depthwise) or non-square convs have no TVM kernel yet (groups={groups})")
     b, _, h, wd = x.shape
     o16 = _round_up(o, LANES)
     w_p = torch.zeros(o16, x.cp, k, k, dtype=torch.int8)  # padded channels: zero weights
@@ -280,6 +282,27 @@ def _qconv2d(lw: RelaxLowering, node: fx.Node) -> RVal:
     args = [x.expr, relax.const(t8.pack_conv_weight(w_p)), *_channel_vectors(t8._bias_eff(w, int(kw["x_zp"]), bias), mult, shift, o16),
             relax.const(rq.qp(int(kw["x_zp"])))]
     return RVal(lw.call(gv, args, (b, oh, ow, o16), dtype), (b, o, oh, ow), dtype, o16)
+
+
+def _qdepthwise(lw: RelaxLowering, node: fx.Node, x: RVal, w: torch.Tensor, bias: Any, mult: Any, shift: Any) -> RVal:
+    """Depthwise conv (groups == C): the AVX-512 kernel of :mod:`tvm_int8_depthwise`, 16 channels a vector."""
+    from lcpaq.backends import tvm_int8_depthwise as dw
+
+    kw = node.kwargs
+    stride, pad, dtype = int(kw["stride"]), int(kw["padding"]), kw.get("out_dtype", "uint8")
+    c, k = w.shape[0], w.shape[2]
+    b, _, h, wd = x.shape
+    if x.cp % LANES:
+        raise LoweringError(f"{node.name}: depthwise input has {x.cp} stored channels, not a multiple of {LANES}")
+    w_p = torch.zeros(x.cp, 1, k, k, dtype=torch.int8)
+    w_p[:c] = w.to(torch.int8)
+    oh, ow = t8.conv_out_size(h, k, stride, pad), t8.conv_out_size(wd, k, stride, pad)
+    rq = t8.Requant(int(kw["out_zp"]), int(kw["qmin"]), int(kw["qmax"]), dtype)
+    gv = lw.prim(("qdepthwise", (b, h, wd, x.cp), k, stride, pad, dtype),
+                 lambda: dw.qdepthwise_func((b, h, wd, x.cp), k, stride, pad, dtype), dw.schedule_qdepthwise)
+    args = [x.expr, relax.const(dw.pack_depthwise_weight(w_p)),
+            *_channel_vectors(t8._bias_eff(w, int(kw["x_zp"]), bias), mult, shift, x.cp), relax.const(rq.qp(int(kw["x_zp"])))]
+    return RVal(lw.call(gv, args, (b, oh, ow, x.cp), dtype), (b, c, oh, ow), dtype, x.cp)
 
 
 @register_lowering(iops.qlinear)

@@ -49,3 +49,23 @@ def quantized(model: nn.Module, x: torch.Tensor, spec: str = "uniform{w=8,a=8},f
 
 def sqnr(ref: torch.Tensor, out: torch.Tensor) -> float:
     return float(10 * torch.log10(ref.pow(2).sum() / (ref - out).pow(2).sum()))
+
+
+class TinyMobile(nn.Module):
+    """An inverted residual: 1x1 expand + ReLU6, 3x3 depthwise (stride 1) + ReLU6, 1x1 project,
+    added to its input without a ReLU; then a strided depthwise and a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.expand = nn.Conv2d(16, 48, 1)
+        self.dw = nn.Conv2d(48, 48, 3, padding=1, groups=48)
+        self.project = nn.Conv2d(48, 16, 1)
+        self.dw2 = nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.relu6(self.stem(x))
+        y = self.project(nn.functional.relu6(self.dw(nn.functional.relu6(self.expand(x))))) + x
+        y = nn.functional.relu6(self.dw2(y))
+        return self.fc(y.mean((2, 3)))

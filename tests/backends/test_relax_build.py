@@ -7,7 +7,7 @@ from lcpaq.backends.build import build_model, load_library
 from lcpaq.backends.measure import measure_latency
 from lcpaq.hw_targets import load_target
 from lcpaq.ir.errors import ConfigError, CorruptFileError, LoweringError
-from tests.backends._nets import TinyResNet, quantized, sqnr
+from tests.backends._nets import TinyMobile, TinyResNet, quantized, sqnr
 
 SPECS = {
     "w8a8": "uniform{w=8,a=8},fake-quant",
@@ -37,6 +37,18 @@ def test_tvm_build_is_bit_exact_against_integer_reference(model_and_input, label
         fp32 = model(x[:1])
     assert np.array_equal(y, ref)
     assert sqnr(fp32, torch.from_numpy(y)) > (20.0 if label == "w8a8" else 10.0)
+
+
+def test_depthwise_and_plain_residual_are_bit_exact() -> None:
+    torch.manual_seed(0)
+    model = TinyMobile().eval()
+    x = torch.randn(4, 3, 12, 12, generator=torch.Generator().manual_seed(5))
+    built = build_model(quantized(model, x), (x[:1],), load_target("x86-host"))
+    with torch.no_grad():
+        ref, fp32 = _first(built.integer_graph(x[:1])).numpy(), model(x[:1])
+    y = built.run(x[:1])
+    assert np.array_equal(y, ref)
+    assert sqnr(fp32, torch.from_numpy(y)) > 20.0
 
 
 def test_kernels_are_shared_and_conv_uses_vnni(model_and_input) -> None:
