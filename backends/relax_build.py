@@ -335,3 +335,6 @@ def lower_to_relax(ig: fx.GraphModule, input_shapes: list[tuple[int, ...]], tria
 
     Raises LoweringError naming the node for an op without a lowering."""
     return RelaxLowering(ig, [tuple(int(d) for d in s) for s in input_shapes], trials).run()
+
+
+from lcpaq.backends import relax_float  # noqa: E402,F401  (registers the float lowerings)

@@ -69,3 +69,17 @@ class TinyMobile(nn.Module):
         y = self.project(nn.functional.relu6(self.dw(nn.functional.relu6(self.expand(x))))) + x
         y = nn.functional.relu6(self.dw2(y))
         return self.fc(y.mean((2, 3)))
+
+
+def mixed(model: nn.Module, x: torch.Tensor, float_layers: int) -> "torch.fx.GraphModule":
+    """W8A8 except the first ``float_layers`` layers (in graph order), left in float (32 bits)."""
+    from lcpaq.ir import find_layers
+    from lcpaq.ir.meta import BITS, BitAssignment
+
+    torch.manual_seed(0)
+    gm = capture(model.eval(), (x[:1],))
+    ctx = make_ctx(load_target("x86-host"), x[:1])
+    gm = Pipeline.from_spec(PREPARE + ",uniform{w=8,a=8}")(gm, ctx).graph_module
+    for layer in find_layers(gm)[:float_layers]:
+        BITS.set(layer.node, BitAssignment(32, 32))
+    return Pipeline.from_spec("fake-quant")(gm, ctx).graph_module

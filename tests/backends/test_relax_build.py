@@ -7,7 +7,7 @@ from lcpaq.backends.build import build_model, load_library
 from lcpaq.backends.measure import measure_latency
 from lcpaq.hw_targets import load_target
 from lcpaq.ir.errors import ConfigError, CorruptFileError, LoweringError
-from tests.backends._nets import TinyMobile, TinyResNet, quantized, sqnr
+from tests.backends._nets import TinyMobile, TinyResNet, mixed, quantized, sqnr
 
 SPECS = {
     "w8a8": "uniform{w=8,a=8},fake-quant",
@@ -49,6 +49,19 @@ def test_depthwise_and_plain_residual_are_bit_exact() -> None:
     y = built.run(x[:1])
     assert np.array_equal(y, ref)
     assert sqnr(fp32, torch.from_numpy(y)) > 20.0
+
+
+@pytest.mark.parametrize("float_layers", [2, 6])
+def test_float_layers_run_on_fp32_kernels(model_and_input, float_layers) -> None:
+    model, x = model_and_input
+    built = build_model(mixed(model, x, float_layers), (x[:1],), load_target("x86-host"))
+    with torch.no_grad():
+        ref = _first(built.integer_graph(x[:1])).numpy()
+    y = built.run(x[:1])
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)  # float parts: equal up to float rounding
+    if float_layers == 6:  # everything in float: the fp32 model itself
+        with torch.no_grad():
+            np.testing.assert_allclose(y, model(x[:1]).numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_kernels_are_shared_and_conv_uses_vnni(model_and_input) -> None:
