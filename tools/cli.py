@@ -39,13 +39,16 @@ def _build(args: argparse.Namespace) -> int:
         raise ConfigError(f"-o {out} is a directory; give a file name such as {out / 'model.so'}")
     if args.trials < 0:
         raise ConfigError(f"--trials must be >= 0, got {args.trials}")
+    from lcpaq.backends.profile import check_host
+    from lcpaq.hw_targets.target import load_target
+
+    check_host(load_target(args.target))  # before any work: builds run on the machine they target
     result = quantize(
         model=args.model, target=args.target, bits=args.bits, budget=args.budget, calibration=args.calibration,
         probes=args.probes, latency_table=args.latency_table, pipeline=args.pipeline, progress=args.progress,
         seed=args.seed, build=False,
     )
     from lcpaq.backends.latency_table import LatencyTable
-    from lcpaq.hw_targets.target import load_target
     from lcpaq.tools.models.zoo import load_model
 
     target = load_target(args.target)

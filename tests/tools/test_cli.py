@@ -263,3 +263,19 @@ def test_profile_bad_input_is_one_line(capsys, tmp_path, argv, message) -> None:
     code, _, err = _run(capsys, "profile", "--out", str(out), "--no-progress", *argv)
     assert code == 2 and err.startswith("lcpaq: error: ") and message in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_build_writes_library_and_reports_measured_latency(tmp_path, capsys) -> None:
+    out = tmp_path / "digits.so"
+    assert main(["build", "--model", "resnet-digits", "-o", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert out.is_file() and out.stat().st_size > 0
+    assert "bit-exact vs integer reference" in text and "ms measured" in text
+
+
+def test_build_refuses_a_directory_and_other_targets(tmp_path, capsys) -> None:
+    assert main(["build", "--model", "resnet-digits", "-o", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert main(["build", "--model", "resnet-digits", "--target", "arm-a76", "-o", str(tmp_path / "m.so")]) == 2
+    assert "not this machine" in capsys.readouterr().err
+    assert not (tmp_path / "m.so").exists()
