@@ -240,6 +240,36 @@ def _linear_tvm(timer: _Timer, layer: QuantLayer, gen: torch.Generator) -> dict[
     return {"fp32": timer.tvm_seconds(f_kernel, f_args), INT8: timer.tvm_seconds(q_kernel, q_args)}
 
 
+def _depthwise_tvm(timer: _Timer, gm: fx.GraphModule, layer: QuantLayer, geo: dict[str, int], gen: torch.Generator) -> dict[str, float]:
+    """w8a8 seconds of a depthwise conv on the AVX-512 depthwise kernel (hand schedule, as the
+    build uses), and fp32 seconds of the layer's own ATen op."""
+    from lcpaq.backends import tvm_int8_depthwise as dw
+
+    _, c, h, w_ = _shape(layer.act_inputs[0])
+    k = get_attr(gm, layer.weight_name).shape[2]
+    s, p = geo["stride"], geo["padding"]
+    c16 = _round_up(c, LANES)
+    oh, ow = t8.conv_out_size(h, k, s, p), t8.conv_out_size(w_, k, s, p)
+    kernel = build(dw.schedule_qdepthwise(dw.qdepthwise_func((1, h, w_, c16), k, s, p)).mod, timer.tvm_target)
+    args = [
+        to_tvm(torch.randint(0, 256, (1, h, w_, c16), generator=gen, dtype=torch.uint8)),
+        to_tvm(torch.randint(-127, 128, (k, k, c16), generator=gen, dtype=torch.int8)),
+        *_channel_params(c16, gen), to_tvm(np.zeros((1, oh, ow, c16), np.uint8)),
+    ]
+    return {"fp32": _torch_fp32(timer, gm, layer, gen), INT8: timer.tvm_seconds(kernel, args)}
+
+
+def _depthwise_geometry(gm: fx.GraphModule, layer: QuantLayer) -> dict[str, int] | None:
+    """The conv geometry if this is a square depthwise conv (groups == channels), else None."""
+    if layer.kind != "conv" or layer.node.target not in CONV_OPS or layer.weight is None:
+        return None
+    geo = conv_geometry(layer.node)
+    weight = get_attr(gm, layer.weight_name)
+    if geo is None or weight.dim() != 4 or weight.shape[1] != 1 or weight.shape[2] != weight.shape[3] or geo["dilation"] != 1:
+        return None
+    return geo if geo["groups"] == weight.shape[0] > 1 else None
+
+
 def _channel_params(n: int, gen: torch.Generator) -> list[Any]:
     bias = torch.randint(-5000, 5000, (n,), generator=gen, dtype=torch.int32)
     mult = torch.randint(2**29, 2**30, (n,), generator=gen, dtype=torch.int32)
@@ -318,13 +348,18 @@ def profile_model(
     gen = torch.Generator().manual_seed(seed)
     entries: dict[str, dict[str, float]] = {}
     torch_layers: list[str] = []
+    depthwise: list[str] = []
     reused: set[str] = set()
     bar = tqdm(layers, desc="profile", unit="layer", disable=not progress)
     for layer in bar:
         bar.set_postfix_str(layer.name)
         geo = _tvm_able_conv(gm, layer)
+        dw_geo = _depthwise_geometry(gm, layer)
         if geo is not None:
             measured = _conv_tvm(timer, gm, layer, geo, gen)
+        elif dw_geo is not None:
+            measured = _depthwise_tvm(timer, gm, layer, dw_geo, gen)
+            depthwise.append(layer.name)
         elif layer.kind == "linear" and layer.node.target is aten.linear.default:
             measured = _linear_tvm(timer, layer, gen)
         else:
@@ -340,13 +375,15 @@ def profile_model(
         "conv (groups=1, square kernel) and linear layers: fp32 and w8a8 timed as TVM kernels "
         + ("with fixed hand schedules (untuned)" if trials <= 0 else f"tuned by MetaSchedule ({trials} trials each)")
         + "; w8a8 = u8 x s8 -> s32 on AVX-512 VNNI with fused requantization",
-        "fixed_seconds (layers that are not quantizable) is not measured yet: 0.0",
-        "weights narrower than 8 bits are stored packed and unpacked to int8: they cost the w8 entry",
+        "fixed_seconds (everything but the quantizable layers) is 0.0 here; `lcpaq profile` measures it on a whole-model build",
+        "weights narrower than 8 bits run on the int8 kernels (codes held in int8): they cost the w8 entry",
     ]
     if hasattr(os, "getloadavg"):
         notes.append(f"load average (1 min) when profiling ended: {os.getloadavg()[0]:.2f} on {os.cpu_count()} logical CPUs")
     if reused:
         notes.append(f"no kernel for {', '.join(sorted(reused))}: those entries reuse the layer's fp32 time")
+    if depthwise:
+        notes.append(f"depthwise convs: w8a8 on the AVX-512 depthwise kernel (hand schedule), fp32 = torch: {', '.join(depthwise)}")
     if torch_layers:
         notes.append(f"timed in fp32 with torch, every precision = fp32 time (no TVM kernel): {', '.join(torch_layers)}")
     return LatencyTable(
