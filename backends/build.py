@@ -48,6 +48,7 @@ class BuiltModel:
     target: str
     kernels: int
     integer_graph: fx.GraphModule | None = None
+    input_dtypes: list[str] | None = None
 
     def __post_init__(self) -> None:
         self._vm: relax.VirtualMachine | None = None
@@ -63,8 +64,9 @@ class BuiltModel:
         if len(xs) != len(self.input_shapes):
             raise ConfigError(f"the model was built for {len(self.input_shapes)} inputs, got {len(xs)}")
         out = []
-        for x, shape in zip(xs, self.input_shapes):
-            a = _as_numpy(x).astype(np.float32, copy=False)
+        dtypes = self.input_dtypes or ["float32"] * len(xs)
+        for x, shape, dtype in zip(xs, self.input_shapes, dtypes):
+            a = _as_numpy(x).astype(dtype, copy=False)
             if tuple(a.shape) != tuple(shape):
                 raise ConfigError(f"the model was built for input shape {tuple(shape)}, got {tuple(a.shape)}")
             out.append(tvm.runtime.tensor(a, tvm.cpu()))
@@ -108,17 +110,19 @@ def build_model(
     (see ``tests/backends/test_relax_build.py``). Raises ConfigError if ``target`` is not this
     host, LoweringError naming the node for an op that has no lowering."""
     tvm_target = _host_target(target)
-    shapes = [tuple(_as_numpy(x).shape) for x in example_inputs]
+    arrays = [_as_numpy(x) for x in example_inputs]
+    shapes = [tuple(a.shape) for a in arrays]
+    dtypes = [str(a.dtype) for a in arrays]
     if batch is not None:
         shapes = [(batch, *s[1:]) for s in shapes]
     ig = integerize(gm)
-    mod = lower_to_relax(ig, shapes, trials)
+    mod = lower_to_relax(ig, shapes, trials, dtypes)
     kernels = sum(1 for gv in mod.functions if gv.name_hint.startswith("lcpaq_"))
     executable = tvm.compile(mod, target=tvm_target)
-    return BuiltModel(executable, shapes, target.name, kernels, ig)
+    return BuiltModel(executable, shapes, target.name, kernels, ig, dtypes)
 
 
-def load_library(path: str | Path, input_shapes: Sequence[Sequence[int]]) -> BuiltModel:
+def load_library(path: str | Path, input_shapes: Sequence[Sequence[int]], input_dtypes: Sequence[str] | None = None) -> BuiltModel:
     """A model exported by :meth:`BuiltModel.export`; unreadable files are CorruptFileError with the path."""
     path = Path(path)
     if not path.is_file():
@@ -127,4 +131,4 @@ def load_library(path: str | Path, input_shapes: Sequence[Sequence[int]]) -> Bui
         lib = tvm.runtime.load_module(str(path))
     except Exception as exc:  # noqa: BLE001 (TVM raises its own error types)
         raise CorruptFileError(f"built model {path} cannot be loaded: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
-    return BuiltModel(lib, [tuple(s) for s in input_shapes], "", 0)
+    return BuiltModel(lib, [tuple(s) for s in input_shapes], "", 0, None, list(input_dtypes) if input_dtypes else None)

@@ -35,10 +35,10 @@ def dequantize(q: torch.Tensor, scale: float, zp: int) -> torch.Tensor:
     return (q.to(torch.int32) - zp).float() * torch.tensor(scale, dtype=torch.float32)
 
 
-def dequantize_channels(acc: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """int32 accumulators with one scale per channel (dim 1) to float32."""
+def dequantize_channels(acc: torch.Tensor, scales: torch.Tensor, axis: int = 1) -> torch.Tensor:
+    """int32 accumulators with one scale per channel (along ``axis``) to float32."""
     shape = [1] * acc.dim()
-    shape[1] = -1
+    shape[axis] = -1
     return acc.float() * scales.float().reshape(shape)
 
 

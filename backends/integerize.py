@@ -294,7 +294,8 @@ class Integerizer:
             v = self.emit(iops.qconv2d, (x.node, *tensors), dict(x_zp=x.domain.zero_point, **geo, **kw_out), out, node)
         if out is None:
             scales = self.const(f"{label}_acc_scale", acc_scale.float())
-            return self.emit(iops.dequantize_channels, (v.node, scales), {}, None, node)
+            axis = -1 if node.target in LINEAR_OPS else 1
+            return self.emit(iops.dequantize_channels, (v.node, scales), {"axis": axis}, None, node)
         return v
 
     def lower_clamp(self, node: fx.Node) -> Value:

@@ -57,7 +57,17 @@ class RVal:
         if len(self.shape) == 4:
             b, _, h, w = self.shape
             return (b, h, w, self.cp)
-        return (self.shape[0], self.cp, *self.shape[2:])
+        return (*self.shape[:-1], self.cp) if self.shape else self.shape
+
+    @property
+    def channels(self) -> int:
+        """The logical channel count: dim 1 of a 4-d value, else the last dimension."""
+        return self.shape[1] if len(self.shape) == 4 else (self.shape[-1] if self.shape else 1)
+
+
+class NotThisForm(Exception):
+    """Raised by a lowering for a form of its op it does not handle (e.g. an int64 add): the op
+    then goes to TVM's PyTorch frontend (:class:`lcpaq.backends.relax_float.FrontendFallback`)."""
 
 
 Lowering = Callable[["RelaxLowering", fx.Node], RVal]
@@ -78,11 +88,13 @@ def register_lowering(*targets: Any) -> Callable[[Lowering], Lowering]:
 class RelaxLowering:
     """Walks an integer graph in order and emits the Relax ``main`` function."""
 
-    def __init__(self, ig: fx.GraphModule, input_shapes: list[tuple[int, ...]], trials: int = 0) -> None:
-        self.ig, self.input_shapes, self.trials = ig, input_shapes, trials
+    def __init__(self, ig: fx.GraphModule, inputs: list[tuple[tuple[int, ...], str]], trials: int = 0) -> None:
+        self.ig, self.inputs, self.trials = ig, inputs, trials
         self.bb = relax.BlockBuilder()
         self.env: dict[fx.Node, RVal] = {}
         self._funcs: dict[tuple, relax.GlobalVar] = {}
+        self._frontend: Any = None
+        self.scalars: dict[fx.Node, int] = {}  # symbolic sizes of the captured graph, fixed by the build
 
     def tensor(self, node: Any) -> torch.Tensor | None:
         return None if node is None else get_attr(self.ig, str(node.target))
@@ -113,16 +125,19 @@ class RelaxLowering:
 
     def run(self) -> tvm.IRModule:
         placeholders = [n for n in self.ig.graph.nodes if n.op == "placeholder"]
-        if len(placeholders) != len(self.input_shapes):
-            raise LoweringError(f"the graph has {len(placeholders)} inputs but {len(self.input_shapes)} shapes were given")
-        params = [relax.Var(n.name, relax.TensorType(s, "float32")) for n, s in zip(placeholders, self.input_shapes)]
+        if len(placeholders) != len(self.inputs):
+            raise LoweringError(f"the graph has {len(placeholders)} inputs but {len(self.inputs)} were given")
+        params = [relax.Var(n.name, relax.TensorType(s, d)) for n, (s, d) in zip(placeholders, self.inputs)]
         with self.bb.function("main", params):
             with self.bb.dataflow():
-                for node, var, shape in zip(placeholders, params, self.input_shapes):
-                    self.env[node] = RVal(var, tuple(shape), "float32", shape[1] if len(shape) > 1 else 1, "NCHW")
+                for node, var, (shape, dtype) in zip(placeholders, params, self.inputs):
+                    v = RVal(var, tuple(shape), dtype, 1, "NCHW")
+                    self.env[node] = RVal(var, tuple(shape), dtype, v.channels, "NCHW")
                 out = None
                 for node in self.ig.graph.nodes:
-                    if node.op == "call_function":
+                    if node.op == "call_function" and node.target is aten.sym_size.int:  # static here
+                        self.scalars[node] = self.env[node.args[0]].shape[node.args[1]]
+                    elif node.op == "call_function":
                         self.env[node] = self.lower(node)
                     elif node.op == "output":
                         out = self.bb.emit_output(self.output(node.args[0]))
@@ -130,18 +145,28 @@ class RelaxLowering:
         return self.bb.get()
 
     def lower(self, node: fx.Node) -> RVal:
+        """Our registered lowering of the node's op; else TVM's frontend converter of it."""
         fn = LOWERINGS.get(node.target)
-        if fn is None:
+        if fn is not None:
+            try:
+                return fn(self, node)
+            except NotThisForm:
+                pass
+        from lcpaq.backends.relax_float import FrontendFallback
+
+        self._frontend = self._frontend or FrontendFallback()
+        v = self._frontend.lower(self, node)
+        if v is None:
             name = getattr(node.target, "__name__", str(node.target))
             src = node.meta.get("lcpaq.source", node.name)
             raise LoweringError(f"no TVM lowering for {name} (from node {src}); the integer graph runs it in float")
-        return fn(self, node)
+        return v
 
     def output(self, arg: Any) -> relax.Expr:
         if isinstance(arg, (tuple, list)):
             return relax.Tuple([self.output(a) for a in arg])
         v = self.env[arg]
-        if v.dtype != "float32" or v.cp != (v.shape[1] if len(v.shape) > 1 else v.cp):
+        if v.dtype != "float32" or v.cp != v.channels:
             raise LoweringError(f"output {arg.name} is not a float tensor of its logical shape")
         if len(v.shape) == 4 and v.layout == "NHWC":
             return self.bb.emit(relax.op.permute_dims(v.expr, [0, 3, 1, 2]))
@@ -150,8 +175,8 @@ class RelaxLowering:
 
 def _codes(lw: RelaxLowering, node: fx.Node, i: int = 0) -> RVal:
     v = lw.env[node.args[i]]
-    if v.dtype not in ("uint8", "int32") or len(v.shape) not in (2, 4):
-        raise LoweringError(f"{node.name}: expects 2-d or 4-d integer codes, got {v.dtype} {v.shape}")
+    if v.dtype not in ("uint8", "int32") or not v.shape:
+        raise LoweringError(f"{node.name}: expects integer codes, got {v.dtype} {v.shape}")
     return v
 
 
@@ -160,21 +185,21 @@ def _quantize(lw: RelaxLowering, node: fx.Node) -> RVal:
     x = lw.env[node.args[0]]
     inv, zp = float(node.args[1]), int(node.args[2])
     qmin, qmax = int(node.kwargs["qmin"]), int(node.kwargs["qmax"])
-    if len(x.shape) not in (2, 4):
-        raise LoweringError(f"{node.name}: quantize expects a 2-d or 4-d float input, got {x.shape}")
-    cp = _round_up(x.shape[1], DEPTH)
+    if not x.shape:
+        raise LoweringError(f"{node.name}: quantize of a scalar is not lowered")
+    cp = _round_up(x.channels, DEPTH)
     key = ("quantize", x.shape, inv, zp, qmin, qmax, cp)
     nhwc = len(x.shape) == 4 and x.layout == "NHWC"
     key = (*key, nhwc)
     gv = lw.prim(key, lambda: ew.quantize_func(x.shape, inv, zp, qmin, qmax, cp, nhwc), ew.schedule_elementwise)
-    phys = (x.shape[0], x.shape[2], x.shape[3], cp) if len(x.shape) == 4 else (x.shape[0], cp)
+    phys = (x.shape[0], x.shape[2], x.shape[3], cp) if len(x.shape) == 4 else (*x.shape[:-1], cp)
     return RVal(lw.call(gv, [x.expr], phys, "uint8"), x.shape, "uint8", cp)
 
 
 @register_lowering(iops.dequantize, iops.dequantize_channels)
 def _dequantize(lw: RelaxLowering, node: fx.Node) -> RVal:
     x = _codes(lw, node)
-    c = x.shape[1]
+    c = x.channels
     if node.target is iops.dequantize:
         scale, zp = float(node.args[1]), int(node.args[2])
         key = ("dequantize", x.phys, x.dtype, c, scale, zp)
@@ -244,7 +269,9 @@ def _flatten(lw: RelaxLowering, node: fx.Node) -> RVal:
     if len(x.shape) == 4 and x.shape[2:] == (1, 1) and out_shape in (None, (x.shape[0], x.shape[1])):
         b = x.shape[0]
         return RVal(lw.bb.emit(relax.op.reshape(x.expr, (b, x.cp))), (b, x.shape[1]), x.dtype, x.cp)
-    raise LoweringError(f"{node.name}: only flattening a [B, C, 1, 1] tensor is lowered (got {x.shape})")
+    if x.cp == x.channels:  # no padding to drop: TVM's frontend reshapes the logical (NCHW) value
+        raise NotThisForm(node.name)
+    raise LoweringError(f"{node.name}: reshaping padded codes {x.shape} is lowered only for [B, C, 1, 1]")
 
 
 def _channel_vectors(bias_eff: torch.Tensor, mult: torch.Tensor, shift: torch.Tensor, n_pad: int) -> list[relax.Expr]:
@@ -308,8 +335,12 @@ def _qdepthwise(lw: RelaxLowering, node: fx.Node, x: RVal, w: torch.Tensor, bias
 @register_lowering(iops.qlinear)
 def _qlinear(lw: RelaxLowering, node: fx.Node) -> RVal:
     x = _codes(lw, node)
-    if x.dtype != "uint8" or len(x.shape) != 2:
-        raise LoweringError(f"{node.name}: linear input must be 2-d uint8 codes, got {x.dtype} {x.shape}")
+    if x.dtype != "uint8" or len(x.shape) == 4:
+        raise LoweringError(f"{node.name}: linear input must be uint8 codes [..., K], got {x.dtype} {x.shape}")
+    lead = x.shape[:-1]
+    if len(x.shape) != 2:  # rows = every leading dimension
+        rows = int(np.prod(lead))
+        x = RVal(lw.bb.emit(relax.op.reshape(x.expr, (rows, x.cp))), (rows, x.shape[-1]), x.dtype, x.cp)
     w, bias, mult, shift = (lw.tensor(a) for a in node.args[1:5])
     kw = node.kwargs
     dtype = kw.get("out_dtype", "uint8")
@@ -327,14 +358,21 @@ def _qlinear(lw: RelaxLowering, node: fx.Node) -> RVal:
     gv = lw.prim(("qdense", m, n16, k4, dtype), lambda: t8.qdense_func(m, n16, k4, dtype), lambda f: sched(f, t8.schedule_qdense))
     args = [x.expr, relax.const(pack_weight(w_p)), *_channel_vectors(t8._bias_eff(w, int(kw["x_zp"]), bias), mult, shift, n16),
             relax.const(rq.qp(int(kw["x_zp"])))]
-    return RVal(lw.call(gv, args, (m, n16), dtype), (m, n), dtype, n16)
+    y = lw.call(gv, args, (m, n16), dtype)
+    if len(lead) != 1:
+        y = lw.bb.emit(relax.op.reshape(y, (*lead, n16)))
+    return RVal(y, (*lead, n), dtype, n16)
 
 
-def lower_to_relax(ig: fx.GraphModule, input_shapes: list[tuple[int, ...]], trials: int = 0) -> tvm.IRModule:
-    """The Relax module ``main(*float32 inputs) -> float32 output(s)`` of an integer graph.
+def lower_to_relax(
+    ig: fx.GraphModule, input_shapes: list[tuple[int, ...]], trials: int = 0, input_dtypes: list[str] | None = None
+) -> tvm.IRModule:
+    """The Relax module ``main(*inputs) -> float32 output(s)`` of an integer graph (inputs float32
+    unless ``input_dtypes`` says otherwise, e.g. int64 token ids).
 
     Raises LoweringError naming the node for an op without a lowering."""
-    return RelaxLowering(ig, [tuple(int(d) for d in s) for s in input_shapes], trials).run()
+    dtypes = input_dtypes or ["float32"] * len(input_shapes)
+    return RelaxLowering(ig, [(tuple(int(d) for d in s), t) for s, t in zip(input_shapes, dtypes)], trials).run()
 
 
 from lcpaq.backends import relax_float  # noqa: E402,F401  (registers the float lowerings)

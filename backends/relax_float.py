@@ -12,7 +12,7 @@ import torch
 import torch.fx as fx
 from tvm import relax
 
-from lcpaq.backends.relax_build import RelaxLowering, RVal, register_lowering
+from lcpaq.backends.relax_build import NotThisForm, RelaxLowering, RVal, register_lowering
 from lcpaq.backends.tvm_vnni import LANES
 from lcpaq.ir.errors import LoweringError
 
@@ -27,7 +27,7 @@ def _float(lw: RelaxLowering, node: fx.Node, i: int = 0) -> RVal:
     """Input ``i`` as a float value; 4-d ones in NHWC."""
     v = lw.env[node.args[i]]
     if v.dtype != "float32":
-        raise LoweringError(f"{node.name}: float op {node.target} reads {v.dtype} codes")
+        raise NotThisForm(f"{node.name}: {node.target} on {v.dtype}")
     if len(v.shape) == 4 and v.layout == "NCHW":
         return RVal(lw.bb.emit(relax.op.permute_dims(v.expr, [0, 2, 3, 1])), v.shape, "float32", v.shape[1], "NHWC")
     return v
@@ -99,9 +99,11 @@ def _hardtanh(lw: RelaxLowering, node: fx.Node) -> RVal:
 
 @register_lowering(aten.add.Tensor, aten.add_.Tensor)
 def _add(lw: RelaxLowering, node: fx.Node) -> RVal:
+    if len(node.args) != 2 or not all(isinstance(v, fx.Node) for v in node.args) or node.kwargs:
+        raise NotThisForm(node.name)  # scalars, alpha: the frontend's add
     a, b = _float(lw, node, 0), _float(lw, node, 1)
     if a.shape != b.shape:
-        raise LoweringError(f"{node.name}: float add of shapes {a.shape} and {b.shape} (broadcasting is not lowered)")
+        raise NotThisForm(node.name)  # broadcasting: the frontend's add, on NCHW values
     return _same(a, relax.op.add(a.expr, b.expr), lw)
 
 
@@ -128,3 +130,69 @@ def _global_pool(lw: RelaxLowering, node: fx.Node) -> RVal:
     if node.target is aten.mean.dim and not _keepdim(node):
         return RVal(lw.bb.emit(relax.op.mean(x.expr, axis=[1, 2], keepdims=False)), (b, c), "float32", c)
     return RVal(lw.bb.emit(relax.op.mean(x.expr, axis=[1, 2], keepdims=True)), (b, c, 1, 1), "float32", c, "NHWC")
+
+
+class FrontendFallback:
+    """Float ops without a lowering of ours, converted by TVM's own PyTorch frontend (its
+    ``ExportedProgramImporter`` converter for the same ATen op), on NCHW values. These are the
+    glue of transformer models (layer norm, softmax, GELU, attention reshapes, embeddings, the
+    activation x activation matmuls): Relax ops legalized by the default pipeline, untuned."""
+
+    def __init__(self) -> None:
+        from tvm.relax.frontend.torch.exported_program_translator import ExportedProgramImporter
+
+        self.importer = ExportedProgramImporter()
+
+    def lower(self, lw: RelaxLowering, node: fx.Node) -> RVal | None:
+        name = getattr(node.target, "__name__", None)
+        convert = self.importer.convert_map.get(name) if name else None
+        if convert is None:
+            return None
+        env = {}
+        for arg in node.all_input_nodes:
+            if arg in lw.scalars:
+                env[arg] = lw.scalars[arg]
+                continue
+            if arg.op == "get_attr":  # a constant of the model (embedding table, position ids, ...)
+                env[arg] = relax.const(lw.tensor(arg).detach().contiguous().numpy())
+                continue
+            v = lw.env[arg]
+            if v.dtype in ("uint8", "int32") and v.cp != v.channels:
+                raise LoweringError(f"{node.name}: {name} reads padded integer codes")
+            expr = v.expr
+            if len(v.shape) == 4 and v.layout == "NHWC":
+                expr = lw.bb.emit(relax.op.permute_dims(expr, [0, 3, 1, 2]))
+            env[arg] = expr
+        self.importer.block_builder, self.importer.env = lw.bb, env
+        try:
+            out = convert(node)
+        except Exception as exc:  # noqa: BLE001 (the frontend raises assorted errors for unsupported forms)
+            raise LoweringError(f"{node.name}: TVM's frontend cannot convert {name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+        ty = getattr(out, "ty", None)
+        if not isinstance(ty, relax.TensorType) or ty.shape is None:
+            raise LoweringError(f"{node.name}: {name} converts to a non-tensor value")
+        shape = tuple(int(d) for d in ty.shape)
+        v = RVal(out, shape, str(ty.dtype), 1, "NCHW")
+        return RVal(out, shape, str(ty.dtype), v.channels, "NCHW")
+
+
+@register_lowering(aten.to.device, aten.alias.default, aten.lift_fresh_copy.default, aten.detach.default)
+def _identity(lw: RelaxLowering, node: fx.Node) -> RVal:
+    """Copies and device moves: the value itself (a dtype change is a cast)."""
+    x = lw.env[node.args[0]]
+    dtype = node.kwargs.get("dtype") or next((a for a in node.args[1:] if isinstance(a, torch.dtype)), None)
+    if dtype is None or str(dtype).replace("torch.", "") == x.dtype:
+        return x
+    return RVal(lw.bb.emit(relax.op.astype(x.expr, str(dtype).replace("torch.", ""))), x.shape, str(dtype).replace("torch.", ""), x.cp, x.layout)
+
+
+@register_lowering(aten.where.ScalarOther)
+def _where_scalar(lw: RelaxLowering, node: fx.Node) -> RVal:
+    """``where(cond, x, scalar)`` (attention masks)."""
+    cond, x = lw.env[node.args[0]], lw.env[node.args[1]]
+    if len(x.shape) == 4 and x.layout == "NHWC" or len(cond.shape) == 4 and cond.layout == "NHWC":
+        raise NotThisForm(f"{node.name}: where on NHWC values")
+    other = relax.const(node.args[2], x.dtype)
+    shape = tuple(int(d) for d in torch.broadcast_shapes(cond.shape, x.shape))
+    c = cond.expr if cond.dtype == "bool" else lw.bb.emit(relax.op.astype(cond.expr, "bool"))  # frontend masks may be int
+    return RVal(lw.bb.emit(relax.op.where(c, x.expr, other)), shape, x.dtype, shape[-1] if shape else 1, "NCHW")

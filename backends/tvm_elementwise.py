@@ -32,8 +32,9 @@ def _clamp(v: Any, lo: int, hi: int) -> Any:
 
 
 def quantize_func(in_shape: Shape, inv_scale: float, zp: int, qmin: int, qmax: int, cp: int, nhwc_in: bool = False) -> tvm.tirx.PrimFunc:
-    """float32 NCHW (NHWC with ``nhwc_in``; or [B, C]) to uint8 NHWC (or [B, cp]); channels
-    beyond C get code ``zp``. ``in_shape`` is the logical (NCHW) shape."""
+    """float32 NCHW (NHWC with ``nhwc_in``) to uint8 NHWC with ``cp`` channels, or, for any other
+    rank, the last dimension padded to ``cp``; padded channels get code ``zp``. ``in_shape`` is
+    the logical (NCHW) shape."""
     stored = (in_shape[0], in_shape[2], in_shape[3], in_shape[1]) if nhwc_in and len(in_shape) == 4 else tuple(in_shape)
     x = te.placeholder(stored, "float32", name="X")
     c = in_shape[1]
@@ -52,17 +53,19 @@ def quantize_func(in_shape: Shape, inv_scale: float, zp: int, qmin: int, qmax: i
             ),
             name="quantize",
         )
-    else:
-        b = in_shape[0]
+    else:  # any other rank: channels are the last dimension
+        c = in_shape[-1]
         y = te.compute(
-            (b, cp), lambda n, ch: tir.if_then_else(ch < c, code(n, tir.min(ch, c - 1)), tir.const(zp, "uint8")), name="quantize"
+            (*in_shape[:-1], cp),
+            lambda *i: tir.if_then_else(i[-1] < c, code(*i[:-1], tir.min(i[-1], c - 1)), tir.const(zp, "uint8")),
+            name="quantize",
         )
     return te.create_prim_func([x, y])
 
 
 def dequantize_func(phys_shape: Shape, in_dtype: str, c: int, scales: Sequence[float] | float, zp: int) -> tvm.tirx.PrimFunc:
-    """Codes NHWC ``[B, H, W, cp]`` (or ``[B, cp]``) to float32 NCHW ``[B, c, H, W]`` (or ``[B, c]``):
-    ``(q - zp) * scale``, one scale or one per channel (then given as the input S[c])."""
+    """Codes NHWC ``[B, H, W, cp]`` (other ranks: ``[..., cp]``) to float32 NCHW ``[B, c, H, W]``
+    (``[..., c]``): ``(q - zp) * scale``, one scale or one per channel (then the input S[c])."""
     x = te.placeholder(tuple(phys_shape), in_dtype, name="X")
     per_channel = not isinstance(scales, (int, float))
     s = te.placeholder((c,), "float32", name="S") if per_channel else None
@@ -75,7 +78,7 @@ def dequantize_func(phys_shape: Shape, in_dtype: str, c: int, scales: Sequence[f
         b, h, w, _ = phys_shape
         y = te.compute((b, c, h, w), lambda n, ch, i, j: value(ch, n, i, j, ch), name="dequantize")
     else:
-        y = te.compute((phys_shape[0], c), lambda n, ch: value(ch, n, ch), name="dequantize")
+        y = te.compute((*phys_shape[:-1], c), lambda *i: value(i[-1], *i), name="dequantize")
     return te.create_prim_func([x, s, y] if per_channel else [x, y])
 
 
