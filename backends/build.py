@@ -6,11 +6,13 @@ A library written by :meth:`BuiltModel.export` is loaded back with :func:`load_l
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +22,7 @@ from tvm import relax
 
 from lcpaq.backends.integerize import integerize
 from lcpaq.backends.relax_build import lower_to_relax
+from lcpaq.backends.relax_pipeline import compile_module
 from lcpaq.hw_targets.target import Target
 from lcpaq.ir.errors import ConfigError, CorruptFileError
 
@@ -33,6 +36,21 @@ def _host_target(target: Target) -> tvm.target.Target:
     config = dict(target.tvm_target)
     config["num-cores"] = dict(tuning_target().export()).get("num-cores", 1)
     return tvm.target.Target(config)
+
+
+@contextlib.contextmanager
+def _native_stderr_quiet() -> Iterator[None]:
+    """Silence what TVM's C++ runtime logs to stderr (``Scope Saving/Loaded`` warnings, one per
+    constant, on export and load) for the duration of the block; Python errors still raise."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _as_numpy(x: Any) -> np.ndarray:
@@ -91,7 +109,8 @@ class BuiltModel:
         fd, tmp = tempfile.mkstemp(suffix=path.suffix or ".so", dir=path.parent, prefix=f".{path.name}.")
         os.close(fd)
         try:
-            self.executable.export_library(tmp)
+            with _native_stderr_quiet():
+                self.executable.export_library(tmp)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -118,7 +137,7 @@ def build_model(
     ig = integerize(gm)
     mod = lower_to_relax(ig, shapes, trials, dtypes)
     kernels = sum(1 for gv in mod.functions if gv.name_hint.startswith("lcpaq_"))
-    executable = tvm.compile(mod, target=tvm_target)
+    executable = compile_module(mod, tvm_target)
     return BuiltModel(executable, shapes, target.name, kernels, ig, dtypes)
 
 
@@ -128,7 +147,8 @@ def load_library(path: str | Path, input_shapes: Sequence[Sequence[int]], input_
     if not path.is_file():
         raise ConfigError(f"no built model at {path}")
     try:
-        lib = tvm.runtime.load_module(str(path))
+        with _native_stderr_quiet():
+            lib = tvm.runtime.load_module(str(path))
     except Exception as exc:  # noqa: BLE001 (TVM raises its own error types)
         raise CorruptFileError(f"built model {path} cannot be loaded: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
     return BuiltModel(lib, [tuple(s) for s in input_shapes], "", 0, None, list(input_dtypes) if input_dtypes else None)

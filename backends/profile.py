@@ -207,7 +207,7 @@ def _conv_tvm(timer: _Timer, gm: fx.GraphModule, layer: QuantLayer, geo: dict[st
     oh, ow = t8.conv_out_size(h, k, s, p), t8.conv_out_size(w_, k, s, p)
     tag = f"conv-{c4}x{h}x{w_}-o{o16}-k{k}s{s}p{p}"
     q_func = t8.qconv2d_func((1, h, w_, c4), o16, k, s, p)
-    q_sched = lambda f: t8.schedule_qconv2d(f, col_tile(ow))  # noqa: E731  (same column tile as fp32)
+    q_sched = lambda f: t8.schedule_qconv2d(f, t8.vnni_col_tile(ow))  # noqa: E731  (the build's schedule)
     q_kernel = timer.kernel(f"{tag}-int8", q_func, q_sched, int8=True)
     w_q = torch.randint(-127, 128, (o16, c4, k, k), generator=gen, dtype=torch.int8)
     q_args = [

@@ -26,6 +26,7 @@ from tvm import relax
 from lcpaq.backends import integer_ops as iops
 from lcpaq.backends import tvm_elementwise as ew
 from lcpaq.backends import tvm_int8 as t8
+from lcpaq.backends.relax_pipeline import SCHEDULED
 from lcpaq.backends.tvm_vnni import DEPTH, LANES
 from lcpaq.ir.capture import get_attr
 from lcpaq.ir.errors import LoweringError
@@ -104,7 +105,7 @@ class RelaxLowering:
         if key not in self._funcs:
             name = f"lcpaq_{key[0]}_{len(self._funcs)}"
             func = schedule(make()).mod["main"]
-            func = func.with_attrs({"global_symbol": name, "op_pattern": OPAQUE, "tir.is_scheduled": True})
+            func = func.with_attrs({"global_symbol": name, "op_pattern": OPAQUE, SCHEDULED: True})
             self._funcs[key] = self.bb.add_func(func, name)
         return self._funcs[key]
 
@@ -280,8 +281,6 @@ def _channel_vectors(bias_eff: torch.Tensor, mult: torch.Tensor, shift: torch.Te
 
 @register_lowering(iops.qconv2d)
 def _qconv2d(lw: RelaxLowering, node: fx.Node) -> RVal:
-    from lcpaq.backends.profile import col_tile
-
     x = _codes(lw, node)
     if x.dtype != "uint8" or len(x.shape) != 4:
         raise LoweringError(f"{node.name}: conv input must be uint8 NCHW codes")
@@ -304,7 +303,7 @@ def _qconv2d(lw: RelaxLowering, node: fx.Node) -> RVal:
     gv = lw.prim(
         ("qconv2d", (b, h, wd, x.cp), o16, k, stride, pad, dtype),
         lambda: t8.qconv2d_func((b, h, wd, x.cp), o16, k, stride, pad, dtype),
-        lambda f: sched(f, lambda g: t8.schedule_qconv2d(g, col_tile(ow))),
+        lambda f: sched(f, lambda g: t8.schedule_qconv2d(g, t8.vnni_col_tile(ow))),
     )
     args = [x.expr, relax.const(t8.pack_conv_weight(w_p)), *_channel_vectors(t8._bias_eff(w, int(kw["x_zp"]), bias), mult, shift, o16),
             relax.const(rq.qp(int(kw["x_zp"])))]

@@ -4,7 +4,7 @@ The scheduled, tensorized PrimFunc of :func:`lcpaq.backends.tvm_int8.qconv2d_fun
 IRModule as-is; Relax does the layout plumbing around it (NCHW -> NHWC, slicing padded output
 channels, NHWC -> NCHW) with ordinary ops that the default pipeline legalizes. Weights and
 per-channel requantization parameters are bound as constants. The PrimFunc is marked
-``op_pattern = kOpaque`` and ``tir.is_scheduled``, guards so that ``FuseOps``/``FuseTIR`` never
+``op_pattern = kOpaque`` and ``tirx.is_scheduled``, guards so that ``FuseOps``/``FuseTIR`` never
 fuse neighbours into it (a fused copy would lose the tensorized schedule) and MetaSchedule-based
 pipelines do not retune it (the default pipeline leaves it alone even without them).
 
@@ -49,7 +49,7 @@ def qconv2d_module(
     prim = t8.schedule_qconv2d(
         t8.qconv2d_func((b, h, w_, c), o_pad, kh, stride, padding)
     ).mod["main"]
-    prim = prim.with_attrs({"global_symbol": KERNEL_NAME, "op_pattern": OPAQUE, "tir.is_scheduled": True})
+    prim = prim.with_attrs({"global_symbol": KERNEL_NAME, "op_pattern": OPAQUE, "tirx.is_scheduled": True})
     oh, ow = t8.conv_out_size(h, kh, stride, padding), t8.conv_out_size(w_, kw, stride, padding)
     consts = [relax.const(t8.pack_conv_weight(w_p))] + [
         relax.const(a) for a in _channel_arrays(t8._bias_eff(w_q, x_zp, bias), multiplier, shift, o, o_pad)

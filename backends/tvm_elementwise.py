@@ -160,29 +160,24 @@ def schedule_elementwise(func: tvm.tirx.PrimFunc) -> s_tir.Schedule:
     """Every spatial block: loops fused, split so the innermost ``gcd(extent, 16)`` lanes are
     vectorized, the rest parallel. Reduction blocks (sums) keep their loops, outer ones parallel."""
     sch = s_tir.Schedule(func)
-    for block in sch.get_child_blocks(sch.get_sblock("root") if _has_root(sch) else None):
+    schedule_blocks(sch)
+    return sch
+
+
+def schedule_blocks(sch: s_tir.Schedule) -> None:
+    """:func:`schedule_elementwise` on the blocks of an existing schedule."""
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
         loops = sch.get_loops(block)
-        kinds = [sch.get(loop).kind for loop in loops]
-        iters = sch.get(block).iter_vars
-        if any(iv.iter_type == 2 for iv in iters):  # CommReduce: parallelise the leading loop only
+        if not loops:
+            continue
+        if any(iv.iter_type == 2 for iv in sch.get(block).iter_vars):  # CommReduce: parallelise the leading loop only
             sch.parallel(loops[0])
             continue
-        del kinds
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-        extent = int(sch.get(fused).extent)
-        lanes = _vector_width(extent)
+        lanes = _vector_width(int(sch.get(fused).extent))
         if lanes > 1:
             outer, inner = sch.split(fused, [None, lanes])
             sch.vectorize(inner)
             sch.parallel(outer)
         else:
             sch.parallel(fused)
-    return sch
-
-
-def _has_root(sch: s_tir.Schedule) -> bool:
-    try:
-        sch.get_sblock("root")
-        return True
-    except Exception:  # noqa: BLE001 (TVM raises its own error type for a missing block)
-        return False

@@ -83,3 +83,25 @@ def mixed(model: nn.Module, x: torch.Tensor, float_layers: int) -> "torch.fx.Gra
     for layer in find_layers(gm)[:float_layers]:
         BITS.set(layer.node, BitAssignment(32, 32))
     return Pipeline.from_spec("fake-quant")(gm, ctx).graph_module
+
+
+class TinyEncoder(nn.Module):
+    """One transformer encoder layer on token ids (int64 input): embedding, attention with an
+    additive mask, layer norms, GELU MLP. Linear layers are int8; the rest is float glue."""
+
+    def __init__(self, vocab: int = 50, dim: int = 32, heads: int = 2, tokens: int = 8) -> None:
+        super().__init__()
+        self.heads, self.tokens = heads, tokens
+        self.embed = nn.Embedding(vocab, dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.up, self.down = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids)
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        att = torch.softmax(q @ k.transpose(-1, -2) / (d // self.heads) ** 0.5, dim=-1)
+        x = self.ln1(x + self.proj((att @ v).transpose(1, 2).reshape(b, t, d)))
+        return self.ln2(x + self.down(nn.functional.gelu(self.up(x))))
