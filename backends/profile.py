@@ -166,7 +166,7 @@ class _Timer:
 
     def tvm_seconds(self, kernel: Kernel, args: list[Any]) -> float:
         kernel(*args)  # warm-up (and a crash here beats a crash inside the evaluator)
-        return kernel.time_ms(*args, repeat=self.repeats, number=self.number) / 1e3
+        return kernel.time_ms(*args, repeat=self.repeats, number=self.number, cold=True) / 1e3
 
     def torch_seconds(self, fn: Callable[[], Any]) -> float:
         with torch.no_grad():
@@ -372,6 +372,8 @@ def profile_model(
             row[key] = float(f"{measured.get(key, measured['fp32']):.4g}")  # 4 digits: timing noise is larger
         entries[layer.name] = row
     notes = [
+        "TVM kernels are timed with their weights flushed from the caches before each call (as in a whole model, "
+        "whose weights are read once per inference)",
         "conv (groups=1, square kernel) and linear layers: fp32 and w8a8 timed as TVM kernels "
         + ("with fixed hand schedules (untuned)" if trials <= 0 else f"tuned by MetaSchedule ({trials} trials each)")
         + "; w8a8 = u8 x s8 -> s32 on AVX-512 VNNI with fused requantization",

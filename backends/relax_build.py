@@ -199,18 +199,23 @@ def _quantize(lw: RelaxLowering, node: fx.Node) -> RVal:
 
 @register_lowering(iops.dequantize, iops.dequantize_channels)
 def _dequantize(lw: RelaxLowering, node: fx.Node) -> RVal:
+    """Codes to float32; 4-d results stay NHWC unless they are a model output (NCHW)."""
     x = _codes(lw, node)
     c = x.channels
+    nhwc = len(x.shape) == 4 and not any(u.op == "output" for u in node.users)
     if node.target is iops.dequantize:
         scale, zp = float(node.args[1]), int(node.args[2])
-        key = ("dequantize", x.phys, x.dtype, c, scale, zp)
-        gv = lw.prim(key, lambda: ew.dequantize_func(x.phys, x.dtype, c, scale, zp), ew.schedule_elementwise)
+        key = ("dequantize", x.phys, x.dtype, c, scale, zp, nhwc)
+        gv = lw.prim(key, lambda: ew.dequantize_func(x.phys, x.dtype, c, scale, zp, nhwc), ew.schedule_elementwise)
         args = [x.expr]
     else:
         scales = lw.tensor(node.args[1]).float().numpy()
-        key = ("dequantize_channels", x.phys, x.dtype, c)
-        gv = lw.prim(key, lambda: ew.dequantize_func(x.phys, x.dtype, c, [1.0] * c, 0), ew.schedule_elementwise)
+        key = ("dequantize_channels", x.phys, x.dtype, c, nhwc)
+        gv = lw.prim(key, lambda: ew.dequantize_func(x.phys, x.dtype, c, [1.0] * c, 0, nhwc), ew.schedule_elementwise)
         args = [x.expr, relax.const(np.ascontiguousarray(scales))]
+    if nhwc:
+        b, _, h, w = x.shape
+        return RVal(lw.call(gv, args, (b, h, w, c), "float32"), x.shape, "float32", c, "NHWC")
     return RVal(lw.call(gv, args, x.shape, "float32"), x.shape, "float32", c, "NCHW")
 
 

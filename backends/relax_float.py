@@ -169,6 +169,8 @@ class FrontendFallback:
         except Exception as exc:  # noqa: BLE001 (the frontend raises assorted errors for unsupported forms)
             raise LoweringError(f"{node.name}: TVM's frontend cannot convert {name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
         ty = getattr(out, "ty", None)
+        if isinstance(ty, relax.TupleType):  # e.g. unbind: read by getitem nodes, converted the same way
+            return RVal(out, (), "tuple", 0, "NCHW")
         if not isinstance(ty, relax.TensorType) or ty.shape is None:
             raise LoweringError(f"{node.name}: {name} converts to a non-tensor value")
         shape = tuple(int(d) for d in ty.shape)

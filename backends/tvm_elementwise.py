@@ -63,9 +63,12 @@ def quantize_func(in_shape: Shape, inv_scale: float, zp: int, qmin: int, qmax: i
     return te.create_prim_func([x, y])
 
 
-def dequantize_func(phys_shape: Shape, in_dtype: str, c: int, scales: Sequence[float] | float, zp: int) -> tvm.tirx.PrimFunc:
+def dequantize_func(
+    phys_shape: Shape, in_dtype: str, c: int, scales: Sequence[float] | float, zp: int, nhwc_out: bool = False
+) -> tvm.tirx.PrimFunc:
     """Codes NHWC ``[B, H, W, cp]`` (other ranks: ``[..., cp]``) to float32 NCHW ``[B, c, H, W]``
-    (``[..., c]``): ``(q - zp) * scale``, one scale or one per channel (then the input S[c])."""
+    (``[..., c]``; NHWC ``[B, H, W, c]`` with ``nhwc_out``): ``(q - zp) * scale``, one scale or
+    one per channel (then the input S[c])."""
     x = te.placeholder(tuple(phys_shape), in_dtype, name="X")
     per_channel = not isinstance(scales, (int, float))
     s = te.placeholder((c,), "float32", name="S") if per_channel else None
@@ -74,7 +77,10 @@ def dequantize_func(phys_shape: Shape, in_dtype: str, c: int, scales: Sequence[f
         q = (x(*at).astype("int32") - tir.const(zp, "int32")).astype("float32")
         return q * (s[ch] if per_channel else tir.const(float(scales), "float32"))
 
-    if len(phys_shape) == 4:
+    if len(phys_shape) == 4 and nhwc_out:
+        b, h, w, _ = phys_shape
+        y = te.compute((b, h, w, c), lambda n, i, j, ch: value(ch, n, i, j, ch), name="dequantize")
+    elif len(phys_shape) == 4:
         b, h, w, _ = phys_shape
         y = te.compute((b, c, h, w), lambda n, ch, i, j: value(ch, n, i, j, ch), name="dequantize")
     else:

@@ -146,9 +146,16 @@ class Kernel:
     def asm(self) -> str:
         return self.executable.mod.inspect_source("asm")
 
-    def time_ms(self, *args: Any, repeat: int = 10, number: int = 5) -> float:
-        """Median wall time of one call, in milliseconds."""
-        f = self.executable.mod.time_evaluator(self.func_name, tvm.cpu(), number=number, repeat=repeat)
+    def time_ms(self, *args: Any, repeat: int = 10, number: int = 5, cold: bool = False) -> float:
+        """Median wall time of one call, in milliseconds. ``cold``: every argument but the first
+        (the activation) is flushed from the CPU caches before each call, one call per repeat,
+        as inside a whole model, whose weights are read once per inference and do not stay cached."""
+        if cold:
+            f = self.executable.mod.time_evaluator(
+                self.func_name, tvm.cpu(), number=1, repeat=repeat * number, f_preproc="cache_flush_cpu_non_first_arg"
+            )
+        else:
+            f = self.executable.mod.time_evaluator(self.func_name, tvm.cpu(), number=number, repeat=repeat)
         return float(np.median(f(*args).results) * 1e3)
 
 

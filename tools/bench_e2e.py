@@ -78,7 +78,9 @@ def bench_model(name: str, trials: int, repeat: int, tmp: Path) -> dict[str, Any
         out = bundle.model(*x)
     ref = (out[0] if isinstance(out, (tuple, list)) else out).numpy()
     result = quantize(bundle, bits="w8a8", build=False)
-    rows["lcpaq-w8a8"] = lcpaq_row(bundle, result.results[0].graph_module, trials, ref)
+    rows["lcpaq-w8a8"] = lcpaq_row(bundle, result.results[0].graph_module, 0, ref)
+    if trials > 0:
+        rows[f"lcpaq-w8a8 tuned ({trials} trials/kernel)"] = lcpaq_row(bundle, result.results[0].graph_module, trials, ref)
     return rows
 
 
@@ -125,7 +127,9 @@ def report(results: dict[str, Any], command: str) -> str:
                 continue
             note = ""
             if key.startswith("lcpaq"):
-                note = f"{'bit-exact' if r['bit_exact'] else 'NOT bit-exact'} vs integer reference; {r['kernels']} kernels; tuning {r['trials']} trials/kernel"
+                exact = "bit-exact" if r["bit_exact"] else f"max diff {r['max_diff_vs_integer_ref']:.1e} (float glue)"
+                sched = f"MetaSchedule {r['trials']} trials/kernel" if r["trials"] else "hand schedules"
+                note = f"{exact} vs integer reference; {r['kernels']} kernels; {sched}; built in {r['build_s']:.0f} s"
             lines.append(f"| {key} | {r['median_ms']:.2f} | {base / r['median_ms']:.2f}x | {r['cosine']:.5f} | {note} |")
         lines.append("")
     mixed = results.get("mixed")

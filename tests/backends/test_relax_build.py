@@ -117,20 +117,35 @@ def test_bad_library_and_input_shape_are_one_line_errors(model_and_input, tmp_pa
         built.run(x[:2])
 
 
-class _Sigmoid(nn.Module):
+class _Frac(nn.Module):
+    """A float op that neither lcpaq nor TVM's PyTorch frontend lowers (frac), between two convs."""
+
     def __init__(self) -> None:
         super().__init__()
         self.c1, self.c2 = nn.Conv2d(4, 16, 3, padding=1), nn.Conv2d(16, 16, 1)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c2(torch.frac(self.c1(x)))
+
+
+class _Sigmoid(_Frac):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.c2(torch.sigmoid(self.c1(x)))
 
 
 def test_op_without_lowering_is_named() -> None:
     x = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    gm = quantized(_Sigmoid(), x)
-    with pytest.raises(LoweringError, match="sigmoid"):
-        build_model(gm, (x[:1],), load_target("x86-host"))
+    with pytest.raises(LoweringError, match="no TVM lowering for frac"):
+        build_model(quantized(_Frac(), x), (x[:1],), load_target("x86-host"))
+
+
+def test_float_op_between_int8_layers_goes_through_tvm_frontend() -> None:
+    x = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    model = _Sigmoid().eval()
+    built = build_model(quantized(model, x), (x[:1],), load_target("x86-host"))
+    with torch.no_grad():
+        ref = _first(built.integer_graph(x[:1])).numpy()
+    assert np.abs(built.run(x[:1]) - ref).max() < 0.05
 
 
 def test_other_targets_are_refused(model_and_input) -> None:
