@@ -71,6 +71,18 @@ def qlinear(
     return y.reshape(*lead, weight.shape[0])
 
 
+def qmatmul(
+    a: torch.Tensor, b: torch.Tensor, a_zp: int, b_zp: int, multiplier: int, shift: int,
+    out_zp: int, qmin: int, qmax: int, out_dtype: str = "uint8",
+) -> torch.Tensor:
+    """Activation x activation matmul of codes ``[..., M, K] x [..., K, N]`` (equal batch
+    dimensions): int32 ``sum_k (a - a_zp)(b - b_zp)``, one dyadic requantization for the tensor."""
+    acc = (a.to(torch.int64) - a_zp) @ (b.to(torch.int64) - b_zp)
+    if bool((acc < ir.INT32_MIN).any()) or bool((acc > ir.INT32_MAX).any()):
+        raise OverflowError("int32 accumulator overflow")
+    return ir.requantize(acc.to(torch.int32), multiplier, shift, out_zp, qmin, qmax).to(_dtype(out_dtype))
+
+
 def qadd(
     a: torch.Tensor, b: torch.Tensor, a_zp: int, a_mult: int, a_shift: int, b_zp: int, b_mult: int, b_shift: int,
     out_zp: int, qmin: int, qmax: int, out_dtype: str = "uint8",
@@ -101,4 +113,4 @@ def global_avg_pool(x: torch.Tensor) -> torch.Tensor:
 
 
 #: Ops whose output codes are clamped by their (qmin, qmax) arguments: a following clamp fuses in.
-CLAMPED_OPS = (quantize, requantize, qconv2d, qlinear, qadd)
+CLAMPED_OPS = (quantize, requantize, qconv2d, qlinear, qmatmul, qadd)

@@ -35,7 +35,7 @@ from lcpaq.backends import integer_ops as iops
 from lcpaq.backends.integer_ref import INT32_MAX, INT32_MIN, quantize_multiplier, requant_params
 from lcpaq.ir.capture import get_attr
 from lcpaq.ir.errors import LoweringError
-from lcpaq.ir.layers import ADD_OPS, CONV_OPS, LINEAR_OPS, is_quantizer
+from lcpaq.ir.layers import ADD_OPS, CONV_OPS, LINEAR_OPS, MATMUL_OPS, is_quantizer
 from lcpaq.ir.meta import DOMAIN, QUANTIZER, CodeDomain
 from lcpaq.ir.qops import FakeQuantize
 from lcpaq.ir.quantizer import quantize as quantize_codes
@@ -214,6 +214,8 @@ class Integerizer:
         t = node.target
         if t in CONV_OPS | LINEAR_OPS and self._quantized_layer(node):
             return self.lower_layer(node)
+        if t in MATMUL_OPS and self._quantized_acts(node):
+            return self.lower_matmul(node)
         if t in RELU_OPS | CLAMP_OPS and self.value(node.args[0]).domain is not None:
             return self.lower_clamp(node)
         if t in ADD_OPS and self.target_domain(node) is not None and self._codes_add(node):
@@ -246,6 +248,33 @@ class Integerizer:
     def _quantized_layer(self, node: fx.Node) -> bool:
         x, w = node.args[0], node.args[1]
         return all(isinstance(a, fx.Node) and is_quantizer(a) and self.module(a).spec.bits <= INTEGER_BITS for a in (x, w))
+
+    def _quantized_acts(self, node: fx.Node) -> bool:
+        """Both operands read through activation quantizers with an integer form."""
+        ops = node.args[:2]
+        return len(node.args) == 2 and all(
+            isinstance(a, fx.Node) and is_quantizer(a) and QUANTIZER.get(a).role == "act" and self.module(a).spec.bits <= INTEGER_BITS
+            for a in ops
+        )
+
+    def lower_matmul(self, node: fx.Node) -> Value:
+        """An activation x activation matmul (attention): ``qmatmul`` on the codes of both operands,
+        requantized into its readers' domain, or int32 dequantized to float when there is none."""
+        a, b = (self.to_codes(self.value(arg), node) for arg in node.args[:2])
+        acc_scale = a.domain.scale * b.domain.scale
+        target = self.target_domain(node)
+        out = target.as_domain() if isinstance(target, Fine) else target
+        if out is None:
+            mult, shift = 2**30, 30
+            kw = dict(out_zp=0, qmin=INT32_MIN, qmax=INT32_MAX, out_dtype="int32")
+        else:
+            mult, shift = quantize_multiplier(acc_scale / out.scale)
+            kw = dict(out_zp=out.zero_point, qmin=out.qmin, qmax=out.qmax, out_dtype=out.dtype)
+        args = (a.node, b.node, a.domain.zero_point, b.domain.zero_point, mult, shift)
+        v = self.emit(iops.qmatmul, args, kw, out, node)
+        if out is None:
+            return self.emit(iops.dequantize, (v.node, acc_scale, 0), {}, None, node)
+        return v
 
     def _codes_add(self, node: fx.Node) -> bool:
         a, b = node.args[0], node.args[1]

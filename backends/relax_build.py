@@ -188,11 +188,16 @@ def _quantize(lw: RelaxLowering, node: fx.Node) -> RVal:
     qmin, qmax = int(node.kwargs["qmin"]), int(node.kwargs["qmax"])
     if not x.shape:
         raise LoweringError(f"{node.name}: quantize of a scalar is not lowered")
-    cp = _round_up(x.channels, DEPTH)
-    key = ("quantize", x.shape, inv, zp, qmin, qmax, cp)
+    # codes only matmuls read keep the logical layout, unpadded; others are NHWC / padded for the kernels
+    plain = len(x.shape) == 4 and all(u.target is iops.qmatmul for u in node.users)
+    if plain and x.layout == "NHWC":
+        x = RVal(lw.bb.emit(relax.op.permute_dims(x.expr, [0, 3, 1, 2])), x.shape, x.dtype, x.cp, "NCHW")
+    cp = x.shape[-1] if plain else _round_up(x.channels, DEPTH)
     nhwc = len(x.shape) == 4 and x.layout == "NHWC"
-    key = (*key, nhwc)
-    gv = lw.prim(key, lambda: ew.quantize_func(x.shape, inv, zp, qmin, qmax, cp, nhwc), ew.schedule_elementwise)
+    key = ("quantize", x.shape, inv, zp, qmin, qmax, cp, nhwc, plain)
+    gv = lw.prim(key, lambda: ew.quantize_func(x.shape, inv, zp, qmin, qmax, cp, nhwc, plain), ew.schedule_elementwise)
+    if plain:
+        return RVal(lw.call(gv, [x.expr], x.shape, "uint8"), x.shape, "uint8", x.channels, "NCHW")
     phys = (x.shape[0], x.shape[2], x.shape[3], cp) if len(x.shape) == 4 else (*x.shape[:-1], cp)
     return RVal(lw.call(gv, [x.expr], phys, "uint8"), x.shape, "uint8", cp)
 
@@ -202,11 +207,14 @@ def _dequantize(lw: RelaxLowering, node: fx.Node) -> RVal:
     """Codes to float32; 4-d results stay NHWC unless they are a model output (NCHW)."""
     x = _codes(lw, node)
     c = x.channels
-    nhwc = len(x.shape) == 4 and not any(u.op == "output" for u in node.users)
+    plain = len(x.shape) == 4 and x.layout == "NCHW"  # codes in logical layout (matmul results)
+    if plain:
+        c = x.shape[-1]
+    nhwc = len(x.shape) == 4 and not plain and not any(u.op == "output" for u in node.users)
     if node.target is iops.dequantize:
         scale, zp = float(node.args[1]), int(node.args[2])
-        key = ("dequantize", x.phys, x.dtype, c, scale, zp, nhwc)
-        gv = lw.prim(key, lambda: ew.dequantize_func(x.phys, x.dtype, c, scale, zp, nhwc), ew.schedule_elementwise)
+        key = ("dequantize", x.phys, x.dtype, c, scale, zp, nhwc, plain)
+        gv = lw.prim(key, lambda: ew.dequantize_func(x.phys, x.dtype, c, scale, zp, nhwc, plain), ew.schedule_elementwise)
         args = [x.expr]
     else:
         scales = lw.tensor(node.args[1]).float().numpy()
@@ -216,7 +224,27 @@ def _dequantize(lw: RelaxLowering, node: fx.Node) -> RVal:
     if nhwc:
         b, _, h, w = x.shape
         return RVal(lw.call(gv, args, (b, h, w, c), "float32"), x.shape, "float32", c, "NHWC")
-    return RVal(lw.call(gv, args, x.shape, "float32"), x.shape, "float32", c, "NCHW")
+    return RVal(lw.call(gv, args, x.shape, "float32"), x.shape, "float32", x.channels, "NCHW")
+
+
+@register_lowering(iops.qmatmul)
+def _qmatmul(lw: RelaxLowering, node: fx.Node) -> RVal:
+    """Activation x activation matmul of codes in their logical layout (plain int32 arithmetic)."""
+    a, b = lw.env[node.args[0]], lw.env[node.args[1]]
+    for v in (a, b):
+        if v.dtype != "uint8" or (len(v.shape) == 4 and v.layout != "NCHW") or v.cp != v.channels:
+            raise LoweringError(f"{node.name}: matmul operands must be unpadded uint8 codes in logical layout")
+    if a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-2]:
+        raise LoweringError(f"{node.name}: matmul of {a.shape} and {b.shape} (batch broadcasting is not lowered)")
+    a_zp, b_zp, mult, shift = (int(v) for v in node.args[2:6])
+    kw = node.kwargs
+    out_zp, qmin, qmax, dtype = int(kw["out_zp"]), int(kw["qmin"]), int(kw["qmax"]), kw.get("out_dtype", "uint8")
+    shape = (*a.shape[:-1], b.shape[-1])
+    key = ("qmatmul", a.shape, b.shape, a_zp, b_zp, mult, shift, out_zp, qmin, qmax, dtype)
+    gv = lw.prim(key, lambda: ew.qmatmul_func(a.shape, b.shape, a_zp, b_zp, mult, shift, out_zp, qmin, qmax, dtype),
+                 ew.schedule_elementwise)
+    v = RVal(None, shape, dtype, 1, "NCHW")  # type: ignore[arg-type]
+    return RVal(lw.call(gv, [a.expr, b.expr], shape, dtype), shape, dtype, v.channels, "NCHW")
 
 
 @register_lowering(iops.requantize)

@@ -31,10 +31,12 @@ def _clamp(v: Any, lo: int, hi: int) -> Any:
     return tir.max(tir.min(v, tir.const(hi, "int64")), tir.const(lo, "int64"))
 
 
-def quantize_func(in_shape: Shape, inv_scale: float, zp: int, qmin: int, qmax: int, cp: int, nhwc_in: bool = False) -> tvm.tirx.PrimFunc:
+def quantize_func(
+    in_shape: Shape, inv_scale: float, zp: int, qmin: int, qmax: int, cp: int, nhwc_in: bool = False, plain: bool = False
+) -> tvm.tirx.PrimFunc:
     """float32 NCHW (NHWC with ``nhwc_in``) to uint8 NHWC with ``cp`` channels, or, for any other
-    rank, the last dimension padded to ``cp``; padded channels get code ``zp``. ``in_shape`` is
-    the logical (NCHW) shape."""
+    rank (or ``plain``: 4-d kept in its own layout), the last dimension padded to ``cp``; padded
+    channels get code ``zp``. ``in_shape`` is the logical (NCHW) shape."""
     stored = (in_shape[0], in_shape[2], in_shape[3], in_shape[1]) if nhwc_in and len(in_shape) == 4 else tuple(in_shape)
     x = te.placeholder(stored, "float32", name="X")
     c = in_shape[1]
@@ -44,7 +46,7 @@ def quantize_func(in_shape: Shape, inv_scale: float, zp: int, qmin: int, qmax: i
         q = tir.round(x(*idx) * inv).astype("int64") + tir.const(zp, "int64")
         return _clamp(q, qmin, qmax).astype("uint8")
 
-    if len(in_shape) == 4:
+    if len(in_shape) == 4 and not plain:
         b, _, h, w = in_shape
         y = te.compute(
             (b, h, w, cp),
@@ -64,7 +66,8 @@ def quantize_func(in_shape: Shape, inv_scale: float, zp: int, qmin: int, qmax: i
 
 
 def dequantize_func(
-    phys_shape: Shape, in_dtype: str, c: int, scales: Sequence[float] | float, zp: int, nhwc_out: bool = False
+    phys_shape: Shape, in_dtype: str, c: int, scales: Sequence[float] | float, zp: int, nhwc_out: bool = False,
+    plain: bool = False,
 ) -> tvm.tirx.PrimFunc:
     """Codes NHWC ``[B, H, W, cp]`` (other ranks: ``[..., cp]``) to float32 NCHW ``[B, c, H, W]``
     (``[..., c]``; NHWC ``[B, H, W, c]`` with ``nhwc_out``): ``(q - zp) * scale``, one scale or
@@ -77,7 +80,9 @@ def dequantize_func(
         q = (x(*at).astype("int32") - tir.const(zp, "int32")).astype("float32")
         return q * (s[ch] if per_channel else tir.const(float(scales), "float32"))
 
-    if len(phys_shape) == 4 and nhwc_out:
+    if plain:  # stored in logical layout: channels are the last dimension
+        y = te.compute(tuple(phys_shape), lambda *i: value(i[-1], *i), name="dequantize")
+    elif len(phys_shape) == 4 and nhwc_out:
         b, h, w, _ = phys_shape
         y = te.compute((b, h, w, c), lambda n, i, j, ch: value(ch, n, i, j, ch), name="dequantize")
     elif len(phys_shape) == 4:
@@ -113,6 +118,28 @@ def qadd_func(shape: Shape, a_dtype: str, b_dtype: str, a: tuple[int, int, int],
         tuple(shape),
         lambda *i: _clamp(term(xa, a, i) + term(xb, b, i) + tir.const(out_zp, "int64"), qmin, qmax).astype(out_dtype),
         name="qadd",
+    )
+    return te.create_prim_func([xa, xb, y])
+
+
+def qmatmul_func(a_shape: Shape, b_shape: Shape, a_zp: int, b_zp: int, mult: int, shift: int, out_zp: int,
+                 qmin: int, qmax: int, out_dtype: str) -> tvm.tirx.PrimFunc:
+    """uint8 codes ``[..., M, K] x [..., K, N]`` (equal batch dimensions): int32
+    ``sum_k (a - a_zp)(b - b_zp)``, then ``clamp(dyadic(acc) + out_zp)``."""
+    *batch, m, k = a_shape
+    n = b_shape[-1]
+    xa = te.placeholder(tuple(a_shape), "uint8", name="A")
+    xb = te.placeholder(tuple(b_shape), "uint8", name="B")
+    r = te.reduce_axis((0, k), name="k")
+    za, zb = tir.const(a_zp, "int32"), tir.const(b_zp, "int32")
+    acc = te.compute(
+        (*batch, m, n),
+        lambda *i: te.sum((xa[(*i[:-1], r)].astype("int32") - za) * (xb[(*i[:-2], r, i[-1])].astype("int32") - zb), axis=r),
+        name="matmul",
+    )
+    y = te.compute(
+        acc.shape, lambda *i: _clamp(_dyadic(acc(*i), mult, shift) + tir.const(out_zp, "int64"), qmin, qmax).astype(out_dtype),
+        name="requant",
     )
     return te.create_prim_func([xa, xb, y])
 

@@ -77,7 +77,7 @@ register_vnni_intrinsic()
 
 
 def x86_target() -> tvm.target.Target:
-    """The TVM target of the ``x86-host`` hardware target (llvm, mcpu=sapphirerapids)."""
+    """The TVM target of the ``x86-host`` hardware target (llvm, mcpu = this machine's CPU)."""
     from lcpaq.hw_targets import load_target
 
     return tvm.target.Target(dict(load_target("x86-host").tvm_target))

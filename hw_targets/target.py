@@ -91,13 +91,28 @@ def load_target(name_or_path: str) -> Target:
         raise CorruptFileError(f"target file {path} is invalid: {exc}") from exc
 
 
+#: ``mcpu = "native"`` in a target file: the CPU of the machine running lcpaq, as LLVM names it.
+NATIVE_CPU = "native"
+
+
+def _resolve_tvm_target(config: dict[str, Any]) -> dict[str, Any]:
+    """``mcpu = "native"`` replaced by this machine's CPU (``znver4``, ``sapphirerapids``...): code
+    built for another CPU of the same family can use instructions this one lacks (an AVX-VNNI or
+    AMX instruction on an AMD core is SIGILL), so a local target is compiled for the host itself."""
+    if config.get("mcpu") == NATIVE_CPU:
+        from tvm.target import codegen
+
+        config["mcpu"] = str(codegen.llvm_get_system_cpu())
+    return config
+
+
 def _from_dict(data: dict[str, Any], source: str) -> Target:
     prec = data["precisions"]
     memory = data.get("memory", {}).get("bytes")
     return Target(
         name=data["name"],
         description=data.get("description", ""),
-        tvm_target=dict(data.get("tvm", {})),
+        tvm_target=_resolve_tvm_target(dict(data.get("tvm", {}))),
         native_weight_bits={k: tuple(v) for k, v in prec["native_weight_bits"].items()},
         storage_weight_bits=tuple(prec.get("storage_weight_bits", ())),
         act_bits=tuple(prec["act_bits"]),

@@ -87,6 +87,31 @@ def test_transformer_builds_with_float_glue_from_tvm_frontend() -> None:
     assert sqnr(fp32, torch.from_numpy(y)) > 15.0
 
 
+class _Scores(nn.Module):
+    """Attention scores: two linears on [B, T, D] tokens, then q @ k^T (an activation x activation matmul)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k = nn.Linear(32, 32), nn.Linear(32, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.q(x) @ self.k(x).transpose(-1, -2)
+
+
+def test_activation_matmul_is_integer_and_bit_exact() -> None:
+    from lcpaq.backends import integer_ops as iops
+
+    x = torch.randn(4, 8, 32, generator=torch.Generator().manual_seed(4))
+    model = _Scores().eval()
+    built = build_model(quantized(model, x), (x[:1],), load_target("x86-host"))
+    assert any(n.target is iops.qmatmul for n in built.integer_graph.graph.nodes)
+    with torch.no_grad():
+        ref, fp32 = _first(built.integer_graph(x[:1])).numpy(), model(x[:1])
+    y = built.run(x[:1])
+    assert np.array_equal(y, ref)
+    assert sqnr(fp32, torch.from_numpy(y)) > 25.0
+
+
 def test_kernels_are_shared_and_conv_uses_vnni(model_and_input) -> None:
     model, x = model_and_input
     built = build_model(quantized(model, x), (x[:1],), load_target("x86-host"))
