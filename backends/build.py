@@ -67,6 +67,7 @@ class BuiltModel:
     kernels: int
     integer_graph: fx.GraphModule | None = None
     input_dtypes: list[str] | None = None
+    schedule_choices: dict[str, str] | None = None  # tuned builds: kernel tag -> "tuned" or "hand" (faster)
 
     def __post_init__(self) -> None:
         self._vm: relax.VirtualMachine | None = None
@@ -135,10 +136,11 @@ def build_model(
     if batch is not None:
         shapes = [(batch, *s[1:]) for s in shapes]
     ig = integerize(gm)
-    mod = lower_to_relax(ig, shapes, trials, dtypes)
+    choices: dict[str, str] = {}
+    mod = lower_to_relax(ig, shapes, trials, dtypes, choices)
     kernels = sum(1 for gv in mod.functions if gv.name_hint.startswith("lcpaq_"))
     executable = compile_module(mod, tvm_target)
-    return BuiltModel(executable, shapes, target.name, kernels, ig, dtypes)
+    return BuiltModel(executable, shapes, target.name, kernels, ig, dtypes, choices)
 
 
 def load_library(path: str | Path, input_shapes: Sequence[Sequence[int]], input_dtypes: Sequence[str] | None = None) -> BuiltModel:

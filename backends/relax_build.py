@@ -95,7 +95,8 @@ class RelaxLowering:
         self.env: dict[fx.Node, RVal] = {}
         self._funcs: dict[tuple, relax.GlobalVar] = {}
         self._frontend: Any = None
-        self.scalars: dict[fx.Node, int] = {}  # symbolic sizes of the captured graph, fixed by the build
+        self.scalars: dict[fx.Node, int] = {}
+        self.schedule_choices: dict[str, str] = {}  # tuned kernels: whether the tuned or the hand schedule ran faster  # symbolic sizes of the captured graph, fixed by the build
 
     def tensor(self, node: Any) -> torch.Tensor | None:
         return None if node is None else get_attr(self.ig, str(node.target))
@@ -117,10 +118,13 @@ class RelaxLowering:
         def schedule(func: tvm.tirx.PrimFunc, hand: Callable[[tvm.tirx.PrimFunc], Any]) -> Any:
             if self.trials <= 0:
                 return hand(func)
-            from lcpaq.backends.tvm_tune import cached_schedule
+            from lcpaq.backends.tvm_tune import cached_schedule, faster_schedule
             from lcpaq.ir.fileio import cache_dir
 
-            return cached_schedule(func, self.trials, True, cache_dir() / "tuning" / f"{tag}-t{self.trials}")
+            tuned = cached_schedule(func, self.trials, True, cache_dir() / "tuning" / f"{tag}-t{self.trials}")
+            best, times = faster_schedule([tuned, hand(func)])
+            self.schedule_choices[tag] = "tuned" if best is tuned else "hand"
+            return best
 
         return schedule  # type: ignore[return-value]
 
@@ -397,14 +401,21 @@ def _qlinear(lw: RelaxLowering, node: fx.Node) -> RVal:
 
 
 def lower_to_relax(
-    ig: fx.GraphModule, input_shapes: list[tuple[int, ...]], trials: int = 0, input_dtypes: list[str] | None = None
+    ig: fx.GraphModule, input_shapes: list[tuple[int, ...]], trials: int = 0, input_dtypes: list[str] | None = None,
+    schedule_choices: dict[str, str] | None = None,
 ) -> tvm.IRModule:
     """The Relax module ``main(*inputs) -> float32 output(s)`` of an integer graph (inputs float32
-    unless ``input_dtypes`` says otherwise, e.g. int64 token ids).
+    unless ``input_dtypes`` says otherwise, e.g. int64 token ids). With ``trials`` > 0, each
+    conv / dense kernel is tuned and the faster of the tuned and the hand schedule is kept; which
+    one, per kernel, goes into ``schedule_choices``.
 
     Raises LoweringError naming the node for an op without a lowering."""
     dtypes = input_dtypes or ["float32"] * len(input_shapes)
-    return RelaxLowering(ig, [(tuple(int(d) for d in s), t) for s, t in zip(input_shapes, dtypes)], trials).run()
+    lowering = RelaxLowering(ig, [(tuple(int(d) for d in s), t) for s, t in zip(input_shapes, dtypes)], trials)
+    mod = lowering.run()
+    if schedule_choices is not None:
+        schedule_choices.update(lowering.schedule_choices)
+    return mod
 
 
 from lcpaq.backends import relax_float  # noqa: E402,F401  (registers the float lowerings)

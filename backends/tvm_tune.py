@@ -137,6 +137,42 @@ def cached_schedule(func: tvm.tirx.PrimFunc, trials: int, int8: bool, work_dir: 
     return tune_schedule(func, trials, int8, str(work_dir))
 
 
+def _random_args(func: tvm.tirx.PrimFunc) -> list[Any]:
+    """Arguments for timing ``func``: random codes for 8-bit buffers, ones for int32 parameter
+    vectors (any shift >= 1 is valid), zeros for float and for the output."""
+    import numpy as np
+
+    gen = np.random.default_rng(0)
+    args = []
+    for param in func.params:
+        buf = func.buffer_map[param]
+        shape, dtype = [int(d) for d in buf.shape], str(buf.dtype)
+        if dtype in ("uint8", "int8"):
+            lo, hi = (0, 256) if dtype == "uint8" else (-127, 128)
+            a = gen.integers(lo, hi, size=shape).astype(dtype)
+        elif dtype == "int32":
+            a = np.ones(shape, dtype)
+        else:
+            a = np.zeros(shape, dtype)
+        args.append(tvm.runtime.tensor(a, tvm.cpu()))
+    return args
+
+
+def faster_schedule(candidates: list[s_tir.Schedule], repeat: int = 10) -> tuple[s_tir.Schedule, list[float]]:
+    """The candidate schedule (of one PrimFunc) whose build runs fastest here, and each one's
+    median milliseconds (cold weights, as in a model). Tuning with few trials can lose to a good
+    hand schedule: a build never gets slower by tuning when it keeps the faster of the two."""
+    target = tuning_target()
+    times = []
+    for sch in candidates:
+        kernel = build(sch.mod, target)
+        args = _random_args(sch.mod["main"])
+        kernel(*args)
+        times.append(kernel.time_ms(*args, repeat=repeat, number=1, cold=True))
+    best = min(range(len(candidates)), key=times.__getitem__)
+    return candidates[best], times
+
+
 def fp32_dense_func(m: int, n: int, k: int) -> tvm.tirx.PrimFunc:
     """``Y[m, n] = X[m, k] @ W[n, k]^T`` in float32."""
     x = te.placeholder((m, k), "float32", name="X")

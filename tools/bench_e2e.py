@@ -54,6 +54,8 @@ def lcpaq_row(bundle: Any, gm: Any, trials: int, ref: np.ndarray, table: Any = N
         "built": True, "median_ms": lat.median * 1e3, "p10_ms": lat.p10 * 1e3, "p90_ms": lat.p90 * 1e3,
         "bit_exact": bool(np.array_equal(y, ref_int)), "max_diff_vs_integer_ref": float(np.abs(y - ref_int).max()), "cosine": _cosine(y, ref), "max_abs_err": float(np.abs(y - ref).max()),
         "kernels": built.kernels, "build_s": build_s, "trials": trials,
+        "tuned_kept": sum(v == "tuned" for v in (built.schedule_choices or {}).values()),
+        "tuned_kernels": len(built.schedule_choices or {}),
     }
     if table is not None:
         row["predicted_ms"] = table.total(assignment_of(gm)) * 1e3
@@ -128,7 +130,8 @@ def report(results: dict[str, Any], command: str) -> str:
             note = ""
             if key.startswith("lcpaq"):
                 exact = "bit-exact" if r["bit_exact"] else f"max diff {r['max_diff_vs_integer_ref']:.1e} (float glue)"
-                sched = f"MetaSchedule {r['trials']} trials/kernel" if r["trials"] else "hand schedules"
+                sched = (f"MetaSchedule {r['trials']} trials/kernel, tuned schedule faster for {r['tuned_kept']} of "
+                         f"{r['tuned_kernels']} kernels (else hand)") if r["trials"] else "hand schedules"
                 note = f"{exact} vs integer reference; {r['kernels']} kernels; {sched}; built in {r['build_s']:.0f} s"
             lines.append(f"| {key} | {r['median_ms']:.2f} | {base / r['median_ms']:.2f}x | {r['cosine']:.5f} | {note} |")
         lines.append("")

@@ -58,6 +58,7 @@ def deploy(
         "built": True,
         "kernels": built.kernels,
         "tuning_trials": trials,
+        "tuned_schedules_kept": sum(v == "tuned" for v in (built.schedule_choices or {}).values()),
         "bit_exact_vs_integer_reference": bool(np.array_equal(y, ref_int)),
         "sqnr_vs_fp32_db": round(_sqnr_db(y, ref_fp32), 2),
         "latency_ms": round(latency.median * 1e3, 4),
