@@ -145,8 +145,7 @@ def _random_args(func: tvm.tirx.PrimFunc) -> list[Any]:
     gen = np.random.default_rng(0)
     args = []
     for param in func.params:
-        buf = func.buffer_map[param]
-        shape, dtype = [int(d) for d in buf.shape], str(buf.dtype)
+        shape, dtype = [int(d) for d in param.ty.shape], str(param.ty.dtype)  # TVM 0.27: the param's BufferType
         if dtype in ("uint8", "int8"):
             lo, hi = (0, 256) if dtype == "uint8" else (-127, 128)
             a = gen.integers(lo, hi, size=shape).astype(dtype)

@@ -69,13 +69,21 @@ def bench_conv(trials: int, gen: torch.Generator) -> dict[str, float]:
     return {"ops": ops, "int8_ms": _time(int8, int8_args), "fp32_ms": _time(fp32, f_args), "vnni": float("vpdpbusd" in int8.asm)}
 
 
+def _machine() -> str:
+    from lcpaq.backends.tvm_tune import tuning_target
+    from lcpaq.hw_targets.host import host_cpu_name
+
+    config = dict(tuning_target().export())
+    return f"{host_cpu_name()}, {config.get('num-cores')} cores, TVM target llvm -mcpu={config.get('mcpu')}"
+
+
 def report(rows: dict[str, dict[str, float]], trials: int, command: str, seconds: float) -> str:
     lines = [
         "# Int8 (VNNI) vs fp32 kernels, tuned with MetaSchedule",
         "",
         f"Command (from the repository root, {seconds / 60:.1f} min): `{command}`",
         "",
-        f"Machine: x86-64 Sapphire Rapids, 2 cores, TVM target llvm -mcpu=sapphirerapids; {trials} trials per kernel.",
+        f"Machine: {_machine()}; {trials} trials per kernel.",
         "int8 = u8 x s8 -> s32 on `vpdpbusd` (our `lcpaq_dot_16x4_vnni` intrinsic) with fused per-channel",
         "requantization to u8, checked bit-exact against `integer_ref`; fp32 = plain float32 kernel.",
         "GOPS counts 2 ops per multiply-accumulate for both.",

@@ -227,6 +227,23 @@ def summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _deployment_markdown(report: dict[str, Any]) -> list[str]:
+    dep = report.get("deployment")
+    if not dep:
+        return []
+    rows = []
+    for label, d in dep.items():
+        if not d.get("built"):
+            rows.append([label, "-", "-", "-", "-", "-", f"not built: {d['reason']}"])
+            continue
+        pred = f"{d['predicted_ms']:.3f}" if "predicted_ms" in d else "-"
+        ratio = f"{d['measured_over_predicted']:.2f}" if "measured_over_predicted" in d else "-"
+        exact = "yes" if d["bit_exact_vs_integer_reference"] else "no"
+        rows.append([label, f"{d['latency_ms']:.3f}", pred, ratio, exact, f"{d['sqnr_vs_fp32_db']:.1f}", str(d["kernels"])])
+    head = ["configuration", "measured ms", "predicted ms", "measured / predicted", "bit-exact", "SQNR vs fp32 dB", "kernels"]
+    return [f"## Deployment on {report['target']} (TVM, batch 1)", "", *_table(head, rows, "lrrrlrr"), ""]
+
+
 def _deployment(report: dict[str, Any]) -> list[str]:
     from lcpaq.tools.deploy import deployment_lines
 
@@ -317,6 +334,7 @@ def render_markdown(report: dict[str, Any], plots: list[str] = ()) -> str:
         "",
         *config_table(report),
         "",
+        *_deployment_markdown(report),
         "## Layers (primary configuration)",
         "",
         *layer_table(report),

@@ -58,3 +58,10 @@ def test_tuned_qconv2d_is_vnni_and_bit_exact() -> None:
     kernel(to_tvm(x, "uint8"), to_tvm(t8.pack_conv_weight(w)), *params, to_tvm(t8.Requant(20).qp(7)), out)
     want = ir.conv2d(x.permute(0, 3, 1, 2), 7, w, None, mult, shift, 20, padding=1)
     assert torch.equal(torch.from_numpy(out.numpy()).permute(0, 3, 1, 2), want)
+
+
+def test_faster_schedule_keeps_the_faster_candidate() -> None:
+    func = t8.qconv2d_func((1, 14, 14, 64), 64, 3, 1, 1)
+    good, poor = t8.schedule_qconv2d(func, 7), t8.schedule_qconv2d(func, 1)  # 7 output columns per tile vs 1
+    best, times = tt.faster_schedule([poor, good], repeat=5)
+    assert best is good and times[1] < times[0]

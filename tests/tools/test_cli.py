@@ -80,6 +80,12 @@ def test_quantize_default_model_report(capsys, tmp_path) -> None:
     md = (out_dir / "report.md").read_text()
     assert "| W4A8" in md and "layer3.0.conv2" in md
     assert "W8A8" in out and "accuracy" in out
+    # built for this host by default: both configurations run, bit-exact against the integer reference
+    for label in ("W8A8", "W4A8"):
+        dep = report["deployment"][label]
+        assert dep["built"] and dep["bit_exact_vs_integer_reference"] and dep["latency_ms"] > 0
+    assert report["deployment"]["W8A8"]["sqnr_vs_fp32_db"] > 30
+    assert "## Deployment on x86-host" in md and "ms measured" in out
 
 
 def test_data_free_spec_model(capsys, tmp_path) -> None:
