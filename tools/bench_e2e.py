@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -30,10 +30,15 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-def lcpaq_row(bundle: Any, gm: Any, trials: int, ref: np.ndarray, table: Any = None) -> dict[str, Any]:
-    """Build ``gm``, check it, and time it: a row of the results table (or the reason it failed)."""
+def _first(out: Any) -> np.ndarray:
+    while isinstance(out, (tuple, list)) or hasattr(out, "to_tuple"):  # transformers outputs too
+        out = out.to_tuple()[0] if hasattr(out, "to_tuple") else out[0]
+    return out.detach().numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
+
+
+def lcpaq_build(bundle: Any, gm: Any, trials: int, ref: np.ndarray, table: Any = None) -> tuple[Any, dict[str, Any]]:
+    """Build ``gm`` and check it: (the built model or None, its results row without timing)."""
     from lcpaq.backends.build import build_model
-    from lcpaq.backends.measure import measure_latency
     from lcpaq.hw_targets import load_target
     from lcpaq.ir.errors import LcpaqError
     from lcpaq.tools.deploy import assignment_of
@@ -43,46 +48,75 @@ def lcpaq_row(bundle: Any, gm: Any, trials: int, ref: np.ndarray, table: Any = N
     try:
         built = build_model(gm, x, load_target("x86-host"), trials=trials)
     except LcpaqError as exc:
-        return {"built": False, "reason": str(exc)}
+        return None, {"built": False, "reason": str(exc)}
     build_s = time.perf_counter() - start
     y = np.asarray(built.run(*x))
     with torch.no_grad():
-        ref_int = built.integer_graph(*x)
-    ref_int = (ref_int[0] if isinstance(ref_int, (tuple, list)) else ref_int).numpy()
-    lat = measure_latency(built, x, repeats=30, number=5)
+        ref_int = _first(built.integer_graph(*x))
+    choices = built.schedule_choices or {}
     row = {
-        "built": True, "median_ms": lat.median * 1e3, "p10_ms": lat.p10 * 1e3, "p90_ms": lat.p90 * 1e3,
-        "bit_exact": bool(np.array_equal(y, ref_int)), "max_diff_vs_integer_ref": float(np.abs(y - ref_int).max()), "cosine": _cosine(y, ref), "max_abs_err": float(np.abs(y - ref).max()),
-        "kernels": built.kernels, "build_s": build_s, "trials": trials,
-        "tuned_kept": sum(v == "tuned" for v in (built.schedule_choices or {}).values()),
-        "tuned_kernels": len(built.schedule_choices or {}),
+        "built": True, "bit_exact": bool(np.array_equal(y, ref_int)), "max_diff_vs_integer_ref": float(np.abs(y - ref_int).max()),
+        "cosine": _cosine(y, ref), "max_abs_err": float(np.abs(y - ref).max()), "kernels": built.kernels, "build_s": build_s,
+        "trials": trials, "tuned_kept": sum(v == "tuned" for v in choices.values()), "tuned_kernels": len(choices),
     }
     if table is not None:
         row["predicted_ms"] = table.total(assignment_of(gm)) * 1e3
+    return built, row
+
+
+def lcpaq_row(bundle: Any, gm: Any, trials: int, ref: np.ndarray, table: Any = None) -> dict[str, Any]:
+    """Build, check and time (TVM's time evaluator) one configuration."""
+    from lcpaq.backends.measure import measure_latency
+
+    built, row = lcpaq_build(bundle, gm, trials, ref, table)
+    if built is not None:
+        lat = measure_latency(built, [t[:1] for t in bundle.example_inputs], repeats=30, number=5)
+        row.update(median_ms=lat.median * 1e3, p10_ms=lat.p10 * 1e3, p90_ms=lat.p90 * 1e3)
     return row
 
 
-def bench_model(name: str, trials: int, repeat: int, tmp: Path) -> dict[str, Any]:
+def bench_model(name: str, trials: int, repeat: int, rounds: int, tmp: Path) -> dict[str, Any]:
+    """Every backend built first, then timed in ``rounds`` interleaved rounds (each a median of
+    ``repeat`` Python-level calls after 5 warm-up calls); the result is the median over rounds, so
+    a slow spell of the shared machine hits every backend alike."""
     from lcpaq.tools.api import quantize
+    from lcpaq.tools.bench_common import median_ms
     from lcpaq.tools.models.zoo import load_model
-    from lcpaq.tools.ort_baselines import ort_baselines
+    from lcpaq.tools.ort_baselines import BASELINES, TRANSFORMER_OP_TYPES, compare, export_onnx, ort_session, quantize_onnx_int8
 
     bundle = load_model(name)
+    model = bundle.model.eval()
     x = tuple(t[:1] for t in bundle.example_inputs)
     calib = [b if isinstance(b, (tuple, list)) else (b,) for b in bundle.calib_batches]
-    from lcpaq.tools.ort_baselines import TRANSFORMER_OP_TYPES
-
-    # ORT's default int8 set on a transformer also quantizes Add/Softmax around the -inf mask (cosine ~0.3):
-    # quantize its MatMul/Gemm only, as lcpaq does (linear layers)
-    op_types = TRANSFORMER_OP_TYPES if name == "minilm" else None
-    rows: dict[str, Any] = ort_baselines(bundle.model, x, calib, tmp, threads=THREADS, repeat=repeat, name=name, op_types=op_types)
     with torch.no_grad():
-        out = bundle.model(*x)
-    ref = (out[0] if isinstance(out, (tuple, list)) else out).numpy()
-    result = quantize(bundle, bits="w8a8", build=False)
-    rows["lcpaq-w8a8"] = lcpaq_row(bundle, result.results[0].graph_module, 0, ref)
-    if trials > 0:
-        rows[f"lcpaq-w8a8 tuned ({trials} trials/kernel)"] = lcpaq_row(bundle, result.results[0].graph_module, trials, ref)
+        ref = _first(model(*x))
+    rows: dict[str, dict[str, Any]] = {BASELINES[0]: compare(ref, ref)}
+    runners: dict[str, Callable[[], Any]] = {BASELINES[0]: lambda: model(*x)}
+    # ORT's default int8 set on a transformer also quantizes Add/Softmax around the -inf mask (cosine ~0.3):
+    # quantize its MatMul/Gemm only, as lcpaq does (linear layers and matmuls)
+    op_types = TRANSFORMER_OP_TYPES if name == "minilm" else None
+    fp32_path = export_onnx(model, x, tmp / f"{name}.fp32.onnx", name=name)
+    int8_path = quantize_onnx_int8(fp32_path, calib, tmp / f"{name}.int8.onnx", op_types=op_types)
+    for key, path in zip(BASELINES[1:], (fp32_path, int8_path)):
+        session = ort_session(path, THREADS)
+        feed = session.feed(x)
+        rows[key] = compare(session.session.run(None, feed)[0], ref)
+        runners[key] = (lambda s, f: lambda: s.run(None, f))(session.session, feed)
+    gm = quantize(bundle, bits="w8a8", build=False).results[0].graph_module
+    for key, t in (("lcpaq-w8a8", 0), (f"lcpaq-w8a8 tuned ({trials} trials/kernel)", trials)):
+        if key != "lcpaq-w8a8" and trials <= 0:
+            continue
+        built, rows[key] = lcpaq_build(bundle, gm, t, ref)
+        if built is not None:
+            args = built.inputs(*x)
+            runners[key] = (lambda vm, a: lambda: vm["main"](*a))(built.vm, args)
+    samples: dict[str, list[float]] = {k: [] for k in runners}
+    with torch.no_grad():
+        for _ in range(rounds):
+            for key, fn in runners.items():
+                samples[key].append(median_ms(fn, 5, repeat))
+    for key, values in samples.items():
+        rows[key].update(median_ms=float(np.median(values)), rounds_ms=[round(v, 3) for v in values])
     return rows
 
 
@@ -118,7 +152,10 @@ def report(results: dict[str, Any], command: str) -> str:
         "# End-to-end latency: lcpaq builds against PyTorch and ONNX Runtime", "",
         "Produced by one run of:", "", "```sh", command, "```", "",
         f"on this project's 2-core x86-64 machine (AVX-512 VNNI), batch 1, {THREADS} threads for every backend "
-        "(TVM_NUM_THREADS, torch.set_num_threads, ORT intra_op_num_threads). Latency: median of 30 runs.", "",
+        "(TVM_NUM_THREADS, torch.set_num_threads, ORT intra_op_num_threads). Every backend is built first, then "
+        "timed in interleaved rounds (each the median of 30 Python-level calls after 5 warm-up calls); the table "
+        "gives the median round, `rounds_ms` in the JSON every round. The mixed-precision section times with TVM's "
+        "time evaluator, as the latency table does.", "",
     ]
     for name, rows in results["models"].items():
         lines += [f"## {name}", "", "| backend | median ms | vs ORT fp32 | cosine vs eager | note |", "|---|---:|---:|---:|---|"]
@@ -157,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="resnet18,mobilenetv2,minilm")
     parser.add_argument("--trials", type=int, default=32, help="MetaSchedule trials per int8 kernel (0: hand schedules)")
     parser.add_argument("--tune", default="resnet18", help="models built with --trials; the others use hand schedules")
-    parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--repeat", type=int, default=30, help="timed calls per backend per round")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds; the median round is reported")
     parser.add_argument("--mixed", default="resnet18", help="model for the mixed-precision check ('' to skip)")
     parser.add_argument("--budget", default="0.7x", help="latency budget of the mixed-precision check")
     parser.add_argument("--out", type=Path, help="write e2e_latency.md and .json here")
@@ -170,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name in [m for m in args.models.split(",") if m]:
             trials = args.trials if name in args.tune.split(",") else 0
-            results["models"][name] = bench_model(name, trials, args.repeat, Path(tmp))
+            results["models"][name] = bench_model(name, trials, args.repeat, args.rounds, Path(tmp))
             print(name, {k: round(v.get("median_ms", float("nan")), 3) for k, v in results["models"][name].items()}, flush=True)
         if args.mixed:
             results["mixed_model"] = args.mixed
