@@ -92,6 +92,6 @@ def deployment_lines(report: dict[str, Any]) -> list[str]:
         exact = "bit-exact" if d["bit_exact_vs_integer_reference"] else "NOT bit-exact"
         lines.append(
             f"  {label:<24} {d['latency_ms']:.3f} ms measured{pred}; {exact} vs integer reference; "
-            f"SQNR vs fp32 {d['sqnr_vs_fp32_db']:.1f} dB; {d['kernels']} kernels"
+            f"SQNR vs fp32 {d['sqnr_vs_fp32_db']:.1f} dB on the example input; {d['kernels']} kernels"
         )
     return lines
