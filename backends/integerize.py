@@ -33,6 +33,7 @@ import torch.fx as fx
 
 from lcpaq.backends import integer_ops as iops
 from lcpaq.backends.integer_ref import INT32_MAX, INT32_MIN, quantize_multiplier, requant_params
+from lcpaq.backends.op_args import conv_args, is_global_pool, keepdim, pool_args, source_location
 from lcpaq.ir.capture import get_attr
 from lcpaq.ir.errors import LoweringError
 from lcpaq.ir.layers import ADD_OPS, CONV_OPS, LINEAR_OPS, MATMUL_OPS, is_quantizer
@@ -80,12 +81,6 @@ class Value:
 
     node: fx.Node
     domain: CodeDomain | None
-
-
-def _where(node: fx.Node) -> str:
-    trace = node.meta.get("stack_trace") or ""
-    lines = [ln.strip() for ln in trace.strip().splitlines() if ln.strip().startswith("File ")]
-    return f" ({lines[-1]})" if lines else ""
 
 
 def act_domain(fq: FakeQuantize) -> CodeDomain:
@@ -157,7 +152,7 @@ class Integerizer:
 
     def to_codes(self, v: Value, src: fx.Node) -> Value:
         if v.domain is None:
-            raise LoweringError(f"{src.name}{_where(src)}: needs integer codes but its input is float")
+            raise LoweringError(f"{src.name}{source_location(src)}: needs integer codes but its input is float")
         return v
 
     def to_float(self, v: Value, src: fx.Node) -> Value:
@@ -201,7 +196,7 @@ class Integerizer:
             elif node.op == "call_function":
                 self.env[node] = self.lower_call(node)
             else:
-                raise LoweringError(f"{node.name}{_where(node)}: cannot lower a {node.op} node ({node.target})")
+                raise LoweringError(f"{node.name}{source_location(node)}: cannot lower a {node.op} node ({node.target})")
         self.graph.lint()
         return fx.GraphModule(self.root, self.graph, class_name="IntegerGraph")
 
@@ -225,11 +220,11 @@ class Integerizer:
         x = self.value(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
         if x is not None and x.domain is not None:
             if t is aten.max_pool2d.default:
-                k, s, p = _pool_args(node)
+                k, s, p = pool_args(node)
                 return self.emit(iops.max_pool2d, (x.node, k, s, p), {}, x.domain, node)
-            if t in GLOBAL_POOL_OPS and _is_global_pool(node):
+            if t in GLOBAL_POOL_OPS and is_global_pool(node):
                 pooled = self.emit(iops.global_avg_pool, (x.node,), {}, x.domain, node)
-                if t is aten.mean.dim and not _keepdim(node):
+                if t is aten.mean.dim and not keepdim(node):
                     return self.emit(aten.flatten.using_ints, (pooled.node, 1), {}, x.domain, node)
                 return pooled
             if t in RESHAPE_OPS:
@@ -289,7 +284,7 @@ class Integerizer:
         weight = get_attr(self.gm, str(wq.args[0].target))
         spec = fq_w.spec
         if spec.bits > 8 or not spec.symmetric:
-            raise LoweringError(f"{node.name}{_where(node)}: {spec.bits}-bit weights have no int8 kernel")
+            raise LoweringError(f"{node.name}{source_location(node)}: {spec.bits}-bit weights have no int8 kernel")
         w_codes = quantize_codes(weight.detach(), fq_w.scale, fq_w.zero_point, spec).to(torch.int8)
         out_ch = weight.shape[0]
         w_scale = fq_w.scale.flatten().expand(out_ch) if fq_w.scale.numel() == 1 else fq_w.scale.flatten()
@@ -300,7 +295,7 @@ class Integerizer:
             real = get_attr(self.gm, str(bias_arg.target)).detach().double()
             bias = torch.round(real / acc_scale)
             if bool((bias.abs() > INT32_MAX).any()):
-                raise LoweringError(f"{node.name}{_where(node)}: bias does not fit int32 at scale x_scale * w_scale")
+                raise LoweringError(f"{node.name}{source_location(node)}: bias does not fit int32 at scale x_scale * w_scale")
             bias = bias.to(torch.int32)
         target = self.target_domain(node)
         out = target.as_domain() if isinstance(target, Fine) else target
@@ -319,7 +314,7 @@ class Integerizer:
         if node.target in LINEAR_OPS:
             v = self.emit(iops.qlinear, (x.node, *tensors), dict(x_zp=x.domain.zero_point, **kw_out), out, node)
         else:
-            geo = _conv_geometry(node)
+            geo = conv_args(node)
             v = self.emit(iops.qconv2d, (x.node, *tensors), dict(x_zp=x.domain.zero_point, **geo, **kw_out), out, node)
         if out is None:
             scales = self.const(f"{label}_acc_scale", acc_scale.float())
@@ -359,44 +354,6 @@ class Integerizer:
         (a, a_zp, a_m, a_s), (b, b_zp, b_m, b_s) = terms
         args = (a, b, a_zp, a_m, a_s, b_zp, b_m, b_s, out.zero_point)
         return self.emit(iops.qadd, args, dict(qmin=out.qmin, qmax=out.qmax, out_dtype=out.dtype), out, node)
-
-
-def _conv_geometry(node: fx.Node) -> dict[str, int]:
-    from lcpaq.backends.profile import conv_geometry
-
-    geo = conv_geometry(node)
-    if geo is None or geo["dilation"] != 1:
-        raise LoweringError(f"{node.name}{_where(node)}: only 2-d convs with one stride, padding and no dilation have an integer kernel")
-    return dict(stride=geo["stride"], padding=geo["padding"], groups=geo["groups"])
-
-
-def _pool_args(node: fx.Node) -> tuple[int, int, int]:
-    a = list(node.args) + [None] * 6
-    k = _single(a[1], node)
-    s = _single(a[2] if a[2] else a[1], node)
-    p = _single(a[3] if a[3] is not None else 0, node)
-    if (a[4] not in (None, 1, [1, 1])) or a[5]:
-        raise LoweringError(f"{node.name}{_where(node)}: max_pool2d with dilation or ceil_mode has no integer kernel")
-    return k, s, p
-
-
-def _single(v: Any, node: fx.Node) -> int:
-    if isinstance(v, int):
-        return v
-    if isinstance(v, (list, tuple)) and v and all(x == v[0] for x in v):
-        return int(v[0])
-    raise LoweringError(f"{node.name}{_where(node)}: non-square pooling window {v!r} has no integer kernel")
-
-
-def _is_global_pool(node: fx.Node) -> bool:
-    if node.target is aten.adaptive_avg_pool2d.default:
-        return list(node.args[1]) in ([1, 1], [1])
-    dims = sorted(d % 4 for d in node.args[1])
-    return dims == [2, 3]
-
-
-def _keepdim(node: fx.Node) -> bool:
-    return bool(node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False))
 
 
 def integerize(gm: fx.GraphModule) -> fx.GraphModule:

@@ -3,9 +3,10 @@
 Lowerings are registered per op (:func:`register_lowering`, as TVM's ``register_legalize``):
 each turns one integer-graph node into a ``call_tir`` of a scheduled PrimFunc, so the Relax
 module is plumbing between our kernels; equal kernels (same op, shapes and constants) are added
-once. Conv and dense are the VNNI kernels of :mod:`lcpaq.backends.tvm_int8`: hand scheduled, or
-tuned by MetaSchedule with the records kept under ``cache_dir()/tuning`` (shared with
-``lcpaq profile``, whose tuning a build reuses). The other ops are :mod:`tvm_elementwise`.
+once. The lowerings of the integer graph's element-wise and pooling ops are here (kernels of
+:mod:`tvm_elementwise`); conv, dense and matmul are in :mod:`relax_gemm` (VNNI kernels: hand
+scheduled, or tuned by MetaSchedule with the records kept under ``cache_dir()/tuning``, shared
+with ``lcpaq profile``); float ops in :mod:`relax_float`.
 
 Activations are NHWC between kernels, uint8 (int32 into residual adds), channels padded to the
 kernels' multiples (16 outputs; inputs to 4) and never sliced until the float output; weights,
@@ -25,9 +26,8 @@ from tvm import relax
 
 from lcpaq.backends import integer_ops as iops
 from lcpaq.backends import tvm_elementwise as ew
-from lcpaq.backends import tvm_int8 as t8
 from lcpaq.backends.relax_pipeline import SCHEDULED
-from lcpaq.backends.tvm_vnni import DEPTH, LANES
+from lcpaq.backends.tvm_vnni import DEPTH
 from lcpaq.ir.capture import get_attr
 from lcpaq.ir.errors import LoweringError
 
@@ -36,7 +36,7 @@ OPAQUE = 8
 aten = torch.ops.aten
 
 
-def _round_up(n: int, m: int) -> int:
+def round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
@@ -63,7 +63,12 @@ class RVal:
     @property
     def channels(self) -> int:
         """The logical channel count: dim 1 of a 4-d value, else the last dimension."""
-        return self.shape[1] if len(self.shape) == 4 else (self.shape[-1] if self.shape else 1)
+        return channels_of(self.shape)
+
+
+def channels_of(shape: tuple[int, ...]) -> int:
+    """Dim 1 of a 4-d (NCHW) shape, else the last dimension (1 for a scalar)."""
+    return shape[1] if len(shape) == 4 else (shape[-1] if shape else 1)
 
 
 class NotThisForm(Exception):
@@ -136,8 +141,7 @@ class RelaxLowering:
         with self.bb.function("main", params):
             with self.bb.dataflow():
                 for node, var, (shape, dtype) in zip(placeholders, params, self.inputs):
-                    v = RVal(var, tuple(shape), dtype, 1, "NCHW")
-                    self.env[node] = RVal(var, tuple(shape), dtype, v.channels, "NCHW")
+                    self.env[node] = RVal(var, tuple(shape), dtype, channels_of(tuple(shape)), "NCHW")
                 out = None
                 for node in self.ig.graph.nodes:
                     if node.op == "call_function" and node.target is aten.sym_size.int:  # static here
@@ -178,7 +182,7 @@ class RelaxLowering:
         return v.expr
 
 
-def _codes(lw: RelaxLowering, node: fx.Node, i: int = 0) -> RVal:
+def codes(lw: RelaxLowering, node: fx.Node, i: int = 0) -> RVal:
     v = lw.env[node.args[i]]
     if v.dtype not in ("uint8", "int32") or not v.shape:
         raise LoweringError(f"{node.name}: expects integer codes, got {v.dtype} {v.shape}")
@@ -196,7 +200,7 @@ def _quantize(lw: RelaxLowering, node: fx.Node) -> RVal:
     plain = len(x.shape) == 4 and all(u.target is iops.qmatmul for u in node.users)
     if plain and x.layout == "NHWC":
         x = RVal(lw.bb.emit(relax.op.permute_dims(x.expr, [0, 3, 1, 2])), x.shape, x.dtype, x.cp, "NCHW")
-    cp = x.shape[-1] if plain else _round_up(x.channels, DEPTH)
+    cp = x.shape[-1] if plain else round_up(x.channels, DEPTH)
     nhwc = len(x.shape) == 4 and x.layout == "NHWC"
     key = ("quantize", x.shape, inv, zp, qmin, qmax, cp, nhwc, plain)
     gv = lw.prim(key, lambda: ew.quantize_func(x.shape, inv, zp, qmin, qmax, cp, nhwc, plain), ew.schedule_elementwise)
@@ -209,7 +213,7 @@ def _quantize(lw: RelaxLowering, node: fx.Node) -> RVal:
 @register_lowering(iops.dequantize, iops.dequantize_channels)
 def _dequantize(lw: RelaxLowering, node: fx.Node) -> RVal:
     """Codes to float32; 4-d results stay NHWC unless they are a model output (NCHW)."""
-    x = _codes(lw, node)
+    x = codes(lw, node)
     c = x.channels
     plain = len(x.shape) == 4 and x.layout == "NCHW"  # codes in logical layout (matmul results)
     if plain:
@@ -231,29 +235,9 @@ def _dequantize(lw: RelaxLowering, node: fx.Node) -> RVal:
     return RVal(lw.call(gv, args, x.shape, "float32"), x.shape, "float32", x.channels, "NCHW")
 
 
-@register_lowering(iops.qmatmul)
-def _qmatmul(lw: RelaxLowering, node: fx.Node) -> RVal:
-    """Activation x activation matmul of codes in their logical layout (plain int32 arithmetic)."""
-    a, b = lw.env[node.args[0]], lw.env[node.args[1]]
-    for v in (a, b):
-        if v.dtype != "uint8" or (len(v.shape) == 4 and v.layout != "NCHW") or v.cp != v.channels:
-            raise LoweringError(f"{node.name}: matmul operands must be unpadded uint8 codes in logical layout")
-    if a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-2]:
-        raise LoweringError(f"{node.name}: matmul of {a.shape} and {b.shape} (batch broadcasting is not lowered)")
-    a_zp, b_zp, mult, shift = (int(v) for v in node.args[2:6])
-    kw = node.kwargs
-    out_zp, qmin, qmax, dtype = int(kw["out_zp"]), int(kw["qmin"]), int(kw["qmax"]), kw.get("out_dtype", "uint8")
-    shape = (*a.shape[:-1], b.shape[-1])
-    key = ("qmatmul", a.shape, b.shape, a_zp, b_zp, mult, shift, out_zp, qmin, qmax, dtype)
-    gv = lw.prim(key, lambda: ew.qmatmul_func(a.shape, b.shape, a_zp, b_zp, mult, shift, out_zp, qmin, qmax, dtype),
-                 ew.schedule_elementwise)
-    v = RVal(None, shape, dtype, 1, "NCHW")  # type: ignore[arg-type]
-    return RVal(lw.call(gv, [a.expr, b.expr], shape, dtype), shape, dtype, v.channels, "NCHW")
-
-
 @register_lowering(iops.requantize)
 def _requantize(lw: RelaxLowering, node: fx.Node) -> RVal:
-    x = _codes(lw, node)
+    x = codes(lw, node)
     x_zp, mult, shift, out_zp = (int(a) for a in node.args[1:5])
     qmin, qmax, dtype = int(node.kwargs["qmin"]), int(node.kwargs["qmax"]), node.kwargs.get("out_dtype", "uint8")
     key = ("requantize", x.phys, x.dtype, x_zp, mult, shift, out_zp, qmin, qmax, dtype)
@@ -263,7 +247,7 @@ def _requantize(lw: RelaxLowering, node: fx.Node) -> RVal:
 
 @register_lowering(iops.qadd)
 def _qadd(lw: RelaxLowering, node: fx.Node) -> RVal:
-    a, b = _codes(lw, node, 0), _codes(lw, node, 1)
+    a, b = codes(lw, node, 0), codes(lw, node, 1)
     if a.phys != b.phys:
         raise LoweringError(f"{node.name}: residual add of stored shapes {a.phys} and {b.phys} (broadcasting is not lowered)")
     pa, pb = tuple(int(v) for v in node.args[2:5]), tuple(int(v) for v in node.args[5:8])
@@ -276,7 +260,7 @@ def _qadd(lw: RelaxLowering, node: fx.Node) -> RVal:
 
 @register_lowering(iops.clamp)
 def _clamp(lw: RelaxLowering, node: fx.Node) -> RVal:
-    x = _codes(lw, node)
+    x = codes(lw, node)
     qmin, qmax = int(node.args[1]), int(node.args[2])
     gv = lw.prim(("clamp", x.phys, x.dtype, qmin, qmax), lambda: ew.clamp_func(x.phys, x.dtype, qmin, qmax), ew.schedule_elementwise)
     return RVal(lw.call(gv, [x.expr], x.phys, x.dtype), x.shape, x.dtype, x.cp)
@@ -284,7 +268,7 @@ def _clamp(lw: RelaxLowering, node: fx.Node) -> RVal:
 
 @register_lowering(iops.max_pool2d)
 def _max_pool(lw: RelaxLowering, node: fx.Node) -> RVal:
-    x = _codes(lw, node)
+    x = codes(lw, node)
     k, s, p = (int(a) for a in node.args[1:4])
     b, c, h, w = x.shape
     oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
@@ -294,7 +278,7 @@ def _max_pool(lw: RelaxLowering, node: fx.Node) -> RVal:
 
 @register_lowering(iops.global_avg_pool)
 def _global_pool(lw: RelaxLowering, node: fx.Node) -> RVal:
-    x = _codes(lw, node)
+    x = codes(lw, node)
     b, c = x.shape[:2]
     gv = lw.prim(("global_avg_pool", x.phys, x.dtype), lambda: ew.global_avg_pool_func(x.phys, x.dtype), ew.schedule_elementwise)
     return RVal(lw.call(gv, [x.expr], (b, 1, 1, x.cp), x.dtype), (b, c, 1, 1), x.dtype, x.cp)
@@ -310,94 +294,6 @@ def _flatten(lw: RelaxLowering, node: fx.Node) -> RVal:
     if x.cp == x.channels:  # no padding to drop: TVM's frontend reshapes the logical (NCHW) value
         raise NotThisForm(node.name)
     raise LoweringError(f"{node.name}: reshaping padded codes {x.shape} is lowered only for [B, C, 1, 1]")
-
-
-def _channel_vectors(bias_eff: torch.Tensor, mult: torch.Tensor, shift: torch.Tensor, n_pad: int) -> list[relax.Expr]:
-    return [relax.const(a.numpy()) for a in t8._channel_params(bias_eff, mult, shift, len(mult), n_pad)]
-
-
-@register_lowering(iops.qconv2d)
-def _qconv2d(lw: RelaxLowering, node: fx.Node) -> RVal:
-    x = _codes(lw, node)
-    if x.dtype != "uint8" or len(x.shape) != 4:
-        raise LoweringError(f"{node.name}: conv input must be uint8 NCHW codes")
-    w, bias, mult, shift = (lw.tensor(a) for a in node.args[1:5])
-    kw = node.kwargs
-    stride, pad, groups, dtype = int(kw["stride"]), int(kw["padding"]), int(kw.get("groups", 1)), kw.get("out_dtype", "uint8")
-    o, c, k, k2 = w.shape
-    if groups != 1 and groups == o == x.shape[1] and c == 1 and k == k2:
-        return _qdepthwise(lw, node, x, w, bias, mult, shift)
-    if groups != 1 or k != k2:
-        raise LoweringError(f"{node.name}: grouped (not depthwise) or non-square convs have no TVM kernel yet (groups={groups})")
-    b, _, h, wd = x.shape
-    o16 = _round_up(o, LANES)
-    w_p = torch.zeros(o16, x.cp, k, k, dtype=torch.int8)  # padded channels: zero weights
-    w_p[:o, :c] = w.to(torch.int8)
-    oh, ow = t8.conv_out_size(h, k, stride, pad), t8.conv_out_size(wd, k, stride, pad)
-    rq = t8.Requant(int(kw["out_zp"]), int(kw["qmin"]), int(kw["qmax"]), dtype)
-    tag = f"conv-{x.cp}x{h}x{wd}-o{o16}-k{k}s{stride}p{pad}-int8" + ("" if dtype == "uint8" else "-i32") + ("" if b == 1 else f"-b{b}")
-    sched = lw.kernel_schedule(tag)
-    gv = lw.prim(
-        ("qconv2d", (b, h, wd, x.cp), o16, k, stride, pad, dtype),
-        lambda: t8.qconv2d_func((b, h, wd, x.cp), o16, k, stride, pad, dtype),
-        lambda f: sched(f, lambda g: t8.schedule_qconv2d(g, t8.vnni_col_tile(ow))),
-    )
-    args = [x.expr, relax.const(t8.pack_conv_weight(w_p)), *_channel_vectors(t8._bias_eff(w, int(kw["x_zp"]), bias), mult, shift, o16),
-            relax.const(rq.qp(int(kw["x_zp"])))]
-    return RVal(lw.call(gv, args, (b, oh, ow, o16), dtype), (b, o, oh, ow), dtype, o16)
-
-
-def _qdepthwise(lw: RelaxLowering, node: fx.Node, x: RVal, w: torch.Tensor, bias: Any, mult: Any, shift: Any) -> RVal:
-    """Depthwise conv (groups == C): the AVX-512 kernel of :mod:`tvm_int8_depthwise`, 16 channels a vector."""
-    from lcpaq.backends import tvm_int8_depthwise as dw
-
-    kw = node.kwargs
-    stride, pad, dtype = int(kw["stride"]), int(kw["padding"]), kw.get("out_dtype", "uint8")
-    c, k = w.shape[0], w.shape[2]
-    b, _, h, wd = x.shape
-    if x.cp % LANES:
-        raise LoweringError(f"{node.name}: depthwise input has {x.cp} stored channels, not a multiple of {LANES}")
-    w_p = torch.zeros(x.cp, 1, k, k, dtype=torch.int8)
-    w_p[:c] = w.to(torch.int8)
-    oh, ow = t8.conv_out_size(h, k, stride, pad), t8.conv_out_size(wd, k, stride, pad)
-    rq = t8.Requant(int(kw["out_zp"]), int(kw["qmin"]), int(kw["qmax"]), dtype)
-    gv = lw.prim(("qdepthwise", (b, h, wd, x.cp), k, stride, pad, dtype),
-                 lambda: dw.qdepthwise_func((b, h, wd, x.cp), k, stride, pad, dtype), dw.schedule_qdepthwise)
-    args = [x.expr, relax.const(dw.pack_depthwise_weight(w_p)),
-            *_channel_vectors(t8._bias_eff(w, int(kw["x_zp"]), bias), mult, shift, x.cp), relax.const(rq.qp(int(kw["x_zp"])))]
-    return RVal(lw.call(gv, args, (b, oh, ow, x.cp), dtype), (b, c, oh, ow), dtype, x.cp)
-
-
-@register_lowering(iops.qlinear)
-def _qlinear(lw: RelaxLowering, node: fx.Node) -> RVal:
-    x = _codes(lw, node)
-    if x.dtype != "uint8" or len(x.shape) == 4:
-        raise LoweringError(f"{node.name}: linear input must be uint8 codes [..., K], got {x.dtype} {x.shape}")
-    lead = x.shape[:-1]
-    if len(x.shape) != 2:  # rows = every leading dimension
-        rows = int(np.prod(lead))
-        x = RVal(lw.bb.emit(relax.op.reshape(x.expr, (rows, x.cp))), (rows, x.shape[-1]), x.dtype, x.cp)
-    w, bias, mult, shift = (lw.tensor(a) for a in node.args[1:5])
-    kw = node.kwargs
-    dtype = kw.get("out_dtype", "uint8")
-    n, k = w.shape
-    m, k4, n16 = x.shape[0], _round_up(x.cp, DEPTH), _round_up(n, LANES)
-    w_p = torch.zeros(n16, k4, dtype=torch.int8)
-    w_p[:n, :k] = w.to(torch.int8)
-    if k4 != x.cp:
-        raise LoweringError(f"{node.name}: linear input of {x.cp} stored features is not a multiple of 4")
-    from lcpaq.backends.tvm_vnni import pack_weight
-
-    rq = t8.Requant(int(kw["out_zp"]), int(kw["qmin"]), int(kw["qmax"]), dtype)
-    tag = f"dense-m{m}-n{n16}-k{k4}-int8" + ("" if dtype == "uint8" else "-i32")
-    sched = lw.kernel_schedule(tag)
-    gv = lw.prim(("qdense", m, n16, k4, dtype), lambda: t8.qdense_func(m, n16, k4, dtype), lambda f: sched(f, t8.schedule_qdense))
-    args = [x.expr, relax.const(pack_weight(w_p)), *_channel_vectors(t8._bias_eff(w, int(kw["x_zp"]), bias), mult, shift, n16),
-            relax.const(rq.qp(int(kw["x_zp"])))]
-    y = lw.call(gv, args, (m, n16), dtype)
-    if len(lead) != 1:
-        y = lw.bb.emit(relax.op.reshape(y, (*lead, n16)))
-    return RVal(y, (*lead, n), dtype, n16)
 
 
 def lower_to_relax(
@@ -418,4 +314,4 @@ def lower_to_relax(
     return mod
 
 
-from lcpaq.backends import relax_float  # noqa: E402,F401  (registers the float lowerings)
+from lcpaq.backends import relax_float, relax_gemm  # noqa: E402,F401  (register their lowerings)

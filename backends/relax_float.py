@@ -12,7 +12,7 @@ import torch
 import torch.fx as fx
 from tvm import relax
 
-from lcpaq.backends.relax_build import NotThisForm, RelaxLowering, RVal, register_lowering
+from lcpaq.backends.relax_build import NotThisForm, RelaxLowering, RVal, channels_of, register_lowering
 from lcpaq.backends.tvm_vnni import LANES
 from lcpaq.ir.errors import LoweringError
 
@@ -109,10 +109,10 @@ def _add(lw: RelaxLowering, node: fx.Node) -> RVal:
 
 @register_lowering(aten.max_pool2d.default)
 def _max_pool(lw: RelaxLowering, node: fx.Node) -> RVal:
-    from lcpaq.backends.integerize import _pool_args
+    from lcpaq.backends.op_args import pool_args
 
     x = _float(lw, node)
-    k, s, p = _pool_args(node)
+    k, s, p = pool_args(node)
     b, c, h, w = x.shape
     oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
     y = relax.op.nn.max_pool2d(x.expr, pool_size=(k, k), strides=(s, s), padding=(p, p, p, p), layout="NHWC")
@@ -121,13 +121,13 @@ def _max_pool(lw: RelaxLowering, node: fx.Node) -> RVal:
 
 @register_lowering(aten.adaptive_avg_pool2d.default, aten.mean.dim)
 def _global_pool(lw: RelaxLowering, node: fx.Node) -> RVal:
-    from lcpaq.backends.integerize import _is_global_pool, _keepdim
+    from lcpaq.backends.op_args import is_global_pool, keepdim
 
     x = _float(lw, node)
-    if len(x.shape) != 4 or not _is_global_pool(node):
+    if len(x.shape) != 4 or not is_global_pool(node):
         raise LoweringError(f"{node.name}: only global average pooling over H, W is lowered")
     b, c = x.shape[:2]
-    if node.target is aten.mean.dim and not _keepdim(node):
+    if node.target is aten.mean.dim and not keepdim(node):
         return RVal(lw.bb.emit(relax.op.mean(x.expr, axis=[1, 2], keepdims=False)), (b, c), "float32", c)
     return RVal(lw.bb.emit(relax.op.mean(x.expr, axis=[1, 2], keepdims=True)), (b, c, 1, 1), "float32", c, "NHWC")
 
@@ -174,8 +174,7 @@ class FrontendFallback:
         if not isinstance(ty, relax.TensorType) or ty.shape is None:
             raise LoweringError(f"{node.name}: {name} converts to a non-tensor value")
         shape = tuple(int(d) for d in ty.shape)
-        v = RVal(out, shape, str(ty.dtype), 1, "NCHW")
-        return RVal(out, shape, str(ty.dtype), v.channels, "NCHW")
+        return RVal(out, shape, str(ty.dtype), channels_of(shape), "NCHW")
 
 
 @register_lowering(aten.to.device, aten.alias.default, aten.lift_fresh_copy.default, aten.detach.default)
