@@ -42,17 +42,18 @@ def _build(args: argparse.Namespace) -> int:
     from lcpaq.backends.profile import check_host
     from lcpaq.hw_targets.target import load_target
 
-    check_host(load_target(args.target))  # before any work: builds run on the machine they target
+    target = load_target(args.target)
+    check_host(target)  # before any work: builds run on the machine they target
+    from lcpaq.tools.models.zoo import load_model
+
+    bundle = load_model(args.model, args.progress)
     result = quantize(
-        model=args.model, target=args.target, bits=args.bits, budget=args.budget, calibration=args.calibration,
+        model=bundle, target=args.target, bits=args.bits, budget=args.budget, calibration=args.calibration,
         probes=args.probes, latency_table=args.latency_table, pipeline=args.pipeline, progress=args.progress,
         seed=args.seed, build=False,
     )
     from lcpaq.backends.latency_table import LatencyTable
-    from lcpaq.tools.models.zoo import load_model
 
-    target = load_target(args.target)
-    bundle = load_model(args.model)
     table = LatencyTable.load(args.latency_table, target) if args.latency_table else None
     primary = result.results[0]
     entry = deploy(primary.graph_module, bundle.example_inputs, bundle.model, target, table, args.trials, library=out)

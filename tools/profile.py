@@ -1,6 +1,8 @@
 """``lcpaq profile`` as a function: load, capture and cost a model, then time its layers."""
 from __future__ import annotations
 
+import torch.fx as fx
+
 import lcpaq.passes  # noqa: F401  (registers the passes)
 from lcpaq.backends.latency_table import LatencyTable
 from lcpaq.hw_targets.target import Target, load_target
@@ -23,14 +25,16 @@ def profile(
     gm = capture(bundle.model, bundle.example_inputs, bundle.name)
     gm = Pipeline(prepare_phase(tgt))(gm, PassContext(tgt, bundle.example_inputs)).graph_module
     table = profile_model(gm, tgt, model_name=bundle.name, trials=trials, repeats=repeats, progress=progress)
-    return with_fixed_seconds(table, bundle, tgt, trials)
+    return with_fixed_seconds(table, gm, bundle, tgt, trials)
 
 
-def with_fixed_seconds(table: LatencyTable, bundle: ModelBundle, target: Target, trials: int) -> LatencyTable:
+def with_fixed_seconds(table: LatencyTable, prepared: fx.GraphModule, bundle: ModelBundle, target: Target, trials: int) -> LatencyTable:
     """``table`` with ``fixed_seconds`` measured: the whole model built at uniform W8A8 (the
     same kernels, ``trials``) minus the sum of its layers' w8a8 entries, i.e. the time of
     everything that is not a quantizable layer (quantize, requantize, residual adds, pooling,
-    layout), at least 0. A model the backend cannot build keeps 0.0, with the reason in the notes."""
+    layout), at least 0. ``prepared`` (the costed graph the table was measured on) is left as it
+    is. A model the backend cannot build keeps 0.0, with the reason in the notes."""
+    import copy
     import dataclasses
 
     from lcpaq.backends.build import build_model
@@ -40,9 +44,8 @@ def with_fixed_seconds(table: LatencyTable, bundle: ModelBundle, target: Target,
     from lcpaq.passes.pipeline import calibration_phase, uniform_phase
 
     ctx = PassContext(target, bundle.example_inputs, bundle.calib_batches)
-    gm = capture(bundle.model, bundle.example_inputs, bundle.name)
-    passes = prepare_phase(target) + calibration_phase(target) + uniform_phase(target, 8, 8)
-    gm = Pipeline(passes)(gm, ctx).graph_module
+    passes = calibration_phase(target) + uniform_phase(target, 8, 8)
+    gm = Pipeline(passes)(copy.deepcopy(prepared), ctx).graph_module
     x = [t[:1] for t in bundle.example_inputs]
     try:
         built = build_model(gm, x, target, trials=trials)
