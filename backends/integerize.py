@@ -165,8 +165,9 @@ class Integerizer:
         if v.domain is None:
             kwargs = dict(qmin=dom.qmin, qmax=dom.qmax)
             return self.emit(iops.quantize, (v.node, 1.0 / dom.scale, dom.zero_point), kwargs, dom, src)
-        if v.domain == dom:
-            return v
+        d = v.domain
+        if (d.scale, d.zero_point, d.dtype) == (dom.scale, dom.zero_point, dom.dtype) and dom.qmin <= d.qmin <= d.qmax <= dom.qmax:
+            return v  # already codes of dom (a fused ReLU only narrowed their range)
         mult, shift = quantize_multiplier(v.domain.scale / dom.scale)
         args = (v.node, v.domain.zero_point, mult, shift, dom.zero_point)
         return self.emit(iops.requantize, args, dict(qmin=dom.qmin, qmax=dom.qmax, out_dtype=dom.dtype), dom, src)
