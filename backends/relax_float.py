@@ -12,15 +12,11 @@ import torch
 import torch.fx as fx
 from tvm import relax
 
-from lcpaq.backends.relax_build import NotThisForm, RelaxLowering, RVal, channels_of, register_lowering
+from lcpaq.backends.relax_build import NotThisForm, RelaxLowering, RVal, channels_of, register_lowering, round_up
 from lcpaq.backends.tvm_vnni import LANES
 from lcpaq.ir.errors import LoweringError
 
 aten = torch.ops.aten
-
-
-def _round_up(n: int, m: int) -> int:
-    return -(-n // m) * m
 
 
 def _float(lw: RelaxLowering, node: fx.Node, i: int = 0) -> RVal:
@@ -57,7 +53,7 @@ def _conv(lw: RelaxLowering, node: fx.Node) -> RVal:
         raise LoweringError(f"{node.name}: only dense (groups=1), undilated, square float convs are lowered")
     s, p = geo["stride"], geo["padding"]
     b, _, h, wd = x.shape
-    o16 = _round_up(o, LANES)
+    o16 = round_up(o, LANES)
     w_hwio = torch.zeros(k, k, c, o16)
     w_hwio[..., :o] = w.detach().float().permute(2, 3, 1, 0)
     oh, ow = (h + 2 * p - k) // s + 1, (wd + 2 * p - k) // s + 1
@@ -76,7 +72,7 @@ def _linear(lw: RelaxLowering, node: fx.Node) -> RVal:
     w = lw.tensor(node.args[1])
     bias = lw.tensor(node.args[2]) if len(node.args) > 2 and node.args[2] is not None else None
     n, k = w.shape
-    m, n16 = x.shape[0], _round_up(n, LANES)
+    m, n16 = x.shape[0], round_up(n, LANES)
     w_kn = torch.zeros(k, n16)
     w_kn[:, :n] = w.detach().float().T
     gv = lw.prim(("dense_fp32", m, n16, k), lambda: _fp32_dense_func(m, n16, k), _schedule_fp32_dense)

@@ -25,15 +25,10 @@ import torch
 THREADS = 2
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
 def _first(out: Any) -> np.ndarray:
-    while isinstance(out, (tuple, list)) or hasattr(out, "to_tuple"):  # transformers outputs too
-        out = out.to_tuple()[0] if hasattr(out, "to_tuple") else out[0]
-    return out.detach().numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
+    from lcpaq.tools.metrics import first_output
+
+    return first_output(out).detach().numpy()
 
 
 def lcpaq_build(bundle: Any, gm: Any, trials: int, ref: np.ndarray, table: Any = None) -> tuple[Any, dict[str, Any]]:
@@ -42,6 +37,7 @@ def lcpaq_build(bundle: Any, gm: Any, trials: int, ref: np.ndarray, table: Any =
     from lcpaq.hw_targets import load_target
     from lcpaq.ir.errors import LcpaqError
     from lcpaq.tools.deploy import assignment_of
+    from lcpaq.tools.ort_baselines import compare
 
     x = [t[:1] for t in bundle.example_inputs]
     start = time.perf_counter()
@@ -56,7 +52,7 @@ def lcpaq_build(bundle: Any, gm: Any, trials: int, ref: np.ndarray, table: Any =
     choices = built.schedule_choices or {}
     row = {
         "built": True, "bit_exact": bool(np.array_equal(y, ref_int)), "max_diff_vs_integer_ref": float(np.abs(y - ref_int).max()),
-        "cosine": _cosine(y, ref), "max_abs_err": float(np.abs(y - ref).max()), "kernels": built.kernels, "build_s": build_s,
+        **compare(y, ref), "kernels": built.kernels, "build_s": build_s,
         "trials": trials, "tuned_kept": sum(v == "tuned" for v in choices.values()), "tuned_kernels": len(choices),
     }
     if table is not None:

@@ -18,6 +18,7 @@ from lcpaq.hw_targets.target import Target
 from lcpaq.ir.errors import LcpaqError
 from lcpaq.ir.layers import find_layers
 from lcpaq.ir.meta import BITS, BitAssignment
+from lcpaq.tools.metrics import first_output
 
 
 def assignment_of(gm: fx.GraphModule) -> dict[str, BitAssignment]:
@@ -28,10 +29,6 @@ def assignment_of(gm: fx.GraphModule) -> dict[str, BitAssignment]:
 def _sqnr_db(y: np.ndarray, ref: np.ndarray) -> float:
     noise = float(((y.astype(np.float64) - ref) ** 2).sum())
     return float("inf") if noise == 0 else float(10 * np.log10(float((ref.astype(np.float64) ** 2).sum()) / noise))
-
-
-def _first(out: Any) -> torch.Tensor:
-    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 def deploy(
@@ -51,8 +48,8 @@ def deploy(
         return {"built": False, "reason": str(exc)}
     y = np.asarray(built.run(*inputs))
     with torch.no_grad():
-        ref_int = _first(built.integer_graph(*inputs)).numpy()
-        ref_fp32 = _first(fp32_model(*inputs)).numpy()
+        ref_int = first_output(built.integer_graph(*inputs)).numpy()
+        ref_fp32 = first_output(fp32_model(*inputs)).numpy()
     latency = measure_latency(built, inputs, repeats=repeats)
     entry: dict[str, Any] = {
         "built": True,

@@ -30,5 +30,17 @@ def output_metrics(reference: list[torch.Tensor], model: torch.nn.Module, batche
     return {"sqnr_db": sqnr, "cosine": float(torch.cat(cosines).mean())}
 
 
+def first_output(out: Any) -> torch.Tensor:
+    """The first tensor of a model's output: through tuples, lists, dicts and transformers'
+    ``ModelOutput`` (its ``to_tuple``)."""
+    while isinstance(out, (tuple, list)):
+        out = out[0]
+    if isinstance(out, dict):
+        return first_output(next(iter(out.values())))
+    if hasattr(out, "to_tuple"):
+        return first_output(out.to_tuple())
+    return out
+
+
 def reference_outputs(model: torch.nn.Module, batches: Iterable[tuple[Any, ...]]) -> list[torch.Tensor]:
     return _outputs(model, batches)

@@ -30,6 +30,7 @@ from onnxruntime.quantization import CalibrationDataReader
 
 from lcpaq.ir.errors import CaptureError, ConfigError, LcpaqError
 from lcpaq.tools.bench_common import median_ms
+from lcpaq.tools.metrics import first_output
 
 __all__ = [
     "BASELINES", "TRANSFORMER_OP_TYPES", "TRANSFORMER_EXCLUDE", "export_onnx", "quantize_onnx_int8", "ort_session",
@@ -246,16 +247,6 @@ def compare(y: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     return {"max_abs_err": float(np.abs(a - b).max()) if a.size else 0.0, "cosine": cosine}
 
 
-def _first_output(out: Any) -> torch.Tensor:
-    while isinstance(out, (tuple, list)):
-        out = out[0]
-    if isinstance(out, dict):
-        return _first_output(next(iter(out.values())))
-    if hasattr(out, "to_tuple"):  # transformers ModelOutput
-        return _first_output(out.to_tuple())
-    return out
-
-
 @contextlib.contextmanager
 def _torch_threads(n: int) -> Iterator[None]:
     before = torch.get_num_threads()
@@ -281,7 +272,7 @@ def ort_baselines(
     args = _as_tuple(example)
     stem = (name or type(model).__name__).replace("/", "_")
     with _torch_threads(threads), torch.no_grad():
-        ref = _first_output(model(*args)).detach().cpu().numpy()
+        ref = first_output(model(*args)).detach().cpu().numpy()
         results = {BASELINES[0]: {"median_ms": median_ms(lambda: model(*args), warmup, repeat), **compare(ref, ref)}}
     fp32 = export_onnx(model, args, tmp_dir / f"{stem}.fp32.onnx", name=name)
     int8 = quantize_onnx_int8(fp32, calib, tmp_dir / f"{stem}.int8.qdq.onnx", op_types=op_types, exclude=exclude)

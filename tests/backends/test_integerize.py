@@ -6,16 +6,13 @@ import torch
 from lcpaq.backends import integer_ops as iops
 from lcpaq.backends.integerize import FINE_BITS, integerize
 from lcpaq.ir.meta import DOMAIN
+from lcpaq.tools.metrics import first_output
 from tests.backends._nets import TinyResNet, quantized, sqnr
 
 
 def _ops(ig):
     return collections.Counter(n.target.__name__ for n in ig.graph.nodes if n.op == "call_function" and callable(n.target)
                                and n.target.__module__ == iops.__name__)
-
-
-def _first(out):
-    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +57,7 @@ def test_residual_inputs_use_int32_fine_codes(tiny) -> None:
 def test_integer_graph_matches_fake_quant_and_fp32(tiny) -> None:
     model, gm, ig, x = tiny
     with torch.no_grad():
-        y_int, y_fq, y_fp = _first(ig(x)), _first(gm(x)), model(x)
+        y_int, y_fq, y_fp = first_output(ig(x)), first_output(gm(x)), model(x)
     assert sqnr(y_fq, y_int) > 30.0
     assert sqnr(y_fp, y_int) > 25.0
 
@@ -78,7 +75,7 @@ def test_sixteen_bit_activations_run_in_float(tiny) -> None:
     ig = integerize(gm)
     assert "qconv2d" not in _ops(ig)
     with torch.no_grad():
-        assert sqnr(model(x), _first(ig(x))) > 30.0
+        assert sqnr(model(x), first_output(ig(x))) > 30.0
 
 
 def test_original_graph_is_unchanged(tiny) -> None:

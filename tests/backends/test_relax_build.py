@@ -6,6 +6,7 @@ from torch import nn
 from lcpaq.backends.build import build_model, load_library
 from lcpaq.backends.measure import measure_latency
 from lcpaq.hw_targets import load_target
+from lcpaq.tools.metrics import first_output
 from lcpaq.ir.errors import ConfigError, CorruptFileError, LoweringError
 from tests.backends._nets import TinyEncoder, TinyMobile, TinyResNet, mixed, quantized, sqnr
 
@@ -14,10 +15,6 @@ SPECS = {
     "w4a8 symmetric activations": "uniform{w=4,a=8},fake-quant{act_symmetric=true}",
     "w8a6 per-tensor weights": "uniform{w=8,a=6},fake-quant{weight_granularity=per-tensor}",  # quantized for 'sim'
 }
-
-
-def _first(out):
-    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +30,7 @@ def test_tvm_build_is_bit_exact_against_integer_reference(model_and_input, label
     built = build_model(gm, (x[:1],), load_target("x86-host"))
     y = built.run(x[:1])
     with torch.no_grad():
-        ref = _first(built.integer_graph(x[:1])).numpy()
+        ref = first_output(built.integer_graph(x[:1])).numpy()
         fp32 = model(x[:1])
     assert np.array_equal(y, ref)
     assert sqnr(fp32, torch.from_numpy(y)) > (20.0 if label == "w8a8" else 10.0)
@@ -45,7 +42,7 @@ def test_depthwise_and_plain_residual_are_bit_exact() -> None:
     x = torch.randn(4, 3, 12, 12, generator=torch.Generator().manual_seed(5))
     built = build_model(quantized(model, x), (x[:1],), load_target("x86-host"))
     with torch.no_grad():
-        ref, fp32 = _first(built.integer_graph(x[:1])).numpy(), model(x[:1])
+        ref, fp32 = first_output(built.integer_graph(x[:1])).numpy(), model(x[:1])
     y = built.run(x[:1])
     assert np.array_equal(y, ref)
     assert sqnr(fp32, torch.from_numpy(y)) > 20.0
@@ -56,7 +53,7 @@ def test_float_layers_run_on_fp32_kernels(model_and_input, float_layers) -> None
     model, x = model_and_input
     built = build_model(mixed(model, x, float_layers), (x[:1],), load_target("x86-host"))
     with torch.no_grad():
-        ref = _first(built.integer_graph(x[:1])).numpy()
+        ref = first_output(built.integer_graph(x[:1])).numpy()
     y = built.run(x[:1])
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)  # float parts: equal up to float rounding
     if float_layers == 6:  # everything in float: the fp32 model itself
@@ -79,7 +76,7 @@ def test_transformer_builds_with_float_glue_from_tvm_frontend() -> None:
     built = build_model(gm, (ids[:1],), load_target("x86-host"))
     y = built.run(ids[:1])
     with torch.no_grad():
-        ref = _first(built.integer_graph(ids[:1])).numpy()
+        ref = first_output(built.integer_graph(ids[:1])).numpy()
         fp32 = model(ids[:1])
     assert y.shape == (1, 8, 32)
     # float glue rounds differently from torch, and a code may flip at a requantization: close, not equal
@@ -106,7 +103,7 @@ def test_activation_matmul_is_integer_and_bit_exact() -> None:
     built = build_model(quantized(model, x), (x[:1],), load_target("x86-host"))
     assert any(n.target is iops.qmatmul for n in built.integer_graph.graph.nodes)
     with torch.no_grad():
-        ref, fp32 = _first(built.integer_graph(x[:1])).numpy(), model(x[:1])
+        ref, fp32 = first_output(built.integer_graph(x[:1])).numpy(), model(x[:1])
     y = built.run(x[:1])
     assert np.array_equal(y, ref)
     assert sqnr(fp32, torch.from_numpy(y)) > 25.0
@@ -169,7 +166,7 @@ def test_float_op_between_int8_layers_goes_through_tvm_frontend() -> None:
     model = _Sigmoid().eval()
     built = build_model(quantized(model, x), (x[:1],), load_target("x86-host"))
     with torch.no_grad():
-        ref = _first(built.integer_graph(x[:1])).numpy()
+        ref = first_output(built.integer_graph(x[:1])).numpy()
     assert np.abs(built.run(x[:1]) - ref).max() < 0.05
 
 
