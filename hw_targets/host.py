@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lcpaq.hw_targets.target import Target
+from lcpaq.hw_targets.target import Target, available_targets, load_target
 
 CPUINFO = Path("/proc/cpuinfo")
 
@@ -67,3 +67,15 @@ def host_support(target: Target, features: frozenset[str] | None = None) -> Host
     have = host_features() if features is None else features
     missing = tuple(f for f in target.required_features if f not in have)
     return HostSupport(target.name, target.required_features, missing)
+
+
+def default_target_name(features: frozenset[str] | None = None) -> str:
+    """The target a build defaults to on a host with ``features`` (default: :func:`host_features`):
+    the first built-in target, by name, that is this machine (device ``local``), has a backend,
+    and whose required features the host has; ``"sim"`` when there is none."""
+    have = host_features() if features is None else features
+    for name in available_targets():
+        target = load_target(name)
+        if target.device == "local" and target.backend is not None and host_support(target, have).ok:
+            return name
+    return "sim"

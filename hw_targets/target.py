@@ -23,7 +23,10 @@ class Target:
     ``storage_weight_bits``: narrower widths kept only in storage and unpacked to the smallest
     native width before compute (they save memory, not time). ``act_bits``: activation widths.
     Floating point (32) is always allowed. ``required_features``: CPU flags (as in
-    ``/proc/cpuinfo``) a local device must have; see :mod:`lcpaq.hw_targets.host`."""
+    ``/proc/cpuinfo``) a local device must have; see :mod:`lcpaq.hw_targets.host`.
+    ``backend``: the backend family that builds for the target (``x86-vnni``...; see
+    :mod:`lcpaq.backends.common.backend`), None for a simulation-only target. ``tvm_target`` is the
+    target's TVM configuration as written (``mcpu = "native"`` is resolved by the backend)."""
 
     name: str
     description: str
@@ -34,6 +37,7 @@ class Target:
     memory_bytes: int | None = None
     device: str = "local"
     required_features: tuple[str, ...] = ()
+    backend: str | None = None
     source: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -91,33 +95,19 @@ def load_target(name_or_path: str) -> Target:
         raise CorruptFileError(f"target file {path} is invalid: {exc}") from exc
 
 
-#: ``mcpu = "native"`` in a target file: the CPU of the machine running lcpaq, as LLVM names it.
-NATIVE_CPU = "native"
-
-
-def _resolve_tvm_target(config: dict[str, Any]) -> dict[str, Any]:
-    """``mcpu = "native"`` replaced by this machine's CPU (``znver4``, ``sapphirerapids``...): code
-    built for another CPU of the same family can use instructions this one lacks (an AVX-VNNI or
-    AMX instruction on an AMD core is SIGILL), so a local target is compiled for the host itself."""
-    if config.get("mcpu") == NATIVE_CPU:
-        from tvm.target import codegen
-
-        config["mcpu"] = str(codegen.llvm_get_system_cpu())
-    return config
-
-
 def _from_dict(data: dict[str, Any], source: str) -> Target:
     prec = data["precisions"]
     memory = data.get("memory", {}).get("bytes")
     return Target(
         name=data["name"],
         description=data.get("description", ""),
-        tvm_target=_resolve_tvm_target(dict(data.get("tvm", {}))),
+        tvm_target=dict(data.get("tvm", {})),
         native_weight_bits={k: tuple(v) for k, v in prec["native_weight_bits"].items()},
         storage_weight_bits=tuple(prec.get("storage_weight_bits", ())),
         act_bits=tuple(prec["act_bits"]),
         memory_bytes=None if memory is None else int(memory),
         device=data.get("device", {}).get("kind", "local"),
         required_features=tuple(str(f) for f in data.get("device", {}).get("requires", ())),
+        backend=data.get("backend"),
         source=source,
     )

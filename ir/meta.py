@@ -12,18 +12,16 @@ from typing import Any, Generic, Literal, TypeVar
 
 import torch.fx as fx
 
+from lcpaq.ir.precision import (  # noqa: F401  (re-exported: the precision vocabulary)
+    FLOAT_BITS, SUPPORTED_BITS, BitAssignment, LayerQuantSpec, QuantScheme, QuantSpec, check_bits,
+)
+
 T = TypeVar("T")
 
-#: Bit-widths the quantization simulator implements; 32 means "kept in floating point".
-SUPPORTED_BITS: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8, 16)
-FLOAT_BITS = 32
-
-
-def check_bits(bits: int, what: str = "bit-width") -> int:
-    """Return ``bits`` if the simulator supports it, else raise a one-line ValueError."""
-    if not isinstance(bits, int) or isinstance(bits, bool) or (bits not in SUPPORTED_BITS and bits != FLOAT_BITS):
-        raise ValueError(f"unsupported {what} {bits!r}: choose from 2-8, 16, or 32 (float)")
-    return bits
+#: The quantities a budget bounds and the cost model computes, each in its natural unit:
+#: bytes stored, bit operations, seconds, bytes of the largest activation input.
+QUANTITIES: tuple[str, ...] = ("size", "bops", "latency", "act_memory")
+SIZE, BOPS, LATENCY, ACT_MEMORY = QUANTITIES
 
 
 @dataclass(frozen=True)
@@ -144,27 +142,12 @@ class ActRanges:
 
 
 @dataclass(frozen=True)
-class BitAssignment:
-    """Precision chosen for one layer: weight bits and activation (input) bits; 32 = float."""
-
-    w_bits: int
-    a_bits: int
-
-    def __post_init__(self) -> None:
-        check_bits(self.w_bits, "weight bit-width")
-        check_bits(self.a_bits, "activation bit-width")
-
-    def __str__(self) -> str:
-        return f"W{self.w_bits}A{self.a_bits}"
-
-
-@dataclass(frozen=True)
 class QuantizedInfo:
-    """Set by the fake-quant rewrite on each layer it quantized: the quantizers it inserted."""
+    """Set by the fake-quant rewrite on each layer it rewrote: the quantizers it inserted (the
+    layer's precision stays in its ``lcpaq.qspec``)."""
 
     w_quantizer: str | None
     a_quantizers: tuple[str, ...]
-    bits: BitAssignment
     bias_corrected: bool = False
 
 
@@ -199,9 +182,13 @@ class Sensitivity:
 class Budget:
     """One constraint of the assignment: ``quantity`` <= ``limit`` (in its natural unit)."""
 
-    quantity: Literal["size", "bops", "latency", "act_memory"]
+    quantity: str
     limit: float
     text: str
+
+    def __post_init__(self) -> None:
+        if self.quantity not in QUANTITIES:
+            raise ValueError(f"unknown budget quantity {self.quantity!r}; choose from {', '.join(QUANTITIES)}")
 
 
 @dataclass(frozen=True)
@@ -260,7 +247,7 @@ class CodeDomain:
     zero_point: int
     qmin: int
     qmax: int
-    dtype: Literal["uint8", "int32"] = "uint8"
+    dtype: Literal["uint8", "int8", "int32"] = "uint8"
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.scale) or self.scale <= 0:
@@ -277,7 +264,12 @@ SHAPE: MetaKey[TensorShape] = MetaKey("lcpaq.shape", TensorShape, "node", "outpu
 COST: MetaKey[LayerCost] = MetaKey("lcpaq.cost", LayerCost, "layer", "params, MACs, activation size")
 MODEL_COST: MetaKey[ModelCost] = MetaKey("lcpaq.model_cost", ModelCost, "graph", "whole-model totals")
 ACT_RANGE: MetaKey[ActRanges] = MetaKey("lcpaq.act_range", ActRanges, "layer", "calibrated input ranges")
-BITS: MetaKey[BitAssignment] = MetaKey("lcpaq.bits", BitAssignment, "layer", "chosen weight/activation bits")
+QUANT_SCHEME: MetaKey[QuantScheme] = MetaKey(
+    "lcpaq.quant_scheme", QuantScheme, "graph", "weight granularity and activation symmetry of every quantizer"
+)
+QSPEC: MetaKey[LayerQuantSpec] = MetaKey(
+    "lcpaq.qspec", LayerQuantSpec, "layer", "the layer's quantization spec: weight and activation QuantSpec, None = float"
+)
 QUANTIZED: MetaKey[QuantizedInfo] = MetaKey("lcpaq.quantized", QuantizedInfo, "layer", "inserted quantizers")
 QUANTIZER: MetaKey[QuantizerRole] = MetaKey("lcpaq.quantizer", QuantizerRole, "node", "marks an inserted quantizer")
 SENSITIVITY: MetaKey[Sensitivity] = MetaKey("lcpaq.sensitivity", Sensitivity, "layer", "Hessian-trace sensitivity per width")
@@ -287,5 +279,5 @@ CAPTURE: MetaKey[CaptureInfo] = MetaKey("lcpaq.capture", CaptureInfo, "graph", "
 DOMAIN: MetaKey[CodeDomain] = MetaKey("lcpaq.domain", CodeDomain, "node", "meaning of an integer graph node's codes")
 
 ALL_KEYS: tuple[MetaKey, ...] = (
-    SHAPE, COST, MODEL_COST, ACT_RANGE, BITS, QUANTIZED, QUANTIZER, SENSITIVITY, ASSIGNMENT, PARETO, CAPTURE, DOMAIN,
+    SHAPE, COST, MODEL_COST, ACT_RANGE, QUANT_SCHEME, QSPEC, QUANTIZED, QUANTIZER, SENSITIVITY, ASSIGNMENT, PARETO, CAPTURE, DOMAIN,
 )

@@ -7,35 +7,16 @@ For any x inside the calibrated range, |fake_quantize(x) - x| <= scale / 2.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from lcpaq.ir.meta import FLOAT_BITS, check_bits
+from lcpaq.ir.precision import QuantSpec
+
+__all__ = [
+    "QuantSpec", "dequantize", "fake_quantize", "fake_quantize_weight", "qparams_from_range", "quantization_error",
+    "quantize", "tensor_range", "weight_qparams",
+]
 
 _TINY = 1e-12
-
-
-@dataclass(frozen=True)
-class QuantSpec:
-    """How a tensor is quantized: width, symmetry and granularity (``ch_axis`` None = per-tensor)."""
-
-    bits: int
-    symmetric: bool = True
-    ch_axis: int | None = None
-
-    def __post_init__(self) -> None:
-        check_bits(self.bits)
-        if self.bits == FLOAT_BITS:
-            raise ValueError("QuantSpec describes integer quantization; 32 bits means no quantizer")
-
-    @property
-    def qmin(self) -> int:
-        return -(2 ** (self.bits - 1) - 1) if self.symmetric else 0
-
-    @property
-    def qmax(self) -> int:
-        return 2 ** (self.bits - 1) - 1 if self.symmetric else 2**self.bits - 1
 
 
 def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:

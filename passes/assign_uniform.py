@@ -6,9 +6,10 @@ from dataclasses import dataclass
 import torch.fx as fx
 
 from lcpaq.ir.layers import find_layers
-from lcpaq.ir.meta import BITS, FLOAT_BITS, BitAssignment
+from lcpaq.ir.meta import FLOAT_BITS, QSPEC, QUANT_SCHEME, BitAssignment
 from lcpaq.passes.base import Pass, PassResult, register_pass
 from lcpaq.passes.context import PassContext
+from lcpaq.passes.quant_scheme import assign
 
 
 @register_pass
@@ -17,11 +18,13 @@ class UniformBits(Pass):
     """Assigns W``w``A``a`` to every layer (an activation x activation matmul gets A``a`` on
     both operands; an embedding table, weight-only, gets W``w``).
 
-    Reads: nothing. Writes: ``lcpaq.bits`` on every layer. Guarantees: the target can run
-    every assignment (the target is asked per op kind; a precision it lacks is refused)."""
+    Reads: ``lcpaq.quant_scheme``. Writes: ``lcpaq.qspec`` on every layer, its specs built
+    from the scheme. Guarantees: the target can run every assignment (the target is asked per
+    op kind; a precision it lacks is refused)."""
 
     name = "uniform"
-    writes = (BITS,)
+    reads = (QUANT_SCHEME,)
+    writes = (QSPEC,)
     w: int = 8
     a: int = 8
 
@@ -29,8 +32,10 @@ class UniformBits(Pass):
         BitAssignment(self.w, self.a)  # validates both widths
 
     def call(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        choice = {}
         for layer in find_layers(gm):
             bits = BitAssignment(self.a if layer.kind == "matmul" else self.w, FLOAT_BITS if layer.kind == "embedding" else self.a)
             ctx.target.check(layer.kind, bits)
-            BITS.set(layer.node, bits)
+            choice[layer.name] = bits
+        assign(gm, choice)
         return PassResult(gm, False)

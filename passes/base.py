@@ -92,11 +92,12 @@ class Pass(ABC):
                 raise PassContractError(f"pass '{self.name}' promised '{key.name}' but left it missing on {missing}")
 
     def spec(self) -> str:
-        """This pass as a pipeline-spec item; options at their defaults are left out."""
+        """This pass as a pipeline-spec item; options at their defaults are left out, and so
+        are fields declared ``compare=False`` (in-memory helpers set in code, not options)."""
         opts = [
             f"{f.name}={_fmt(getattr(self, f.name))}"
             for f in dataclasses.fields(self)
-            if getattr(self, f.name) != _default(f)
+            if f.compare and getattr(self, f.name) != _default(f)
         ]
         return self.name + (f"{{{','.join(opts)}}}" if opts else "")
 

@@ -1,24 +1,60 @@
 """Budget specs: ``size=0.3x`` (of fp32), ``bops=0.5int8`` (of uniform INT8), ``size=2MB``,
-``latency=2.5ms``, ``act_memory=64KiB``. Limits resolve to the quantity's natural unit:
-bytes, bit operations, seconds."""
+``latency=2.5ms``, ``act_memory=64KiB``. Parsed once, here: :func:`parse_budget` checks the
+syntax and units; the parsed spec resolves to a limit in the quantity's natural unit (bytes,
+bit operations, seconds) once the model's fp32 and INT8 reference totals are known.
+
+The quantity names are defined once, in :mod:`lcpaq.ir.meta` (``Budget`` validates them), and
+re-exported here with what else is known about each quantity."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from typing import Literal, Sequence
 
 from lcpaq.ir.errors import ConfigError
-from lcpaq.ir.meta import Budget
+from lcpaq.ir.meta import ACT_MEMORY, BOPS, LATENCY, QUANTITIES, SIZE, Budget
 
-QUANTITIES = ("size", "bops", "latency", "act_memory")
+__all__ = [
+    "ACT_MEMORY", "BOPS", "LATENCY", "PEAK", "QUANTITIES", "SIZE", "BudgetSpec", "budget_options", "format_quantity",
+    "parse_budget",
+]
+
+#: Quantities that are the largest layer's value (peak activation memory), not a sum over layers.
+PEAK: frozenset[str] = frozenset({ACT_MEMORY})
+
+_BYTES = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 _UNITS = {
-    "size": {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2**10, "mib": 2**20, "gib": 2**30},
-    "act_memory": {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2**10, "mib": 2**20, "gib": 2**30},
-    "bops": {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12},
-    "latency": {"s": 1, "ms": 1e-3, "us": 1e-6},
+    SIZE: _BYTES,
+    ACT_MEMORY: _BYTES,
+    BOPS: {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12},
+    LATENCY: {"s": 1, "ms": 1e-3, "us": 1e-6},
 }
+_REFERENCES = {"x": "fp32", "int8": "INT8"}
 
 
-def parse_budget(text: str, fp32: dict[str, float], int8: dict[str, float]) -> Budget:
-    """Parse ``key=value`` against the fp32 and uniform-INT8 reference totals."""
+@dataclass(frozen=True)
+class BudgetSpec:
+    """A parsed budget: ``number`` times ``factor`` (an absolute unit), or times the fp32
+    (``reference="x"``) or uniform-INT8 (``reference="int8"``) total of the quantity."""
+
+    quantity: str
+    number: float
+    factor: float
+    reference: Literal["", "x", "int8"]
+    text: str
+
+    def resolve(self, fp32: dict[str, float], int8: dict[str, float]) -> Budget:
+        """The budget with its limit in the quantity's unit, given the reference totals."""
+        if not self.reference:
+            return Budget(self.quantity, self.number * self.factor, self.text)
+        refs = fp32 if self.reference == "x" else int8
+        if self.quantity not in refs:
+            raise ConfigError(f"bad budget {self.text!r}: no {_REFERENCES[self.reference]} reference for {self.quantity}")
+        return Budget(self.quantity, self.number * refs[self.quantity], self.text)
+
+
+def parse_budget(text: str) -> BudgetSpec:
+    """Parse ``key=value``; a malformed budget is one ConfigError line."""
     key, eq, value = text.partition("=")
     key, value = key.strip().replace("-", "_"), value.strip().lower()
     if not eq or key not in QUANTITIES:
@@ -27,25 +63,34 @@ def parse_budget(text: str, fp32: dict[str, float], int8: dict[str, float]) -> B
     if not match:
         raise ConfigError(f"bad budget {text!r}: the value must be a number with an optional unit")
     number, unit = float(match[1]), match[2]
-    if unit in ("x", "int8"):
-        refs = fp32 if unit == "x" else int8
-        if key not in refs:
-            raise ConfigError(f"bad budget {text!r}: no {'fp32' if unit == 'x' else 'INT8'} reference for {key}")
-        return Budget(key, number * refs[key], text)
+    if unit in _REFERENCES:
+        return BudgetSpec(key, number, 1.0, unit, text)  # type: ignore[arg-type]
     units = _UNITS[key]
     if unit not in units:
         raise ConfigError(f"bad budget {text!r}: unit {unit!r} unknown for {key}; use {', '.join(u or 'none' for u in units)}, x or int8")
-    return Budget(key, number * units[unit], text)
+    return BudgetSpec(key, number, float(units[unit]), "", text)
+
+
+def budget_options(texts: Sequence[str]) -> dict[str, str]:
+    """``["size=0.3x", "bops=1G"]`` -> ``{"size": "0.3x", "bops": "1G"}``, the ilp pass's options;
+    each budget is parsed, and a quantity given twice is refused."""
+    options: dict[str, str] = {}
+    for text in texts:
+        spec = parse_budget(text)
+        if spec.quantity in options:
+            raise ConfigError(f"budget {spec.quantity} is given twice")
+        options[spec.quantity] = text.partition("=")[2].strip()
+    return options
 
 
 def format_quantity(quantity: str, value: float) -> str:
     """A quantity in readable units: MiB/KiB for bytes, G/M for BOPs, ms for latency."""
-    if quantity in ("size", "act_memory"):
+    if quantity in (SIZE, ACT_MEMORY):
         for factor, unit in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
             if value >= factor:
                 return f"{value / factor:.2f} {unit}"
         return f"{value:.0f} B"
-    if quantity == "latency":
+    if quantity == LATENCY:
         return f"{value * 1e3:.3f} ms"
     for factor, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if value >= factor:

@@ -3,15 +3,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
 
 import torch.fx as fx
 
 from lcpaq.ir.capture import get_attr
-from lcpaq.ir.layers import QuantLayer, find_layers, weight_channel_axis
-from lcpaq.ir.meta import ACT_RANGE, BITS, BitAssignment, FLOAT_BITS, QUANTIZED, QUANTIZER, QuantizedInfo, QuantizerRole
+from lcpaq.ir.layers import QuantLayer, find_layers
+from lcpaq.ir.meta import ACT_RANGE, QSPEC, QUANTIZED, QUANTIZER, LayerQuantSpec, QuantizedInfo, QuantizerRole, QuantSpec
 from lcpaq.ir.qops import FakeQuantize
-from lcpaq.ir.quantizer import QuantSpec
 from lcpaq.passes.base import Pass, PassResult, register_pass
 from lcpaq.passes.context import PassContext
 
@@ -22,62 +20,59 @@ QUANT_ROOT = "lcpaq_quant"
 @dataclass(frozen=True)
 class FakeQuant(Pass):
     """Inserts a ``FakeQuantize`` before each weight and each activation input of every layer,
-    at the layer's assigned widths (32 = left in float).
+    set to exactly the layer's ``lcpaq.qspec`` (its weight spec on the weight, its activation
+    spec on every activation input; a side whose spec is None stays in float). Activation
+    quantizers take the range calibrated at their width.
 
-    Reads: ``lcpaq.bits``, ``lcpaq.act_range``. Writes: ``lcpaq.quantized`` on every layer and
-    ``lcpaq.quantizer`` on every inserted node. Weights: symmetric, per output channel unless
-    ``weight_granularity=per-tensor``. Activations: ranges from calibration at the same width;
-    asymmetric unless ``act_symmetric``. An activation read by several layers at one width gets
-    one shared quantizer. Guarantees: idempotent (quantized layers are left as they are)."""
+    Reads: ``lcpaq.qspec``, ``lcpaq.act_range``. Writes: ``lcpaq.quantized`` on every layer and
+    ``lcpaq.quantizer`` on every inserted node. An activation read by several layers with one
+    spec gets one shared quantizer. Guarantees: idempotent (quantized layers are left as they
+    are)."""
 
     name = "fake-quant"
-    reads = (BITS, ACT_RANGE)
+    reads = (QSPEC, ACT_RANGE)
     writes = (QUANTIZED,)
     rewrites = True
-    weight_granularity: Literal["per-channel", "per-tensor"] = "per-channel"
-    act_symmetric: bool = False
 
     def call(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
-        shared: dict[tuple[fx.Node, int], fx.Node] = {}
+        shared: dict[tuple[fx.Node, QuantSpec], fx.Node] = {}
         modified = False
         for layer in find_layers(gm):
             if QUANTIZED.has(layer.node):
                 continue
-            bits = BITS.get(layer.node)
-            w_name = self._quantize_weight(gm, layer, bits.w_bits)
-            a_names = self._quantize_acts(gm, layer, bits, shared)
-            QUANTIZED.set(layer.node, QuantizedInfo(w_name, a_names, bits))
+            spec = QSPEC.get(layer.node)
+            w_name = self._quantize_weight(gm, layer, spec)
+            a_names = self._quantize_acts(gm, layer, spec, shared)
+            QUANTIZED.set(layer.node, QuantizedInfo(w_name, a_names))
             modified = True
         if modified:
             gm.graph.lint()
             gm.recompile()
         return PassResult(gm, modified)
 
-    def _quantize_weight(self, gm: fx.GraphModule, layer: QuantLayer, w_bits: int) -> str | None:
-        if layer.weight is None or w_bits == FLOAT_BITS:
+    def _quantize_weight(self, gm: fx.GraphModule, layer: QuantLayer, spec: LayerQuantSpec) -> str | None:
+        if layer.weight is None or spec.weight is None:
             return None
-        weight = get_attr(gm, layer.weight.target)
-        axis = weight_channel_axis(layer) if self.weight_granularity == "per-channel" else None
-        module = FakeQuantize.for_weight(weight, QuantSpec(w_bits, symmetric=True, ch_axis=axis))
-        qnode = self._insert(gm, layer, layer.weight, module, f"{layer.name}.w", QuantizerRole("weight", w_bits))
+        module = FakeQuantize.for_weight(get_attr(gm, layer.weight.target), spec.weight)
+        qnode = self._insert(gm, layer, layer.weight, module, f"{layer.name}.w", QuantizerRole("weight", spec.weight.bits))
         return str(qnode.target)
 
     def _quantize_acts(
-        self, gm: fx.GraphModule, layer: QuantLayer, bits: BitAssignment, shared: dict[tuple[fx.Node, int], fx.Node]
+        self, gm: fx.GraphModule, layer: QuantLayer, spec: LayerQuantSpec, shared: dict[tuple[fx.Node, QuantSpec], fx.Node]
     ) -> tuple[str, ...]:
-        names = []
+        names: list[str] = []
+        if spec.act is None:
+            return ()
         ranges = ACT_RANGE.get(layer.node)
         for index, act in enumerate(layer.act_inputs):
-            if bits.a_bits == FLOAT_BITS:
-                continue
-            key = (act, bits.a_bits)
+            key = (act, spec.act)
             if key in shared:
                 layer.node.replace_input_with(act, shared[key])
                 names.append(str(shared[key].target))
                 continue
-            r = ranges.get(index, bits.a_bits)
-            module = FakeQuantize.for_range(r.lo, r.hi, QuantSpec(bits.a_bits, symmetric=self.act_symmetric))
-            role = QuantizerRole("act", bits.a_bits)
+            r = ranges.get(index, spec.act.bits)
+            module = FakeQuantize.for_range(r.lo, r.hi, spec.act)
+            role = QuantizerRole("act", spec.act.bits)
             shared[key] = self._insert(gm, layer, act, module, f"{layer.name}.a{index}", role)
             names.append(str(shared[key].target))
         return tuple(names)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -14,37 +14,38 @@ from torch.utils._pytree import tree_leaves
 from lcpaq.ir.capture import get_attr
 from lcpaq.ir.fileio import atomic_write_json, read_json_cache
 from lcpaq.ir.layers import QuantLayer, find_layers
-from lcpaq.ir.meta import ACT_RANGE, SENSITIVITY, Sensitivity
+from lcpaq.ir.meta import ACT_RANGE, QUANT_SCHEME, SENSITIVITY, QuantScheme, Sensitivity
 from lcpaq.passes.base import Pass, PassResult, register_pass
 from lcpaq.passes.context import PassContext
-from lcpaq.passes.hutchinson import hessian_traces
-from lcpaq.passes.sensitivity_terms import act_errors, collect_activations, combine, hessian_loss, weight_errors
+from lcpaq.passes.sensitivity_model import SharedTraces, measure_traces, recombine
 
 
 @register_pass
 @dataclass(frozen=True)
 class HessianSensitivity(Pass):
     """Sensitivity(layer, b) = tr(H) / n * ||Q_b(X) - X||^2 for its weight X = W and, summed,
-    its activation inputs, at every width the target offers for the layer.
+    its activation inputs, at every width the target offers for the layer, Q_b being the
+    quantizer the graph's ``lcpaq.quant_scheme`` gives a layer at b bits (the one fake-quant
+    will insert).
 
     The loss is cross-entropy on ``ctx.calib_labels`` when given, else output distillation
     (0.5 x squared error against the fp32 graph's own outputs, whose Hessian at the fp32
     weights is the Gauss-Newton matrix). Traces use Rademacher probes on the first ``batches``
     calibration batches, stopping at relative standard error ``tol`` (after ``min_probes``) or
-    at ``probes`` probes.
-    Quantizer settings must match those given to fake-quant. Results are cached in
-    ``ctx.cache_dir`` keyed by graph, weights, data and options.
-    Reads: ``lcpaq.act_range``. Writes: ``lcpaq.sensitivity`` on every layer."""
+    at ``probes`` probes. With ``shared`` (a :class:`SharedTraces` of this graph, set in code
+    by a search), traces are taken from it instead of probing: the same numbers, no probes.
+    Results are cached in ``ctx.cache_dir`` keyed by graph, weights, data, scheme and options.
+    Reads: ``lcpaq.act_range``, ``lcpaq.quant_scheme``. Writes: ``lcpaq.sensitivity`` on every
+    layer."""
 
     name = "hessian"
-    reads = (ACT_RANGE,)
+    reads = (ACT_RANGE, QUANT_SCHEME)
     writes = (SENSITIVITY,)
     probes: int = 64
     min_probes: int = 8
     tol: float = 0.05
     batches: int = 2
-    weight_granularity: Literal["per-channel", "per-tensor"] = "per-channel"
-    act_symmetric: bool = False
+    shared: SharedTraces | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.probes < 1 or self.min_probes < 1:
@@ -54,39 +55,35 @@ class HessianSensitivity(Pass):
 
     def call(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         layers = find_layers(gm)
+        scheme = QUANT_SCHEME.get(gm)
         batches = ctx.batches()[: self.batches]
         labels = ctx.calib_labels[: self.batches] if ctx.calib_labels else None
         path = None
         if ctx.cache_dir is not None:
-            path = ctx.cache_dir / "hessian" / f"{self._key(gm, ctx, batches, labels, layers)}.json"
+            path = ctx.cache_dir / "hessian" / f"{self._key(gm, ctx, scheme, batches, labels, layers)}.json"
             cached = _load(path, layers)
             if cached is not None:
                 for layer in layers:
                     SENSITIVITY.set(layer.node, cached[layer.name])
                 return PassResult(gm, False)
-        results = self._compute(gm, ctx, layers, batches, labels)
+        if self.shared is not None:
+            self.shared.check(self.probes, len(batches), ctx.seed)
+            traces = self.shared.traces(self.probes, self.min_probes, self.tol)
+            results = self.shared.sensitivities(gm, layers, ctx.target, scheme, traces)
+        else:
+            traces = measure_traces(gm, layers, batches, labels, self.probes, self.min_probes, self.tol, ctx.seed, ctx.progress)
+            results = recombine(gm, layers, ctx.target, scheme, traces)
         for layer in layers:
             SENSITIVITY.set(layer.node, results[layer.name])
         if path is not None:
             atomic_write_json(path, {name: asdict(s) for name, s in results.items()})
         return PassResult(gm, False)
 
-    def _compute(self, gm, ctx: PassContext, layers: list[QuantLayer], batches, labels) -> dict[str, Sensitivity]:
-        weight_names = list(dict.fromkeys(str(layer.weight.target) for layer in layers if layer.weight is not None))
-        act_nodes = list(dict.fromkeys(a for layer in layers for a in layer.act_inputs))
-        w_tr, a_tr = hessian_traces(
-            gm, weight_names, act_nodes, batches, hessian_loss(gm, batches, labels),
-            self.probes, min(self.min_probes, self.probes), self.tol, ctx.seed, ctx.progress,
-        )
-        values = collect_activations(gm, [n.name for n in act_nodes], batches)
-        w_err = weight_errors(gm, layers, ctx.target, self.weight_granularity)
-        a_err = act_errors(layers, values, ctx.target, self.act_symmetric)
-        return combine(gm, layers, w_tr, {n.name: est for n, est in a_tr.items()}, w_err, a_err)
-
-    def _key(self, gm: fx.GraphModule, ctx: PassContext, batches, labels, layers: list[QuantLayer]) -> str:
+    def _key(self, gm: fx.GraphModule, ctx: PassContext, scheme: QuantScheme, batches, labels, layers: list[QuantLayer]) -> str:
         h = hashlib.sha256()
         h.update(gm.code.encode())
-        h.update(json.dumps([asdict(self), ctx.seed, sorted(ctx.target.act_bits)], default=str).encode())
+        options = {"probes": self.probes, "min_probes": self.min_probes, "tol": self.tol, "batches": self.batches}
+        h.update(json.dumps([options, asdict(scheme), ctx.seed, sorted(ctx.target.act_bits)], default=str).encode())
         for layer in layers:
             h.update(layer.name.encode())
             h.update(str(ctx.target.weight_bits(layer.kind)).encode())

@@ -7,23 +7,31 @@ from dataclasses import dataclass
 import numpy as np
 import torch.fx as fx
 
+from lcpaq.hw_targets.latency_table import LatencyTable
 from lcpaq.hw_targets.target import Target
 from lcpaq.ir.errors import ConfigError
 from lcpaq.ir.layers import find_layers, precision_groups
-from lcpaq.backends.latency_table import LatencyTable
-from lcpaq.ir.meta import ASSIGNMENT, BITS, COST, FLOAT_BITS, MODEL_COST, SENSITIVITY, AssignmentResult, BitAssignment, Budget
+from lcpaq.ir.meta import ASSIGNMENT, COST, QSPEC, QUANT_SCHEME, SENSITIVITY, AssignmentResult, BitAssignment, Budget
 from lcpaq.passes.base import Pass, PassResult, register_pass
-from lcpaq.passes.budgets import format_quantity, parse_budget
+from lcpaq.passes.budgets import LATENCY, QUANTITIES, BudgetSpec, format_quantity, parse_budget
 from lcpaq.passes.context import PassContext
+from lcpaq.passes.cost_model import LAYER_QUANTITIES, fixed_costs, layer_quantities, load_table, reference_totals
 from lcpaq.passes.ilp_problem import AssignmentProblem, Infeasible
+from lcpaq.passes.quant_scheme import assign
+
+#: Quantities the objective may trade against sensitivity (those with an fp32 reference).
+TRADEABLE = LAYER_QUANTITIES
+
 
 def problem_from_graph(gm: fx.GraphModule, target: Target, table: LatencyTable | None = None) -> AssignmentProblem:
     """The assignment problem of a costed, sensitivity-annotated graph; candidates per layer
-    are those the target offers for the layer's op kind. With a latency ``table``, each
-    candidate's latency is the table's, and candidates it has no measurement for are left out."""
+    are those the target offers for the layer's op kind, priced by the cost model. With a
+    latency ``table``, each candidate's latency is the table's, and candidates it has no
+    measurement for are left out."""
     layers = find_layers(gm)
     index = {layer.name: i for i, layer in enumerate(layers)}
-    candidates, sens, size, bops, act, latency = [], [], [], [], [], []
+    candidates, sens = [], []
+    costs: dict[str, list[np.ndarray]] = {q: [] for q in LAYER_QUANTITIES + ((LATENCY,) if table is not None else ())}
     for layer in layers:
         cost, s = COST.get(layer.node), SENSITIVITY.get(layer.node)
         cands = list(target.candidates(layer.kind))
@@ -32,19 +40,14 @@ def problem_from_graph(gm: fx.GraphModule, target: Target, table: LatencyTable |
             cands = [c for c, sec in timed if sec is not None]
             if not cands:
                 raise ConfigError(f"latency table for {table.model} has no usable entry for layer {layer.name!r}")
-            latency.append(np.array([sec for _, sec in timed if sec is not None]))
+            costs[LATENCY].append(np.array([sec for _, sec in timed if sec is not None]))
         candidates.append(cands)
         sens.append(np.array([s.of(c) for c in cands]))
-        size.append(np.array([cost.weight_bytes(c.w_bits) if layer.weight is not None else 0.0 for c in cands]))
-        bops.append(np.array([float(cost.bops(c.w_bits, c.a_bits)) for c in cands]))
-        act.append(np.array([cost.act_bytes(c.a_bits) for c in cands]))
-    totals = MODEL_COST.get(gm)
+        values = [layer_quantities(layer, cost, c) for c in cands]
+        for q in LAYER_QUANTITIES:
+            costs[q].append(np.array([v[q] for v in values]))
     groups = [tuple(index[n] for n in g) for g in precision_groups(layers)]
-    costs = {"size": size, "bops": bops, "act_memory": act}
-    fixed = {"size": (totals.params - totals.quantizable_params) * 4.0}
-    if table is not None:
-        costs["latency"], fixed["latency"] = latency, table.fixed_seconds
-    return AssignmentProblem([layer.name for layer in layers], candidates, sens, costs, fixed, groups)
+    return AssignmentProblem([layer.name for layer in layers], candidates, sens, costs, fixed_costs(gm, table), groups)
 
 
 def _seconds(table: LatencyTable, layer: str, bits: BitAssignment) -> float | None:
@@ -52,38 +55,6 @@ def _seconds(table: LatencyTable, layer: str, bits: BitAssignment) -> float | No
         return table.seconds(layer, bits)
     except ConfigError:
         return None
-
-
-def load_table(path: str, target: Target) -> LatencyTable | None:
-    return LatencyTable.load(path, target) if path else None
-
-
-def reference_totals(gm: fx.GraphModule, table: LatencyTable | None = None) -> tuple[dict[str, float], dict[str, float]]:
-    """Totals of the fp32 model and of uniform INT8 (W8A8), the references of ``0.3x`` and
-    ``0.5int8`` budgets; latency ones from ``table`` when given."""
-    layers = find_layers(gm)
-    costs = [COST.get(layer.node) for layer in layers]
-    totals = MODEL_COST.get(gm)
-    rest = (totals.params - totals.quantizable_params) * 4.0
-    fp32 = {
-        "size": float(totals.fp32_bytes),
-        "bops": float(sum(c.bops(32, 32) for c in costs)),
-        "act_memory": float(max((c.act_bytes(32) for c in costs), default=0.0)),
-    }
-    int8 = {
-        "size": rest + sum(c.weight_bytes(8) if layer.weight is not None else 0.0 for c, layer in zip(costs, layers)),
-        "bops": float(sum(c.bops(8, 8) for c in costs)),
-        "act_memory": float(max((c.act_bytes(8) for c in costs), default=0.0)),
-    }
-    if table is not None:
-        float_bits = BitAssignment(FLOAT_BITS, FLOAT_BITS)
-        fp32["latency"] = table.total({layer.name: float_bits for layer in layers})
-        int8["latency"] = table.total({layer.name: _int8(layer.kind) for layer in layers})
-    return fp32, int8
-
-
-def _int8(kind: str) -> BitAssignment:
-    return BitAssignment(8, FLOAT_BITS) if kind == "embedding" else BitAssignment(8, 8)
 
 
 @register_pass
@@ -96,14 +67,16 @@ class ILPAssign(Pass):
     cost terms to the objective, for trading budgets against each other; ``w_range`` and
     ``a_bits`` narrow the target's candidates. A latency budget needs ``table``, a latency
     table measured by ``lcpaq profile``; candidates it has no measurement for are left out.
+    Budgets are checked when the pass is built, before any work.
 
-    Reads: ``lcpaq.cost``, ``lcpaq.sensitivity``. Writes: ``lcpaq.bits`` on every layer and
-    ``lcpaq.assignment`` on the graph. An infeasible budget is a one-line error stating the
-    smallest achievable value of each constrained quantity."""
+    Reads: ``lcpaq.cost``, ``lcpaq.sensitivity``, ``lcpaq.quant_scheme``. Writes:
+    ``lcpaq.qspec`` on every layer (the chosen bits under the scheme) and ``lcpaq.assignment``
+    on the graph. An infeasible budget is a one-line error stating the smallest achievable
+    value of each constrained quantity."""
 
     name = "ilp"
-    reads = (COST, SENSITIVITY)
-    writes = (BITS, ASSIGNMENT)
+    reads = (COST, SENSITIVITY, QUANT_SCHEME)
+    writes = (QSPEC, ASSIGNMENT)
     size: str = ""
     bops: str = ""
     latency: str = ""
@@ -116,6 +89,16 @@ class ILPAssign(Pass):
     def __post_init__(self) -> None:
         self.tradeoff_weights()  # validates
         self.width_range()
+        self.budget_specs()
+        if self.latency and not self.table:
+            raise ConfigError(
+                "a latency budget needs a latency table: run `lcpaq profile --model M --target T --out table.json` "
+                "and give it with --latency-table (ilp{table=...})"
+            )
+
+    def budget_specs(self) -> list[BudgetSpec]:
+        """The budgets given (``size=0.3x``...), parsed; a malformed one is a ConfigError."""
+        return [parse_budget(f"{q}={getattr(self, q)}") for q in QUANTITIES if getattr(self, q)]
 
     def tradeoff_weights(self) -> dict[str, float]:
         """``tradeoff=bops:0.1+size:0.5``: soft terms added to the objective, each weight w
@@ -123,8 +106,8 @@ class ILPAssign(Pass):
         weights = {}
         for item in filter(None, self.tradeoff.split("+")):
             quantity, _, value = item.partition(":")
-            if quantity not in ("size", "bops", "act_memory"):
-                raise ValueError(f"tradeoff on {quantity!r}: choose size, bops or act_memory")
+            if quantity not in TRADEABLE:
+                raise ValueError(f"tradeoff on {quantity!r}: choose {', '.join(TRADEABLE)}")
             weights[quantity] = float(value)
         return weights
 
@@ -147,20 +130,10 @@ class ILPAssign(Pass):
             raise ConfigError(f"w_range={self.w_range or 'any'}, a_bits={self.a_bits or 'any'} leave target {target.name!r} no precision")
         return dataclasses.replace(target, native_weight_bits=native, storage_weight_bits=storage, act_bits=acts)
 
-    def budgets(self, table: LatencyTable | None, fp32: dict[str, float], int8: dict[str, float]) -> list[Budget]:
-        """The budgets given, resolved against the fp32 and uniform-INT8 reference totals."""
-        if self.latency and table is None:
-            raise ConfigError(
-                "a latency budget needs a latency table: run `lcpaq profile --model M --target T --out table.json` "
-                "and give it with --latency-table (ilp{table=...})"
-            )
-        texts = [f"{q}={v}" for q, v in (("size", self.size), ("bops", self.bops), ("latency", self.latency), ("act_memory", self.act_memory)) if v]
-        return [parse_budget(t, fp32, int8) for t in texts]
-
     def call(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         table = load_table(self.table, ctx.target)
         fp32, int8 = reference_totals(gm, table)
-        budgets = self.budgets(table, fp32, int8)
+        budgets = [spec.resolve(fp32, int8) for spec in self.budget_specs()]
         if not budgets:
             raise ConfigError("needs at least one budget, for example ilp{size=0.3x} or ilp{bops=0.5int8}")
         problem = problem_from_graph(gm, self.candidates_target(ctx.target), table)
@@ -169,8 +142,7 @@ class ILPAssign(Pass):
             solution = problem.solve({b.quantity: b.limit for b in budgets}, objective)
         except Infeasible:
             raise ConfigError(_infeasible_message(problem, budgets)) from None
-        for layer, bits in zip(find_layers(gm), solution.choice):
-            BITS.set(layer.node, bits)
+        assign(gm, dict(zip(problem.names, solution.choice)))
         ASSIGNMENT.set(gm, AssignmentResult(tuple(budgets), tuple(solution.totals.items()), solution.sensitivity, solution.seconds))
         return PassResult(gm, False)
 

@@ -2,7 +2,7 @@
 
 Variables: one binary x[l, c] per (layer l, candidate precision c); one choice per layer.
 Objective: minimise the sum of sensitivities. Constraints: budgets on additive quantities
-(size, BOPs, latency), peak activation memory (a per-layer bound, since peak = max), and
+(size, BOPs, latency), peak ones (activation memory: a per-layer bound, since peak = max), and
 layers that read the same activation choosing the same activation width."""
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from scipy.sparse import lil_matrix
 
 from lcpaq.ir.errors import LcpaqError
 from lcpaq.ir.meta import BitAssignment
-
-ADDITIVE = ("size", "bops", "latency")
+from lcpaq.passes.budgets import PEAK
+from lcpaq.passes.cost_model import aggregate
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ class AssignmentProblem:
         start = time.perf_counter()
         constraints = self._structure()
         for quantity, limit in budgets.items():
-            if quantity == "act_memory":
+            if quantity in PEAK:  # the largest layer's value: every layer's choice is bounded
                 values = self._flat(self.costs[quantity])
                 for l in range(len(self.names)):
                     row = np.zeros(self.n)
@@ -152,7 +152,7 @@ class AssignmentProblem:
         totals = {}
         for quantity, per_layer in self.costs.items():
             values = [per_layer[l][c] for l, c in enumerate(picks)]
-            totals[quantity] = float(max(values)) if quantity == "act_memory" else float(sum(values) + self.fixed.get(quantity, 0.0))
+            totals[quantity] = aggregate(quantity, values, self.fixed.get(quantity, 0.0))
         return totals
 
     def index_of(self, assignment: list[BitAssignment]) -> list[int]:
@@ -160,11 +160,11 @@ class AssignmentProblem:
 
     def minimum(self, quantity: str) -> float:
         """The smallest value of ``quantity`` any assignment reaches (groups respected)."""
-        if quantity == "act_memory":
+        if quantity in PEAK:
             return float(max(np.min(v) for v in self.costs[quantity]))
         return self.solve({}, objective=self._flat(self.costs[quantity])).totals[quantity]
 
     def maximum(self, quantity: str) -> float:
-        if quantity == "act_memory":
+        if quantity in PEAK:
             return float(max(np.max(v) for v in self.costs[quantity]))
         return self.solve({}, objective=-self._flat(self.costs[quantity])).totals[quantity]

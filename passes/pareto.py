@@ -7,11 +7,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch.fx as fx
 
+from lcpaq.ir.errors import ConfigError
 from lcpaq.ir.meta import COST, PARETO, SENSITIVITY, ParetoFront, ParetoPoint
 from lcpaq.passes.base import Pass, PassResult, register_pass
+from lcpaq.passes.budgets import BOPS, LATENCY, QUANTITIES, SIZE
 from lcpaq.passes.context import PassContext
-from lcpaq.ir.errors import ConfigError
-from lcpaq.passes.ilp import load_table, problem_from_graph
+from lcpaq.passes.cost_model import load_table
+from lcpaq.passes.ilp import problem_from_graph
 from lcpaq.passes.ilp_problem import AssignmentProblem, Infeasible
 
 
@@ -28,23 +30,23 @@ class ParetoSweep(Pass):
     reads = (COST, SENSITIVITY)
     writes = (PARETO,)
     points: int = 50
-    quantities: tuple[str, ...] = ("size", "bops")
+    quantities: tuple[str, ...] = (SIZE, BOPS)
     table: str = ""
 
     def __post_init__(self) -> None:
         if self.points < 2:
             raise ValueError("points must be >= 2")
         for q in self.quantities:
-            if q not in ("size", "bops", "act_memory", "latency"):
-                raise ValueError(f"cannot sweep {q!r}; choose from size, bops, act_memory, latency")
+            if q not in QUANTITIES:
+                raise ValueError(f"cannot sweep {q!r}; choose from {', '.join(QUANTITIES)}")
 
     def call(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         start = time.perf_counter()
         table = load_table(self.table, ctx.target)
-        if "latency" in self.quantities and table is None:
+        if LATENCY in self.quantities and table is None:
             raise ConfigError("sweeping latency needs a latency table (pareto{table=...})")
         problem = problem_from_graph(gm, ctx.target, table)
-        quantities = self.quantities + (("latency",) if table is not None and "latency" not in self.quantities else ())
+        quantities = self.quantities + ((LATENCY,) if table is not None and LATENCY not in self.quantities else ())
         fronts = tuple((q, sweep(problem, q, self.points)) for q in quantities)
         PARETO.set(gm, ParetoFront(fronts, time.perf_counter() - start))
         return PassResult(gm, False)

@@ -1,7 +1,11 @@
 """Pipelines: an ordered list of passes, built in code (one function per phase, taking the
 target, as TVM's relax pipelines) or from a text spec for the CLI:
 
-    fold-bn,shape-prop,cost,calibrate{method=percentile,percentile=99.9},uniform{w=4,a=8},fake-quant
+    fold-bn,shape-prop,cost,quant-scheme,calibrate{method=percentile,percentile=99.9},uniform{w=4,a=8},fake-quant
+
+``quant-scheme`` sets the weight granularity and activation symmetry every quantizer uses; the
+passes that build quantizer specs (hessian, uniform, ilp) read it, so a spec without it stops
+at the first of them with an error naming the pass to run first.
 """
 from __future__ import annotations
 
@@ -16,9 +20,20 @@ from tqdm.auto import tqdm
 
 from lcpaq.hw_targets.target import Target
 from lcpaq.ir.errors import ConfigError
+from lcpaq.ir.precision import Granularity
+from lcpaq.passes.assign_uniform import UniformBits
 from lcpaq.passes.base import Pass, PassResult, registered_passes
+from lcpaq.passes.calibrate import Calibrate
 from lcpaq.passes.context import PassContext
+from lcpaq.passes.cost import Cost
+from lcpaq.passes.fake_quant import FakeQuant
+from lcpaq.passes.fold_bn import FoldBatchNorm
+from lcpaq.passes.hessian import HessianSensitivity
+from lcpaq.passes.ilp import ILPAssign
 from lcpaq.passes.instruments import PassInstrument
+from lcpaq.passes.pareto import ParetoSweep
+from lcpaq.passes.quant_scheme import SetQuantScheme
+from lcpaq.passes.shape_prop import ShapeProp
 
 
 @dataclass
@@ -51,42 +66,30 @@ class Pipeline:
 
 def prepare_phase(target: Target) -> list[Pass]:
     """Canonicalise the graph and annotate shapes and costs."""
-    from lcpaq.passes.cost import Cost
-    from lcpaq.passes.fold_bn import FoldBatchNorm
-    from lcpaq.passes.shape_prop import ShapeProp
-
     return [FoldBatchNorm(), ShapeProp(), Cost()]
 
 
-def calibration_phase(target: Target, method: str = "minmax") -> list[Pass]:
-    """Calibrate activation ranges at every activation width the target offers."""
-    from lcpaq.passes.calibrate import Calibrate
-
-    return [Calibrate(method=method)]
+def calibration_phase(
+    target: Target, method: str = "minmax", weight_granularity: Granularity = "per-channel", act_symmetric: bool = False
+) -> list[Pass]:
+    """Set the quantization scheme and calibrate activation ranges at every activation width
+    the target offers."""
+    return [SetQuantScheme(weight_granularity=weight_granularity, act_symmetric=act_symmetric), Calibrate(method=method)]
 
 
 def uniform_phase(target: Target, w_bits: int, a_bits: int) -> list[Pass]:
     """Assign one precision to every layer and rewrite to the fake-quantized graph."""
-    from lcpaq.passes.assign_uniform import UniformBits
-    from lcpaq.passes.fake_quant import FakeQuant
-
     return [UniformBits(w=w_bits, a=a_bits), FakeQuant()]
 
 
 def sensitivity_phase(target: Target, probes: int = 64, sweep_points: int = 50, table: str = "") -> list[Pass]:
     """Hessian sensitivity of every layer at the target's widths, and the Pareto frontier
     (against latency too, given a latency table)."""
-    from lcpaq.passes.hessian import HessianSensitivity
-    from lcpaq.passes.pareto import ParetoSweep
-
     return [HessianSensitivity(probes=probes, min_probes=min(8, probes)), ParetoSweep(points=sweep_points, table=table)]
 
 
 def ilp_phase(target: Target, budgets: dict[str, str], table: str = "") -> list[Pass]:
     """Assign precisions by ILP under ``budgets`` ({"size": "0.3x", ...}) and rewrite."""
-    from lcpaq.passes.fake_quant import FakeQuant
-    from lcpaq.passes.ilp import ILPAssign
-
     return [ILPAssign(**budgets, table=table), FakeQuant()]
 
 

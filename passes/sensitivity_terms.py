@@ -15,10 +15,11 @@ from torch.utils._pytree import tree_leaves
 
 from lcpaq.hw_targets.target import Target
 from lcpaq.ir.capture import get_attr
-from lcpaq.ir.layers import QuantLayer, weight_channel_axis
-from lcpaq.ir.meta import ACT_RANGE, FLOAT_BITS, Sensitivity
-from lcpaq.ir.quantizer import QuantSpec, fake_quantize, qparams_from_range, quantization_error
+from lcpaq.ir.layers import QuantLayer
+from lcpaq.ir.meta import ACT_RANGE, FLOAT_BITS, QuantScheme, Sensitivity
+from lcpaq.ir.quantizer import fake_quantize, qparams_from_range, quantization_error
 from lcpaq.passes.hutchinson import Loss, TraceEstimate
+from lcpaq.passes.quant_scheme import act_spec, weight_spec
 
 
 def hessian_loss(gm: fx.GraphModule, batches: tuple, labels: tuple | None) -> Loss:
@@ -66,27 +67,28 @@ def collect_activations(gm: fx.GraphModule, names: list[str], batches: tuple) ->
     return values
 
 
-def weight_errors(gm: fx.GraphModule, layers: list[QuantLayer], target: Target, granularity: str) -> dict[str, dict[int, float]]:
-    """||Q_b(W) - W||^2 per layer and per weight width the target offers for it."""
+def weight_errors(gm: fx.GraphModule, layers: list[QuantLayer], target: Target, scheme: QuantScheme) -> dict[str, dict[int, float]]:
+    """||Q_b(W) - W||^2 per layer and per weight width the target offers for it, Q_b being the
+    weight spec the assignment passes give the layer at b bits under ``scheme``."""
     out: dict[str, dict[int, float]] = {}
     for layer in layers:
         if layer.weight is None:
             out[layer.name] = {}
             continue
         weight = get_attr(gm, layer.weight.target).detach()
-        axis = weight_channel_axis(layer) if granularity == "per-channel" else None
         out[layer.name] = {
-            b: quantization_error(weight, QuantSpec(b, symmetric=True, ch_axis=axis))
+            b: quantization_error(weight, weight_spec(layer, b, scheme))
             for b in target.weight_bits(layer.kind) if b != FLOAT_BITS
         }
     return out
 
 
 def act_errors(
-    layers: list[QuantLayer], values: dict[str, list[torch.Tensor]], target: Target, symmetric: bool
+    layers: list[QuantLayer], values: dict[str, list[torch.Tensor]], target: Target, scheme: QuantScheme
 ) -> dict[str, list[dict[int, float]]]:
-    """||Q_b(A) - A||^2 per layer, per activation input and per activation width, with the
-    ranges calibrated on the layers' nodes, averaged over the batches."""
+    """||Q_b(A) - A||^2 per layer, per activation input and per activation width (the
+    activation spec at b bits under ``scheme``), with the ranges calibrated on the layers'
+    nodes, averaged over the batches."""
     out: dict[str, list[dict[int, float]]] = {}
     for layer in layers:
         ranges = ACT_RANGE.get(layer.node)
@@ -95,7 +97,7 @@ def act_errors(
             errs = {}
             for b in (b for b in target.act_bits if b != FLOAT_BITS):
                 r = ranges.get(index, b)
-                spec = QuantSpec(b, symmetric=symmetric)
+                spec = act_spec(b, scheme)
                 scale, zp = qparams_from_range(torch.tensor(r.lo), torch.tensor(r.hi), spec)
                 vs = values[node.name]
                 errs[b] = sum(float(((fake_quantize(v.float(), scale, zp, spec) - v.float()) ** 2).sum()) for v in vs) / max(len(vs), 1)

@@ -1,7 +1,16 @@
-"""Shared fixtures. Every random generator is seeded."""
+"""Shared fixtures. Every random generator is seeded.
+
+The test session has its own cache directory (``LCPAQ_CACHE_DIR``, set in ``pytest_configure``,
+before any test module is imported): tests never read or write the user's cache. Nothing is
+copied into it, so the digits model (``lcpaq.tools.models.digits``, about 5 s) trains once per
+session and later tests load it from there.
+"""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,11 +27,38 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+_CACHE_ENV = "LCPAQ_CACHE_DIR"
+_saved_cache_env: list[str | None] = []
+_session_cache: list[Path] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Point ``LCPAQ_CACHE_DIR`` at a fresh directory for the whole session (whatever it was)."""
+    _saved_cache_env.append(os.environ.get(_CACHE_ENV))
+    path = Path(tempfile.mkdtemp(prefix="lcpaq-test-cache-"))
+    _session_cache.append(path)
+    os.environ[_CACHE_ENV] = str(path)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _session_cache:
+        shutil.rmtree(_session_cache.pop(), ignore_errors=True)
+    if _saved_cache_env:
+        before = _saved_cache_env.pop()
+        if before is None:
+            os.environ.pop(_CACHE_ENV, None)
+        else:
+            os.environ[_CACHE_ENV] = before
+
+
 @pytest.fixture(autouse=True, scope="session")
-def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Tests share one cache (so the digits model trains once) apart from the user's."""
-    if "LCPAQ_CACHE_DIR" not in os.environ:
-        os.environ["LCPAQ_CACHE_DIR"] = str(tmp_path_factory.mktemp("lcpaq-cache"))
+def session_cache_dir() -> Path:
+    """The session's cache directory; fails the session if lcpaq would use another one."""
+    from lcpaq.ir.fileio import cache_dir
+
+    path = _session_cache[-1]
+    assert cache_dir() == path, f"lcpaq's cache is {cache_dir()}, not the session's {path}"
+    return path
 
 
 class ResidualBlock(nn.Module):

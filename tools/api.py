@@ -13,7 +13,8 @@ import torch
 import torch.fx as fx
 
 import lcpaq.passes  # noqa: F401  (registers the passes)
-from lcpaq.backends.latency_table import LatencyTable
+from lcpaq.backends.common.backend import runs_here
+from lcpaq.hw_targets.host import default_target_name
 from lcpaq.hw_targets.target import OP_KINDS, Target, load_target
 from lcpaq.ir.capture import capture
 from lcpaq.ir.errors import ConfigError
@@ -22,17 +23,19 @@ from lcpaq.ir.meta import MODEL_COST, BitAssignment
 from lcpaq.passes.context import PassContext
 from lcpaq.passes.instruments import DumpGraphs, PassInstrument, Timing
 from lcpaq.passes.range_estimators import METHODS as CALIBRATION_METHODS
-from lcpaq.passes.budgets import QUANTITIES, parse_budget
+from lcpaq.passes.budgets import BOPS, SIZE, budget_options
+from lcpaq.passes.cost_model import assignment_of, load_table, totals
+from lcpaq.passes.ilp import ILPAssign
 from lcpaq.passes.pipeline import (
     Pipeline, calibration_phase, ilp_phase, parse_spec, prepare_phase, sensitivity_phase, uniform_phase,
 )
-from lcpaq.tools.metrics import output_metrics, reference_outputs
-from lcpaq.tools.report import build_report, model_size_and_bops, write_report
+from lcpaq.ir.metrics import output_metrics, reference_outputs
+from lcpaq.tools.report import build_report, write_report
 from lcpaq.passes.distill import Distill
 from lcpaq.passes.pareto import ParetoSweep
 from lcpaq.tools.models.zoo import ModelBundle, load_model
 from lcpaq.tools.search import run_search, search_summary
-from lcpaq.tools.search_harness import DEFAULT_PROXY, PROXIES, SearchHarness, calibrate_pass, config_pipeline
+from lcpaq.tools.search_harness import DEFAULT_PROXY, PROXIES, SearchHarness, calibrate_pass, config_pipeline, scheme_pass
 from lcpaq.tools.search_space import SearchSpace
 
 
@@ -82,7 +85,7 @@ class QuantizeResult:
 
 def quantize(
     model: str | ModelBundle = "resnet-digits",
-    target: str | Target = "x86-host",
+    target: str | Target | None = None,
     bits: str = "w8a8",
     compare: Sequence[str] = (),
     budget: Sequence[str] = (),
@@ -117,16 +120,18 @@ def quantize(
     With ``out``, report.json, report.md and the Pareto plots are written there atomically,
     after everything succeeded."""
     # Validate every option before any heavy work, so a typo costs nothing and writes nothing.
-    tgt = target if isinstance(target, Target) else load_target(target)
+    tgt = target if isinstance(target, Target) else load_target(target or default_target_name())
     if calibration not in CALIBRATION_METHODS:
         raise ConfigError(f"unknown calibration method {calibration!r}; choose from {', '.join(CALIBRATION_METHODS)}")
     table = str(latency_table or "")
-    table_data = LatencyTable.load(table, tgt) if table else None  # a corrupt or foreign table is reported now
+    table_data = load_table(table, tgt)  # a corrupt or foreign table is reported now; passes reuse this load
     if build_trials < 0:
         raise ConfigError(f"--build-trials must be >= 0, got {build_trials}")
     if build is None:
-        build = _runs_here(tgt)
-    budgets = _parse_budgets(budget, tgt, table)
+        build = runs_here(tgt)
+    budgets = budget_options(budget)
+    if budgets:
+        ILPAssign(**budgets, table=table)  # checks every budget now, before any heavy work
     configs = ([] if budgets else [parse_bits(bits)]) + [parse_bits(b) for b in compare]
     for cfg in configs:
         for kind in OP_KINDS:
@@ -171,7 +176,7 @@ def quantize(
         }
 
     if build:
-        from lcpaq.tools.deploy import deploy
+        from lcpaq.backends.common.deploy import deploy
 
         with clock.stage("build and measure"):
             extra["deployment"] = {
@@ -182,13 +187,6 @@ def quantize(
     if out_dir is not None:
         write_report(out_dir, report)
     return QuantizeResult(report, prepared, results)
-
-
-def _runs_here(target: Target) -> bool:
-    """True when ``target`` is this machine and the host has its CPU features."""
-    from lcpaq.hw_targets.host import host_support
-
-    return target.device == "local" and bool(target.tvm_target) and host_support(target).ok
 
 
 def _check_search(search: str, proxy: str, trials: int, space: str | Path | None, space_set: Sequence[str],
@@ -209,23 +207,6 @@ def _check_search(search: str, proxy: str, trials: int, space: str | Path | None
     if not budgets:
         raise ConfigError("--search assigns precisions by ILP: give at least one --budget, for example size=0.3x")
     return (SearchSpace.load(space) if space else SearchSpace.load()).narrowed(list(space_set))
-
-
-def _parse_budgets(texts: Sequence[str], target: Target, table: str) -> dict[str, str]:
-    """Check budget syntax now (the references they scale are known only after costing)."""
-    budgets: dict[str, str] = {}
-    unit = {q: 1.0 for q in QUANTITIES}
-    for text in texts:
-        parsed = parse_budget(text, unit, unit)
-        if parsed.quantity in budgets:
-            raise ConfigError(f"budget {parsed.quantity} is given twice")
-        budgets[parsed.quantity] = text.partition("=")[2].strip()
-    if "latency" in budgets and not table:
-        raise ConfigError(
-            f"a latency budget needs a latency table: run `lcpaq profile --model M --target {target.name} --out table.json`, "
-            "then pass --latency-table table.json"
-        )
-    return budgets
 
 
 def _budget_label(budgets: dict[str, str]) -> str:
@@ -285,7 +266,7 @@ class _Run:
         with self.clock.stage(f"quantize {label}"):
             qgm = harness.build(outcome.best)
         results = [self.measure(label, qgm, config_pipeline(outcome.best, budgets, self.target, self.table).spec())]
-        analysis = prepare_phase(self.target) + [calibrate_pass(outcome.best)]
+        analysis = prepare_phase(self.target) + [scheme_pass(outcome.best), calibrate_pass(outcome.best)]
         for cfg in configs:
             results.append(self.variant(prepared, str(cfg), analysis, uniform_phase(self.target, cfg.w_bits, cfg.a_bits)))
         return prepared, results, search_summary(outcome, harness, space)
@@ -298,5 +279,5 @@ class _Run:
     def measure(self, label: str, gm: fx.GraphModule, spec: str) -> ConfigResult:
         with self.clock.stage(f"evaluate {label}"):
             metrics = quality(self.bundle, self.reference, gm)
-        size, bops = model_size_and_bops(gm)
-        return ConfigResult(label, gm, spec, metrics, size, bops)
+        cost = totals(gm, assignment_of(gm))
+        return ConfigResult(label, gm, spec, metrics, cost[SIZE], int(cost[BOPS]))

@@ -27,14 +27,17 @@ from lcpaq.hw_targets.target import Target, load_target
 from lcpaq.ir.capture import capture
 from lcpaq.tools.bench_common import write_results
 from lcpaq.ir.layers import find_layers
-from lcpaq.ir.meta import BITS, COST, SENSITIVITY, BitAssignment
+from lcpaq.ir.meta import COST, SENSITIVITY, BitAssignment
 from lcpaq.passes import PassContext, Pipeline, calibration_phase, prepare_phase
 from lcpaq.passes.fake_quant import FakeQuant
 from lcpaq.passes.hessian import HessianSensitivity
-from lcpaq.passes.ilp import problem_from_graph, reference_totals
+from lcpaq.passes.budgets import SIZE
+from lcpaq.passes.cost_model import reference_totals
+from lcpaq.passes.ilp import problem_from_graph
+from lcpaq.passes.quant_scheme import assign
 from lcpaq.passes.ilp_problem import AssignmentProblem, Infeasible
 from lcpaq.passes.pareto import sweep
-from lcpaq.tools.metrics import output_metrics, reference_outputs
+from lcpaq.ir.metrics import output_metrics, reference_outputs
 from lcpaq.tools.models.zoo import ModelBundle, load_model
 
 
@@ -52,8 +55,7 @@ def analysed(bundle: ModelBundle, target: Target, probes: int, cache: bool = Tru
 
 def evaluate(bundle: ModelBundle, gm: Any, ctx: PassContext, choice: tuple[BitAssignment, ...], reference: list) -> dict[str, float]:
     qgm = copy.deepcopy(gm)
-    for layer, bits in zip(find_layers(qgm), choice):
-        BITS.set(layer.node, bits)
+    assign(qgm, {layer.name: bits for layer, bits in zip(find_layers(qgm), choice)})
     qgm = Pipeline([FakeQuant()])(qgm, ctx).graph_module
     metrics = output_metrics(reference, qgm, bundle.eval_batches)
     if bundle.evaluate is not None:
@@ -74,7 +76,7 @@ def greedy_choice(problem: AssignmentProblem, gm: Any, budget: float) -> list[in
     """NNCF-style: walk the layers from the smallest average Hessian trace up, giving each its
     narrowest width, until the assignment fits; the last layer gets the widest width that fits."""
     layers = find_layers(gm)
-    fits = lambda p: problem.evaluate(p)["size"] <= budget  # noqa: E731
+    fits = lambda p: problem.evaluate(p)[SIZE] <= budget  # noqa: E731
     by_width = [sorted(range(len(c)), key=lambda j: c[j].w_bits) for c in problem.candidates]
     picks = [w[-1] for w in by_width]
     for i in sorted(range(len(layers)), key=lambda i: _avg_trace(layers[i])):
@@ -99,13 +101,13 @@ def random_choices(problem: AssignmentProblem, budget: float, n: int, seed: int)
     by_width = [sorted(range(len(c)), key=lambda j: problem.candidates[l][j].w_bits) for l, c in enumerate(problem.candidates)]
     for _ in range(n):
         level = [len(w) - 1 for w in by_width]
-        while problem.evaluate([by_width[l][level[l]] for l in range(len(level))])["size"] > budget:
+        while problem.evaluate([by_width[l][level[l]] for l in range(len(level))])[SIZE] > budget:
             movable = [l for l, v in enumerate(level) if v > 0]
             if not movable:
                 break
             level[rng.choice(movable)] -= 1
         picks = [by_width[l][level[l]] for l in range(len(level))]
-        if problem.evaluate(picks)["size"] <= budget:
+        if problem.evaluate(picks)[SIZE] <= budget:
             out.append(picks)
     return out
 
@@ -121,11 +123,11 @@ def quality_benchmark(name: str, probes: int, widths: tuple[int, ...], metric: s
     rows = []
     for w in widths:
         uni = uniform_choice(problem, w)
-        budget = problem.evaluate(uni)["size"]
+        budget = problem.evaluate(uni)[SIZE]
         entry: dict[str, Any] = {"budget_bytes": budget, "uniform_bits": w}
         methods = {"uniform": uni, "greedy": greedy_choice(problem, gm, budget)}
         try:
-            methods["ilp"] = problem.index_of(list(problem.solve({"size": budget * (1 + 1e-9)}).choice))
+            methods["ilp"] = problem.index_of(list(problem.solve({SIZE: budget * (1 + 1e-9)}).choice))
         except Infeasible:
             methods["ilp"] = None
         for method, picks in methods.items():
@@ -134,12 +136,12 @@ def quality_benchmark(name: str, probes: int, widths: tuple[int, ...], metric: s
                 continue
             choice = tuple(problem.candidates[l][c] for l, c in enumerate(picks))
             m = evaluate(bundle, gm, ctx, choice, reference)
-            entry[method] = {"size": problem.evaluate(picks)["size"], "sensitivity": sens_of(picks), metric: m[metric],
+            entry[method] = {"size": problem.evaluate(picks)[SIZE], "sensitivity": sens_of(picks), metric: m[metric],
                              "sqnr_db": m["sqnr_db"], "bits": sorted({c.w_bits for c in choice})}
         samples = []
         for picks in random_choices(problem, budget, 8, seed=w):
             choice = tuple(problem.candidates[l][c] for l, c in enumerate(picks))
-            samples.append({"size": problem.evaluate(picks)["size"], "sensitivity": sens_of(picks),
+            samples.append({"size": problem.evaluate(picks)[SIZE], "sensitivity": sens_of(picks),
                             metric: evaluate(bundle, gm, ctx, choice, reference)[metric]})
         entry["random"] = samples
         rows.append(entry)
@@ -158,14 +160,14 @@ def solver_benchmark() -> dict[str, Any]:
     out = {}
     for target in (four, full):
         problem = problem_from_graph(gm, target)
-        fp32 = reference_totals(gm)[0]["size"]
+        fp32 = reference_totals(gm)[0][SIZE]
         times = []
         for fraction in (0.14, 0.17, 0.2, 0.23, 0.26):  # W4 everywhere is 12.5 % of fp32
             start = time.perf_counter()
-            problem.solve({"size": fraction * fp32})
+            problem.solve({SIZE: fraction * fp32})
             times.append(time.perf_counter() - start)
         start = time.perf_counter()
-        front = sweep(problem, "size", 50)
+        front = sweep(problem, SIZE, 50)
         sweep_s = time.perf_counter() - start
         out[target.name] = {"layers": len(problem.names), "candidates_per_layer": len(problem.candidates[0]),
                             "variables": problem.n, "ilp_seconds_max": max(times), "ilp_seconds_median": sorted(times)[2],

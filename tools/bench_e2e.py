@@ -26,23 +26,24 @@ THREADS = 2
 
 
 def _first(out: Any) -> np.ndarray:
-    from lcpaq.tools.metrics import first_output
+    from lcpaq.ir.metrics import first_output
 
     return first_output(out).detach().numpy()
 
 
 def lcpaq_build(bundle: Any, gm: Any, trials: int, ref: np.ndarray, table: Any = None) -> tuple[Any, dict[str, Any]]:
     """Build ``gm`` and check it: (the built model or None, its results row without timing)."""
-    from lcpaq.backends.build import build_model
+    from lcpaq.backends.common.build import build_model
     from lcpaq.hw_targets import load_target
+    from lcpaq.hw_targets.host import default_target_name
     from lcpaq.ir.errors import LcpaqError
-    from lcpaq.tools.deploy import assignment_of
+    from lcpaq.passes.cost_model import assignment_of
     from lcpaq.tools.ort_baselines import compare
 
     x = [t[:1] for t in bundle.example_inputs]
     start = time.perf_counter()
     try:
-        built = build_model(gm, x, load_target("x86-host"), trials=trials)
+        built = build_model(gm, x, load_target(default_target_name()), trials=trials)
     except LcpaqError as exc:
         return None, {"built": False, "reason": str(exc)}
     build_s = time.perf_counter() - start
@@ -62,7 +63,7 @@ def lcpaq_build(bundle: Any, gm: Any, trials: int, ref: np.ndarray, table: Any =
 
 def lcpaq_row(bundle: Any, gm: Any, trials: int, ref: np.ndarray, table: Any = None) -> dict[str, Any]:
     """Build, check and time (TVM's time evaluator) one configuration."""
-    from lcpaq.backends.measure import measure_latency
+    from lcpaq.backends.common.measure import measure_latency
 
     built, row = lcpaq_build(bundle, gm, trials, ref, table)
     if built is not None:
@@ -123,7 +124,7 @@ def bench_mixed(name: str, budget: str, trials: int, tmp: Path) -> dict[str, Any
     from lcpaq.tools.profile import profile
 
     bundle = load_model(name)
-    table = profile(bundle, "x86-host", trials=0)
+    table = profile(bundle, trials=0)
     path = tmp / f"{name}.latency.json"
     table.save(path)
     with torch.no_grad():
@@ -133,7 +134,7 @@ def bench_mixed(name: str, budget: str, trials: int, tmp: Path) -> dict[str, Any
         result = quantize(bundle, latency_table=path, build=False, **kwargs)
         gm = result.results[0].graph_module
         row = lcpaq_row(bundle, gm, trials, ref, table)
-        from lcpaq.tools.deploy import assignment_of
+        from lcpaq.passes.cost_model import assignment_of
 
         counts: dict[str, int] = {}
         for bits in assignment_of(gm).values():

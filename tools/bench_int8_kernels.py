@@ -3,7 +3,7 @@
 Kernels: dense 128x768x768 and a 64->64 3x3 conv (stride 1, pad 1) on a 1x56x56 NHWC input.
 Both precisions are tuned with MetaSchedule for the same number of trials. The int8 kernels are
 the deployable ones (u8 x s8 -> s32 on ``vpdpbusd`` with fused per-channel requantization to u8),
-checked bit-exact against ``lcpaq.backends.integer_ref`` before they are timed.
+checked bit-exact against ``lcpaq.backends.common.integer_ref`` before they are timed.
 
     .venv/bin/python -m lcpaq.tools.bench_int8_kernels --trials 48 --out docs/int8_kernels.md
 """
@@ -17,13 +17,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lcpaq.backends import integer_ref as ir
-from lcpaq.backends import tvm_int8 as t8
-from lcpaq.backends import tvm_tune as tt
-from lcpaq.backends.tvm_vnni import Kernel, pack_weight, to_tvm
+from lcpaq.backends.common import integer_ref as ir
+from lcpaq.backends.x86 import int8 as t8
+from lcpaq.backends.x86 import tune as tt
+from lcpaq.backends.x86.fp32 import fp32_conv_func, fp32_dense_func
+from lcpaq.backends.x86.vnni import Kernel, host_target, pack_weight, to_tvm
 
 DENSE = (128, 768, 768)
 CONV = ((1, 56, 56, 64), 64, 3)  # NHWC input, out channels, kernel (stride 1, pad 1)
+#: The TVM target the kernels are tuned and built for: this host's CPU.
+TARGET = host_target()
 
 
 def _time(kernel: Kernel, args: list) -> float:
@@ -39,12 +42,12 @@ def bench_dense(trials: int, gen: torch.Generator) -> dict[str, float]:
     params = t8._channel_params(t8._bias_eff(w, 3, b), mult, shift, n, n)
     y8 = to_tvm(np.zeros((m, n), np.uint8))
     int8_args = [to_tvm(x, "uint8"), to_tvm(pack_weight(w)), *params, to_tvm(t8.Requant(3).qp(3)), y8]
-    int8 = tt.tune(t8.qdense_func(m, n, k), trials, int8=True)
+    int8 = tt.tune(t8.qdense_func(m, n, k), trials, int8=True, target=TARGET)
     int8(*int8_args)
     if not torch.equal(torch.from_numpy(y8.numpy()), ir.dense(x, 3, w, b, mult, shift, 3)):
         raise AssertionError("tuned int8 dense is not bit-exact against integer_ref")
-    fp32 = tt.tune(tt.fp32_dense_func(m, n, k), trials, int8=False)
-    f_args = [to_tvm(x.float().numpy()), to_tvm(w.float().numpy()), to_tvm(np.zeros((m, n), np.float32))]
+    fp32 = tt.tune(fp32_dense_func(m, n, k), trials, int8=False, target=TARGET)
+    f_args = [to_tvm(x.float().numpy()), to_tvm(w.float().T.contiguous().numpy()), to_tvm(np.zeros((m, n), np.float32))]
     return {"ops": 2.0 * m * n * k, "int8_ms": _time(int8, int8_args), "fp32_ms": _time(fp32, f_args), "vnni": float("vpdpbusd" in int8.asm)}
 
 
@@ -57,23 +60,22 @@ def bench_conv(trials: int, gen: torch.Generator) -> dict[str, float]:
     params = t8._channel_params(t8._bias_eff(w, 5, None), mult, shift, o, o)
     y8 = to_tvm(np.zeros((bsz, h, w_, o), np.uint8))
     int8_args = [to_tvm(x, "uint8"), to_tvm(t8.pack_conv_weight(w)), *params, to_tvm(t8.Requant(7).qp(5)), y8]
-    int8 = tt.tune(t8.qconv2d_func(shape, o, kk, 1, 1), trials, int8=True)
+    int8 = tt.tune(t8.qconv2d_func(shape, o, kk, 1, 1), trials, int8=True, target=TARGET)
     int8(*int8_args)
     want = ir.conv2d(x.permute(0, 3, 1, 2), 5, w, None, mult, shift, 7, padding=1)
     if not torch.equal(torch.from_numpy(y8.numpy()).permute(0, 3, 1, 2), want):
         raise AssertionError("tuned int8 conv2d is not bit-exact against integer_ref")
-    fp32 = tt.tune(tt.fp32_conv2d_func(shape, o, kk, 1), trials, int8=False)
-    w_ohwi = w.float().permute(0, 2, 3, 1).contiguous().numpy()
-    f_args = [to_tvm(x.float().numpy()), to_tvm(w_ohwi), to_tvm(np.zeros((bsz, h, w_, o), np.float32))]
+    fp32 = tt.tune(fp32_conv_func(shape, o, kk, 1, 1), trials, int8=False, target=TARGET)
+    w_hwio = w.float().permute(2, 3, 1, 0).contiguous().numpy()
+    f_args = [to_tvm(x.float().numpy()), to_tvm(w_hwio), to_tvm(np.zeros((bsz, h, w_, o), np.float32))]
     ops = 2.0 * bsz * h * w_ * o * c * kk * kk
     return {"ops": ops, "int8_ms": _time(int8, int8_args), "fp32_ms": _time(fp32, f_args), "vnni": float("vpdpbusd" in int8.asm)}
 
 
 def _machine() -> str:
-    from lcpaq.backends.tvm_tune import tuning_target
     from lcpaq.hw_targets.host import host_cpu_name
 
-    config = dict(tuning_target().export())
+    config = dict(TARGET.export())
     return f"{host_cpu_name()}, {config.get('num-cores')} cores, TVM target llvm -mcpu={config.get('mcpu')}"
 
 

@@ -21,15 +21,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from lcpaq.hw_targets.host import default_target_name
 from lcpaq.tools.bench_common import median_ms as _median_ms
 
 THREADS = 2
 
 
-def _target(mcpu: str) -> Any:
-    import tvm
+def _target(name: str) -> tuple[Any, Any]:
+    """(TVM target, device) of a hardware target, as its backend builds for and runs on it."""
+    from lcpaq.backends.common.backend import backend_for
+    from lcpaq.hw_targets import load_target
 
-    return tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": THREADS})
+    target = load_target(name)
+    backend = backend_for(target)
+    return backend.tvm_target(target), backend.device(target).dev
 
 
 def bench_eager(model: torch.nn.Module, x: torch.Tensor, warmup: int, repeat: int) -> tuple[float, np.ndarray]:
@@ -68,11 +73,10 @@ def import_relax(model: torch.nn.Module, x: torch.Tensor) -> tuple[Any, dict]:
     return mod, params
 
 
-def _run_vm(ex: Any, params: dict, x: torch.Tensor, warmup: int, repeat: int) -> tuple[float, np.ndarray]:
+def _run_vm(ex: Any, params: dict, x: torch.Tensor, dev: Any, warmup: int, repeat: int) -> tuple[float, np.ndarray]:
     import tvm
     from tvm import relax
 
-    dev = tvm.cpu()
     vm = relax.VirtualMachine(ex, dev)
     args = [tvm.runtime.tensor(x.numpy(), dev)] + [tvm.runtime.tensor(p.numpy(), dev) for p in params["main"]]
     out = vm["main"](*args)
@@ -80,17 +84,17 @@ def _run_vm(ex: Any, params: dict, x: torch.Tensor, warmup: int, repeat: int) ->
     return _median_ms(lambda: vm["main"](*args), warmup, repeat), y
 
 
-def bench_relax_default(mod: Any, params: dict, x: torch.Tensor, target: Any, warmup: int, repeat: int) -> tuple[float, np.ndarray, float]:
+def bench_relax_default(mod: Any, params: dict, x: torch.Tensor, target: Any, dev: Any, warmup: int, repeat: int) -> tuple[float, np.ndarray, float]:
     import tvm
 
     t0 = time.perf_counter()
     ex = tvm.compile(mod, target=target)  # relax_pipeline="default"
     build_s = time.perf_counter() - t0
-    ms, y = _run_vm(ex, params, x, warmup, repeat)
+    ms, y = _run_vm(ex, params, x, dev, warmup, repeat)
     return ms, y, build_s
 
 
-def bench_relax_tuned(mod: Any, params: dict, x: torch.Tensor, target: Any, trials: int, per_task: int, warmup: int, repeat: int, work_dir: str) -> tuple[float, np.ndarray, float]:
+def bench_relax_tuned(mod: Any, params: dict, x: torch.Tensor, target: Any, dev: Any, trials: int, per_task: int, warmup: int, repeat: int, work_dir: str) -> tuple[float, np.ndarray, float]:
     import tvm
     from tvm import relax
 
@@ -101,7 +105,7 @@ def bench_relax_tuned(mod: Any, params: dict, x: torch.Tensor, target: Any, tria
         )(mod)
     ex = tvm.compile(tuned, target=target)
     build_s = time.perf_counter() - t0
-    ms, y = _run_vm(ex, params, x, warmup, repeat)
+    ms, y = _run_vm(ex, params, x, dev, warmup, repeat)
     return ms, y, build_s
 
 
@@ -109,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=64, help="MetaSchedule trials for (d); 0 skips it")
     ap.add_argument("--per-task", type=int, default=4, help="max_trials_per_task for (d)")
-    ap.add_argument("--mcpu", default="znver4", help="LLVM mcpu of the TVM target")
+    ap.add_argument("--target", default=default_target_name(), help="hardware target (default: this host's, %(default)s)")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--repeat", type=int, default=30)
     ap.add_argument("--out", type=Path, default=None, help="append a markdown results table to this file")
@@ -123,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     model = bundle.model.eval()
     x = bundle.example_inputs[0] if isinstance(bundle.example_inputs, (tuple, list)) else bundle.example_inputs
     x = x[:1].contiguous()
-    target = _target(args.mcpu)
+    target, dev = _target(args.target)
     rows: list[tuple[str, str, str, str]] = []
 
     ms, ref = bench_eager(model, x, args.warmup, args.repeat)
@@ -147,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         import_s = time.perf_counter() - t0
         print(f"relax import: {import_s:.1f} s", flush=True)
         try:
-            ms, y, build_s = bench_relax_default(mod, params, x, target, args.warmup, args.repeat)
+            ms, y, build_s = bench_relax_default(mod, params, x, target, dev, args.warmup, args.repeat)
             rows.append(("(c) TVM Relax, default pipeline (untuned)", f"{ms:.2f}", err(y), f"import {import_s:.1f} s + build {build_s:.1f} s"))
         except Exception as exc:
             traceback.print_exc()
@@ -156,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.trials > 0:
             try:
-                ms, y, build_s = bench_relax_tuned(mod, params, x, target, args.trials, args.per_task, args.warmup, args.repeat, str(Path(tmp) / "ms"))
+                ms, y, build_s = bench_relax_tuned(mod, params, x, target, dev, args.trials, args.per_task, args.warmup, args.repeat, str(Path(tmp) / "ms"))
                 rows.append((f"(d) TVM Relax, static_shape_tuning_pipeline ({args.trials} trials, <= {args.per_task}/task)", f"{ms:.2f}", err(y), f"tune + build {build_s:.1f} s"))
             except Exception as exc:
                 traceback.print_exc()

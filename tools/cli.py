@@ -6,6 +6,7 @@ import sys
 import warnings
 from typing import Sequence
 
+from lcpaq.hw_targets.host import default_target_name
 from lcpaq.ir.errors import LcpaqError
 
 
@@ -32,18 +33,19 @@ def _build(args: argparse.Namespace) -> int:
 
     from lcpaq.ir.errors import ConfigError
     from lcpaq.tools.api import quantize
-    from lcpaq.tools.deploy import deploy, deployment_lines
+    from lcpaq.backends.common.deploy import deploy
+    from lcpaq.tools.deployment import deployment_lines
 
     out = Path(args.output)
     if out.is_dir():
         raise ConfigError(f"-o {out} is a directory; give a file name such as {out / 'model.so'}")
     if args.trials < 0:
         raise ConfigError(f"--trials must be >= 0, got {args.trials}")
-    from lcpaq.backends.profile import check_host
+    from lcpaq.backends.common.backend import backend_for
     from lcpaq.hw_targets.target import load_target
 
     target = load_target(args.target)
-    check_host(target)  # before any work: builds run on the machine they target
+    backend_for(target).check_available(target)  # before any work: the device must be reachable
     from lcpaq.tools.models.zoo import load_model
 
     bundle = load_model(args.model, args.progress)
@@ -52,9 +54,9 @@ def _build(args: argparse.Namespace) -> int:
         probes=args.probes, latency_table=args.latency_table, pipeline=args.pipeline, progress=args.progress,
         seed=args.seed, build=False,
     )
-    from lcpaq.backends.latency_table import LatencyTable
+    from lcpaq.passes.cost_model import load_table
 
-    table = LatencyTable.load(args.latency_table, target) if args.latency_table else None
+    table = load_table(args.latency_table, target)  # the table quantize loaded, not read again
     primary = result.results[0]
     entry = deploy(primary.graph_module, bundle.example_inputs, bundle.model, target, table, args.trials, library=out)
     if not entry["built"]:
@@ -69,12 +71,21 @@ def _targets(args: argparse.Namespace) -> int:
     from lcpaq.hw_targets.host import host_features, host_support
     from lcpaq.hw_targets.target import OP_KINDS, available_targets, load_target
 
+    from lcpaq.backends.common.backend import backend_for
+    from lcpaq.ir.errors import ConfigError
+
     features = host_features()
     for name in available_targets():
         t = load_target(name)
         weights = "; ".join(f"{k} W{','.join(map(str, t.weight_bits(k)))}" for k in OP_KINDS)
         print(f"{t.name:<12} {t.description}")
         print(f"{'':<12} weights: {weights}; activations: A{','.join(map(str, t.act_bits))}; device: {t.device}")
+        try:
+            backend_for(t)
+            built = f"builds with backend {t.backend}"
+        except ConfigError as exc:
+            built = f"not built: {exc}"
+        print(f"{'':<12} {built}")
         if t.device == "local":
             support = host_support(t, features)
             print(f"{'':<12} {'runs on' if support.ok else 'cannot run on'} this host: {support}")
@@ -132,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Capture a model, cost and calibrate it, fake-quantize it and report quality.")
     q.add_argument("--model", default="resnet-digits", metavar="SPEC",
                    help="built-in name (resnet-digits, resnet18, resnet50, mobilenetv2, minilm) or path/to/file.py:function")
-    q.add_argument("--target", default="x86-host", metavar="NAME", help="hardware target name or .toml file (see `lcpaq targets`)")
+    q.add_argument("--target", default=default_target_name(), metavar="NAME",
+                   help="hardware target name or .toml file (see `lcpaq targets`; default: this host's, %(default)s)")
     q.add_argument("--bits", default="w8a8", metavar="wNaM", help="uniform precision of the primary configuration, without --budget (default w8a8)")
     q.add_argument("--compare", action="append", default=[], metavar="wNaM[,wNaM]",
                    help="further uniform precisions to evaluate and report beside the primary one")
@@ -143,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--probes", type=int, default=64, metavar="N", help="Hutchinson probes per layer, at most (default 64)")
     q.add_argument("--calibration", default="minmax", choices=["minmax", "percentile", "mse", "entropy"],
                    help="activation range estimator (default minmax)")
-    q.add_argument("--pipeline", metavar="SPEC", help="full pass pipeline, e.g. 'fold-bn,shape-prop,cost,calibrate{method=mse},uniform{w=4,a=8},fake-quant'")
+    q.add_argument("--pipeline", metavar="SPEC", help="full pass pipeline, e.g. 'fold-bn,shape-prop,cost,quant-scheme,calibrate{method=mse},uniform{w=4,a=8},fake-quant'")
     q.add_argument("--search", default="none", choices=["none", "proxy", "full"],
                    help="search the quantization hyperparameters (needs --budget): 'proxy' scores trials with a cheap "
                         "label-free proxy and confirms the best few on the validation metric; 'full' is the baseline")
@@ -171,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Quantize (uniform --bits, or --budget by ILP, or a --pipeline), lower to integer "
                                    "ops, compile with TVM for the target and write a shared library.")
     b.add_argument("--model", default="resnet-digits", metavar="SPEC", help="built-in name or path/to/file.py:function")
-    b.add_argument("--target", default="x86-host", metavar="NAME", help="a local hardware target (default x86-host)")
+    b.add_argument("--target", default=default_target_name(), metavar="NAME", help="a target this machine reaches (default %(default)s)")
     b.add_argument("-o", "--output", required=True, metavar="FILE", help="shared library to write, e.g. model.so")
     b.add_argument("--bits", default="w8a8", metavar="wNaM", help="uniform precision, without --budget (default w8a8)")
     b.add_argument("--budget", action="append", default=[], metavar="KEY=VALUE", help="mixed precision by ILP, as for quantize")
@@ -190,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the target computes (int8 through TVM's VNNI kernels), batch 1, and write a JSON latency table.")
     p.add_argument("--model", default="resnet-digits", metavar="SPEC",
                    help="built-in name (resnet-digits, resnet18, resnet50, mobilenetv2, minilm) or path/to/file.py:function")
-    p.add_argument("--target", default="x86-host", metavar="NAME", help="a local hardware target (default x86-host)")
+    p.add_argument("--target", default=default_target_name(), metavar="NAME", help="a target this machine reaches (default %(default)s)")
     p.add_argument("--out", required=True, metavar="FILE", help="latency table to write (JSON, written atomically)")
     p.add_argument("--trials", type=int, default=0, metavar="N",
                    help="MetaSchedule trials per kernel; 0 (default) times the untuned hand schedules. Tuning "

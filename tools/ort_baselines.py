@@ -30,7 +30,7 @@ from onnxruntime.quantization import CalibrationDataReader
 
 from lcpaq.ir.errors import CaptureError, ConfigError, LcpaqError
 from lcpaq.tools.bench_common import median_ms
-from lcpaq.tools.metrics import first_output
+from lcpaq.ir.metrics import first_output
 
 __all__ = [
     "BASELINES", "TRANSFORMER_OP_TYPES", "TRANSFORMER_EXCLUDE", "export_onnx", "quantize_onnx_int8", "ort_session",
@@ -135,14 +135,15 @@ def _static_feeds(batches: Sequence[Inputs], inputs: list[tuple[str, tuple[int, 
     return feeds
 
 
-def _matching_nodes(path: Path, pattern: str | None) -> list[str] | None:
-    """Names of the nodes of an ONNX file that the regex ``pattern`` matches (searched)."""
+def _matching_nodes(path: Path, pattern: str | None, model_name: str) -> list[str] | None:
+    """Names of the nodes of an ONNX file that the regex ``pattern`` matches (searched); the
+    error names ``model_name``, the file the user gave (``path`` may be a pre-processed copy)."""
     if not pattern:
         return None
     regex = re.compile(pattern)
     names = [n.name for n in onnx.load(str(path), load_external_data=False).graph.node if regex.search(n.name)]
     if not names:
-        raise ConfigError(f"exclude pattern {pattern!r} matches no node of {path.name}")
+        raise ConfigError(f"exclude pattern {pattern!r} matches no node of {model_name}")
     return names
 
 
@@ -196,7 +197,7 @@ def quantize_onnx_int8(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     src = _preprocess(fp32_path, out_path)
     try:
-        excluded = _matching_nodes(src, exclude)  # names after pre-processing, which fuses nodes
+        excluded = _matching_nodes(src, exclude, fp32_path.name)  # names after pre-processing, which fuses nodes
         quantize_static(
             str(src), str(out_path), reader, quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8, per_channel=per_channel, calibrate_method=CalibrationMethod.MinMax,

@@ -9,11 +9,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from lcpaq.passes.budgets import ACT_MEMORY, BOPS, LATENCY, SIZE  # noqa: E402
 from lcpaq.tools.bench_common import save_figure  # noqa: E402
 
 _MARKERS = [("s", "#4e9a06"), ("D", "#f57900"), ("^", "#75507b"), ("v", "#c17d11"), ("p", "#2e3436")]
-_AXIS = {"size": ("model size (KiB)", 1 / 1024), "bops": ("BOPs (G)", 1e-9), "act_memory": ("peak activation (KiB)", 1 / 1024),
-         "latency": ("predicted latency (ms, from the latency table)", 1e3)}
+_AXIS = {SIZE: ("model size (KiB)", 1 / 1024), BOPS: ("BOPs (G)", 1e-9), ACT_MEMORY: ("peak activation (KiB)", 1 / 1024),
+         LATENCY: ("predicted latency (ms, from the latency table)", 1e3)}
 
 
 def pareto_plots(report: dict[str, Any], out_dir: Path) -> list[str]:

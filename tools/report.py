@@ -12,8 +12,9 @@ import torch.fx as fx
 
 from lcpaq.hw_targets.target import Target
 from lcpaq.ir.layers import find_layers, precision_groups, scale_groups
-from lcpaq.passes.budgets import format_quantity
-from lcpaq.ir.meta import ASSIGNMENT, BITS, COST, MODEL_COST, PARETO, SENSITIVITY, BitAssignment
+from lcpaq.passes.budgets import ACT_MEMORY, BOPS, SIZE, format_quantity
+from lcpaq.passes import cost_model
+from lcpaq.ir.meta import ASSIGNMENT, COST, MODEL_COST, PARETO, QSPEC, SENSITIVITY
 from lcpaq.ir.fileio import atomic_write_json, atomic_write_text
 from lcpaq.tools.models.zoo import ModelBundle
 
@@ -33,7 +34,7 @@ def build_report(
     totals = MODEL_COST.get(prepared)
     primary = results[0]
     layers = find_layers(primary.graph_module)
-    fp32_bops = sum(COST.get(layer.node).macs for layer in layers) * 32 * 32
+    fp32_bops = int(cost_model.reference_totals(prepared)[0][BOPS])
     configs = [{"label": "fp32", "size_bytes": totals.fp32_bytes, "bops": fp32_bops, "metrics": _clean(fp32_metrics)}]
     for r in results:
         configs.append({
@@ -87,40 +88,23 @@ def build_report(
 def _total_sensitivity(gm: fx.GraphModule) -> float | None:
     total = 0.0
     for layer in find_layers(gm):
-        sens, bits = SENSITIVITY.get(layer.node), BITS.get(layer.node)
-        if sens is None or bits is None:
+        sens, spec = SENSITIVITY.get(layer.node), QSPEC.get(layer.node)
+        if sens is None or spec is None:
             return None
-        total += sens.of(bits)
+        total += sens.of(spec.bits)
     return total
 
 
 def _predicted(r: "ConfigResult") -> dict[str, float]:
-    """Size, BOPs (measured with the result) and peak activation memory of the assignment."""
-    act = 0.0
-    for layer in find_layers(r.graph_module):
-        bits = BITS.get(layer.node)
-        act = max(act, COST.get(layer.node).act_bytes(bits.a_bits if bits else 32))
-    return {"size": r.size_bytes, "bops": float(r.bops), "act_memory": act}
-
-
-def model_size_and_bops(gm: fx.GraphModule) -> tuple[float, int]:
-    """Stored size in bytes (quantized layers at their widths, everything else fp32) and
-    total BOPs, from the cost and bits annotations."""
-    totals = MODEL_COST.get(gm)
-    size = (totals.params - totals.quantizable_params) * 4.0
-    bops = 0
-    for layer in find_layers(gm):
-        cost = COST.get(layer.node)
-        bits = BITS.get(layer.node) or BitAssignment(32, 32)
-        size += cost.weight_bytes(bits.w_bits)
-        bops += cost.bops(bits.w_bits, bits.a_bits)
-    return size, bops
+    """Size, BOPs and peak activation memory of the result's assignment (the cost model's)."""
+    cost = cost_model.totals(r.graph_module, cost_model.assignment_of(r.graph_module))
+    return {SIZE: cost[SIZE], BOPS: cost[BOPS], ACT_MEMORY: cost[ACT_MEMORY]}
 
 
 
 def _layer_row(layer) -> dict[str, Any]:
     cost = COST.get(layer.node)
-    bits = BITS.get(layer.node)
+    bits = QSPEC.get(layer.node).bits if QSPEC.has(layer.node) else None
     sens = SENSITIVITY.get(layer.node)
     return {
         "name": layer.name,
@@ -245,7 +229,7 @@ def _deployment_markdown(report: dict[str, Any]) -> list[str]:
 
 
 def _deployment(report: dict[str, Any]) -> list[str]:
-    from lcpaq.tools.deploy import deployment_lines
+    from lcpaq.tools.deployment import deployment_lines
 
     lines = deployment_lines(report)
     return ["", *lines] if lines else []

@@ -13,6 +13,7 @@ import optuna
 from scipy.stats import kendalltau, spearmanr
 from tqdm.auto import tqdm
 
+from lcpaq.ir.errors import ConfigError
 from lcpaq.tools.search_harness import PROXIES, SearchHarness
 from lcpaq.tools.search_space import Config
 
@@ -58,6 +59,8 @@ def run_search(
     study.optimize(objective, n_trials=trials)
     bar.close()
     search_s = time.perf_counter() - start
+    if not any(math.isfinite(entry["score"]) for entry in history):
+        raise ConfigError(f"none of the {trials} trials is feasible; {harness.infeasible_message(history[0]['config'])}")
     start = time.perf_counter()
     if mode == "proxy":
         confirmed = []
@@ -112,6 +115,8 @@ def proxy_correlations(harness: SearchHarness, samples: int = 32, seed: int = 0,
             cost["metric"] += time.perf_counter() - start
             rows.append(row)
             bar.update()
+    if not rows:
+        raise ConfigError(f"none of {attempts} random configurations is feasible; {harness.infeasible_message(config)}")
     table = {}
     for name in PROXIES:
         xs, ys = [r[name] for r in rows], [r["metric"] for r in rows]

@@ -1,10 +1,12 @@
 """The shared harness of the quantization-hyperparameter search.
 
 Everything that does not depend on a configuration is computed once: the costed graph, the
-Hessian traces (at the largest probe count; smaller counts are prefixes of the same probes),
-the calibration activations, and, lazily, one calibrated graph per range estimator and the
-error tables per quantizer setting. A configuration's sensitivities are then a recombination,
-its assignment one ILP, and the "hessian" proxy its objective: no forward pass at all."""
+Hessian traces (``passes.sensitivity_model.SharedTraces``, at the largest probe count; smaller
+counts are prefixes of the same probes) and, lazily, one calibrated graph per range estimator.
+A configuration is then a pipeline of passes on a calibrated graph: its quantization scheme,
+the ``hessian`` pass (recombining the shared traces, no probes), one ILP, and the rewrite. The
+"hessian" proxy is the ILP's objective: no forward pass at all. This module only orchestrates
+passes; the pipeline it runs for a configuration is the one ``config_pipeline`` reports."""
 from __future__ import annotations
 
 import copy
@@ -18,19 +20,18 @@ import torch.fx as fx
 from lcpaq.hw_targets.target import Target
 from lcpaq.ir.capture import capture
 from lcpaq.ir.errors import ConfigError
-from lcpaq.ir.layers import find_layers
-from lcpaq.ir.meta import ASSIGNMENT, SENSITIVITY
+from lcpaq.ir.meta import ASSIGNMENT
 from lcpaq.passes.bias_correct import BiasCorrect
 from lcpaq.passes.calibrate import Calibrate
 from lcpaq.passes.base import Pass
 from lcpaq.passes.context import PassContext
 from lcpaq.passes.fake_quant import FakeQuant
 from lcpaq.passes.hessian import HessianSensitivity
-from lcpaq.passes.hutchinson import hessian_traces
 from lcpaq.passes.ilp import ILPAssign
 from lcpaq.passes.pipeline import Pipeline, prepare_phase
-from lcpaq.passes.sensitivity_terms import act_errors, collect_activations, combine, hessian_loss, weight_errors
-from lcpaq.tools.metrics import output_metrics, reference_outputs
+from lcpaq.passes.quant_scheme import SetQuantScheme
+from lcpaq.passes.sensitivity_model import SharedTraces
+from lcpaq.ir.metrics import output_metrics, reference_outputs
 from lcpaq.tools.models.zoo import ModelBundle
 from lcpaq.tools.search_space import Config, SearchSpace
 
@@ -42,9 +43,13 @@ def calibrate_pass(config: Config) -> Calibrate:
     return Calibrate(method=config["calibration"], percentile=config["percentile"] or 99.99)
 
 
-def hessian_pass(config: Config) -> HessianSensitivity:
-    return HessianSensitivity(probes=config["probes"], min_probes=config["probes"],
-                              weight_granularity=config["weight_granularity"], act_symmetric=config["act_symmetric"])
+def scheme_pass(config: Config) -> SetQuantScheme:
+    return SetQuantScheme(weight_granularity=config["weight_granularity"], act_symmetric=config["act_symmetric"])
+
+
+def hessian_pass(config: Config, shared: SharedTraces | None = None) -> HessianSensitivity:
+    """Exactly ``probes`` probes; with ``shared``, recombined from the shared traces."""
+    return HessianSensitivity(probes=config["probes"], min_probes=config["probes"], shared=shared)
 
 
 def ilp_pass(config: Config, budgets: dict[str, str], table: str = "") -> ILPAssign:
@@ -58,14 +63,13 @@ def ilp_pass(config: Config, budgets: dict[str, str], table: str = "") -> ILPAss
 
 
 def rewrite_passes(config: Config) -> list[Pass]:
-    passes: list[Pass] = [FakeQuant(weight_granularity=config["weight_granularity"], act_symmetric=config["act_symmetric"])]
-    return passes + ([BiasCorrect()] if config["bias_correction"] else [])
+    return [FakeQuant()] + ([BiasCorrect()] if config["bias_correction"] else [])
 
 
 def config_pipeline(config: Config, budgets: dict[str, str], target: Target, table: str = "") -> Pipeline:
     """The pipeline that reproduces a configuration's result (``lcpaq quantize --pipeline``)."""
-    return Pipeline(prepare_phase(target) + [calibrate_pass(config), hessian_pass(config), ilp_pass(config, budgets, table)]
-                    + rewrite_passes(config))
+    analysis = [scheme_pass(config), calibrate_pass(config), hessian_pass(config), ilp_pass(config, budgets, table)]
+    return Pipeline(prepare_phase(target) + analysis + rewrite_passes(config))
 
 
 @dataclass
@@ -85,63 +89,53 @@ class SearchHarness:
     def __post_init__(self) -> None:
         if not self.budgets:
             raise ConfigError("the search assigns precisions by ILP: give at least one --budget")
+        ILPAssign(**self.budgets, table=self.table)  # checks every budget before any work
         start = time.perf_counter()
         b = self.bundle
         self.ctx = PassContext(self.target, b.example_inputs, b.calib_batches, self.progress, self.seed, b.calib_labels)
         gm = self.captured if self.captured is not None else capture(b.model, b.example_inputs, b.name)
         self.base = Pipeline(prepare_phase(self.target))(gm, self.ctx).graph_module
-        self.layers = find_layers(self.base)
-        batches = self.ctx.batches()[: self.hessian_batches]
-        labels = b.calib_labels[: self.hessian_batches] if b.calib_labels else None
-        act_nodes = list(dict.fromkeys(a for layer in self.layers for a in layer.act_inputs))
-        weights = list(dict.fromkeys(str(layer.weight.target) for layer in self.layers if layer.weight is not None))
         self.reference = reference_outputs(b.model, b.eval_batches)
         self.proxy_reference = reference_outputs(b.model, b.calib_batches[: self.proxy_batches])
         self.stages["prepare"] = time.perf_counter() - start
         start = time.perf_counter()
-        probes = max(self.space.choices["probes"])
-        w_tr, a_tr = hessian_traces(self.base, weights, act_nodes, batches, hessian_loss(self.base, batches, labels),
-                                    probes, probes, 0.0, self.seed, self.progress)
-        self.w_traces, self.a_traces = w_tr, {n.name: est for n, est in a_tr.items()}
-        self.values = collect_activations(self.base, [n.name for n in act_nodes], batches)
+        self.shared = SharedTraces.measure(self.base, self.ctx, max(self.space.choices["probes"]), self.hessian_batches)
         self.stages["sensitivity"] = time.perf_counter() - start
         self._calibrated: dict[tuple, fx.GraphModule] = {}
-        self._w_err: dict[str, dict] = {}
-        self._a_err: dict[tuple, dict] = {}
 
     # --- configuration-dependent, cached pieces ---------------------------------------------
     def calibrated(self, config: Config) -> fx.GraphModule:
+        """The costed graph calibrated as ``config`` says (kept per range estimator), with
+        ``config``'s quantization scheme set."""
         key = (config["calibration"], config["percentile"])
         if key not in self._calibrated:
             gm = copy.deepcopy(self.base)
             self._calibrated[key] = Pipeline([calibrate_pass(config)])(gm, self.ctx).graph_module
-        return self._calibrated[key]
-
-    def sensitivities(self, config: Config, gm: fx.GraphModule) -> dict:
-        layers = find_layers(gm)
-        gran = config["weight_granularity"]
-        if gran not in self._w_err:
-            self._w_err[gran] = weight_errors(gm, layers, self.target, gran)
-        akey = (config["calibration"], config["percentile"], config["act_symmetric"])
-        if akey not in self._a_err:
-            self._a_err[akey] = act_errors(layers, self.values, self.target, config["act_symmetric"])
-        k = config["probes"]
-        w_tr = {name: est.prefix(k) for name, est in self.w_traces.items()}
-        a_tr = {name: est.prefix(k) for name, est in self.a_traces.items()}
-        return combine(gm, layers, w_tr, a_tr, self._w_err[gran], self._a_err[akey])
+        return Pipeline([scheme_pass(config)])(self._calibrated[key], self.ctx).graph_module
 
     def assign(self, config: Config) -> fx.GraphModule | None:
-        """The calibrated graph annotated with this configuration's sensitivities and ILP bits,
-        or None if the budgets cannot be met with its precisions."""
-        gm = self.calibrated(config)
-        sens = self.sensitivities(config, gm)
-        for layer in find_layers(gm):
-            SENSITIVITY.set(layer.node, sens[layer.name])
+        """The calibrated graph annotated with this configuration's sensitivities and ILP
+        assignment, or None if the budgets cannot be met with its precisions."""
+        gm = Pipeline([hessian_pass(config, self.shared)])(self.calibrated(config), self.ctx).graph_module
         try:
             Pipeline([ilp_pass(config, self.budgets, self.table)])(gm, self.ctx)
         except ConfigError:
             return None
         return gm
+
+    def infeasible_message(self, config: Config) -> str:
+        """Why no trial met the budgets: the ILP's own message for ``config`` with the target's
+        every precision, or, if those suffice, that the space's width choices do not."""
+        widest = {**config, "weight_bits": "target", "act_bits": "target"}
+        try:
+            passes = [hessian_pass(widest, self.shared), ilp_pass(widest, self.budgets, self.table)]
+            Pipeline(passes)(self.calibrated(widest), self.ctx)
+        except ConfigError as exc:
+            reason = str(exc).removeprefix("pass 'ilp': ")
+            return f"no configuration meets the budgets: {reason}"
+        choices = {d: self.space.choices[d] for d in ("weight_bits", "act_bits")}
+        return (f"no configuration meets the budgets with the search space's precisions ({choices}); "
+                "the target's full range would: add 'target' to weight_bits and act_bits")
 
     def build(self, config: Config) -> fx.GraphModule | None:
         """The fake-quantized graph of a configuration (None if infeasible)."""

@@ -9,7 +9,7 @@ from lcpaq.ir import capture
 from lcpaq.passes import Pipeline
 from tests.conftest import make_ctx
 
-PREPARE = "fold-bn,shape-prop,cost,calibrate{method=minmax}"
+PREPARE = "fold-bn,shape-prop,cost,quant-scheme,calibrate{method=minmax}"
 
 
 class TinyResNet(nn.Module):
@@ -74,14 +74,14 @@ class TinyMobile(nn.Module):
 def mixed(model: nn.Module, x: torch.Tensor, float_layers: int) -> "torch.fx.GraphModule":
     """W8A8 except the first ``float_layers`` layers (in graph order), left in float (32 bits)."""
     from lcpaq.ir import find_layers
-    from lcpaq.ir.meta import BITS, BitAssignment
+    from lcpaq.ir.meta import QSPEC, LayerQuantSpec
 
     torch.manual_seed(0)
     gm = capture(model.eval(), (x[:1],))
     ctx = make_ctx(load_target("x86-host"), x[:1])
     gm = Pipeline.from_spec(PREPARE + ",uniform{w=8,a=8}")(gm, ctx).graph_module
     for layer in find_layers(gm)[:float_layers]:
-        BITS.set(layer.node, BitAssignment(32, 32))
+        QSPEC.set(layer.node, LayerQuantSpec(None, None))
     return Pipeline.from_spec("fake-quant")(gm, ctx).graph_module
 
 

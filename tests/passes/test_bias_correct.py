@@ -14,7 +14,7 @@ def _quantized(block, target, w: int = 3):
     x = torch.randn(4, 3, 8, 8)
     ctx = make_ctx(target, x[:1])
     gm = capture(block, (x[:1],))
-    gm = Pipeline.from_spec(f"fold-bn,shape-prop,cost,calibrate,uniform{{w={w},a=16}},fake-quant")(gm, ctx).graph_module
+    gm = Pipeline.from_spec(f"fold-bn,shape-prop,cost,quant-scheme,calibrate,uniform{{w={w},a=16}},fake-quant")(gm, ctx).graph_module
     return gm, ctx
 
 

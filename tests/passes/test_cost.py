@@ -3,8 +3,8 @@ import torch
 from torch import nn
 
 from lcpaq.ir import capture, find_layers
-from lcpaq.ir.meta import COST, MODEL_COST, LayerCost
-from lcpaq.passes import Pipeline
+from lcpaq.ir.meta import COST, MODEL_COST, BitAssignment, LayerCost
+from lcpaq.passes import Pipeline, cost_model
 from lcpaq.tools.models.mobilenetv2 import mobilenetv2
 from lcpaq.tools.models.resnet import resnet18
 from tests.conftest import make_ctx
@@ -62,3 +62,37 @@ def test_bops_and_bytes_closed_form() -> None:
     assert cost.act_bytes(8) == 300
     act_only = LayerCost(params=0, macs=100, act_elems=10, out_elems=10)
     assert act_only.bops(32, 8) == 100 * 64  # both operands are activations
+
+
+def test_cost_model_prices_the_block_by_hand(block, x86) -> None:
+    """The block's layers: c1 216 weights + 8 (folded) biases, 13,824 MACs; c2 24 + 8, 1,536;
+    fc and fc2 32 + 4, 32 each; convs read 192 activation elements, the linears 8."""
+    gm = Pipeline.from_spec("fold-bn,shape-prop,cost,quant-scheme,uniform{w=4,a=8}")(
+        capture(block, (torch.randn(1, 3, 8, 8),)), make_ctx(x86, torch.randn(1, 3, 8, 8))).graph_module
+    assignment = cost_model.assignment_of(gm)
+    assert assignment == {name: BitAssignment(4, 8) for name in ("c1", "c2", "fc", "fc2")}
+    weights, biases, macs = 216 + 24 + 32 + 32, 8 + 8 + 4 + 4, 13_824 + 1_536 + 32 + 32
+    assert cost_model.totals(gm, assignment) == {"size": weights * 4 / 8 + biases * 4, "bops": macs * 32.0, "act_memory": 192.0}
+    mixed = {"c1": BitAssignment(2, 8), "fc": BitAssignment(32, 32)}  # c2 and fc2 left out: float
+    assert cost_model.totals(gm, mixed) == {
+        "size": 216 * 2 / 8 + (24 + 32 + 32) * 4 + biases * 4, "bops": 13_824 * 16 + (1_536 + 32 + 32) * 1024.0,
+        "act_memory": 192 * 4.0,
+    }
+    fp32, int8 = cost_model.reference_totals(gm)
+    assert fp32 == {"size": (weights + biases) * 4.0, "bops": macs * 1024.0, "act_memory": 768.0}
+    assert int8 == {"size": weights + biases * 4.0, "bops": macs * 64.0, "act_memory": 192.0}
+
+
+def test_fixed_size_is_what_no_layer_holds(x86) -> None:
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4, bias=False)
+            self.gain = nn.Parameter(torch.ones(4))  # 4 parameters outside any quantizable layer
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x) * self.gain
+
+    gm = _costed(Scaled(), torch.randn(1, 4), x86)
+    assert cost_model.fixed_costs(gm) == {"size": 16.0}
+    assert cost_model.totals(gm, {"fc": BitAssignment(2, 8)})["size"] == 16 * 2 / 8 + 16.0

@@ -15,7 +15,7 @@ def test_distillation_recovers_quality_and_leaves_model_alone(block, sim) -> Non
     ctx = make_ctx(sim, x[:1], n_batches=4, batch=16)
     params = {k: v.detach().clone() for k, v in block.state_dict().items()}
     gm = capture(block, (x[:1],))
-    gm = Pipeline.from_spec("fold-bn,shape-prop,cost,calibrate,uniform{w=2,a=8},fake-quant")(gm, ctx).graph_module
+    gm = Pipeline.from_spec("fold-bn,shape-prop,cost,quant-scheme,calibrate,uniform{w=2,a=8},fake-quant")(gm, ctx).graph_module
     data = torch.cat([b[0] for b in ctx.batches()])
 
     with torch.no_grad(), quantizers_disabled(gm):
@@ -41,7 +41,7 @@ def test_held_out_loss_never_rises(block, sim) -> None:
     x = torch.randn(4, 3, 8, 8)
     ctx = make_ctx(sim, x[:1], n_batches=3, batch=8)
     gm = capture(block, (x[:1],))
-    gm = Pipeline.from_spec("fold-bn,shape-prop,cost,calibrate,uniform{w=16,a=16},fake-quant")(gm, ctx).graph_module
+    gm = Pipeline.from_spec("fold-bn,shape-prop,cost,quant-scheme,calibrate,uniform{w=16,a=16},fake-quant")(gm, ctx).graph_module
     held = ctx.batches()[-1][0]
     with torch.no_grad(), quantizers_disabled(gm):
         teacher = gm(held)

@@ -119,14 +119,14 @@ def test_spec_model_with_data_and_evaluate(capsys, tmp_path) -> None:
             data = [torch.randn(4, 8) for _ in range(4)]
             return model, (torch.randn(1, 8),), data, lambda m: {"score": 0.5}
     """))
-    code, out, _ = _run(capsys, "quantize", "--model", f"{path}:build", "--no-progress")
-    assert code == 0 and "score" in out
+    code, out, _ = _run(capsys, "quantize", "--model", f"{path}:build", "--no-progress", "--no-build")
+    assert code == 0 and "score" in out and "0.5000" in out
 
 
 def test_custom_pipeline(capsys, tmp_path) -> None:
     out_dir = tmp_path / "p"
-    spec = "fold-bn,shape-prop,cost,calibrate{method=entropy},uniform{w=6,a=8},fake-quant"
-    code, _, _ = _run(capsys, "quantize", "--pipeline", spec, "--out", str(out_dir), "--no-progress")
+    spec = "fold-bn,shape-prop,cost,quant-scheme,calibrate{method=entropy},uniform{w=6,a=8},fake-quant"
+    code, _, _ = _run(capsys, "quantize", "--pipeline", spec, "--out", str(out_dir), "--no-progress", "--no-build")
     assert code == 0
     report = json.loads((out_dir / "report.json").read_text())
     assert report["pipeline"] == spec.replace(",a=8}", "}")  # canonical: defaults left out
@@ -136,7 +136,8 @@ def test_custom_pipeline(capsys, tmp_path) -> None:
 def test_listing_commands(capsys) -> None:
     assert _run(capsys, "targets")[1].count("x86-host") == 1
     passes = _run(capsys, "passes")[1]
-    assert "fold-bn" in passes and "reads lcpaq.bits, lcpaq.act_range" in passes
+    assert "fold-bn" in passes and "reads lcpaq.qspec, lcpaq.act_range" in passes
+    assert "quant-scheme" in passes and "writes lcpaq.quant_scheme" in passes
     assert "minilm" in _run(capsys, "models")[1]
 
 
@@ -151,7 +152,7 @@ def test_help_on_every_subcommand(capsys) -> None:
 def test_budget_gives_mixed_assignment_with_pareto_plots(capsys, tmp_path) -> None:
     out_dir = tmp_path / "ilp"
     code, out, _ = _run(capsys, "quantize", "--budget", "size=0.15x", "--compare", "w8a8,w4a8", "--probes", "16",
-                        "--out", str(out_dir), "--no-progress")
+                        "--out", str(out_dir), "--no-progress", "--no-build")
     assert code == 0
     report = json.loads((out_dir / "report.json").read_text())
     assert len({row["w_bits"] for row in report["layers"]}) > 1  # a mixed assignment
@@ -199,23 +200,39 @@ def test_bad_search_options(capsys, tmp_path, argv, message) -> None:
 def test_proxy_search_with_distillation_report(capsys, tmp_path) -> None:
     out_dir = tmp_path / "s"
     code, out, _ = _run(capsys, "quantize", "--budget", "size=0.12x", "--search", "proxy", "--trials", "6",
-                        "--space-set", "probes=8", "--distill", "20", "--out", str(out_dir), "--no-progress")
+                        "--space-set", "probes=8", "--distill", "20", "--out", str(out_dir), "--no-progress", "--no-build")
     assert code == 0
     report = json.loads((out_dir / "report.json").read_text())
     search = report["search"]
     assert search["mode"] == "proxy" and search["proxy"] == "hessian" and search["trials"] == 6
     assert len(search["confirmed"]) == 3 and search["best"]["probes"] == 8
-    assert search["best_metric"] == max(c["metric"] for c in search["confirmed"])
     assert {"prepare", "sensitivity", "search", "confirm", "total"} <= set(search["seconds"])
     labels = [c["label"] for c in report["configs"]]
     assert labels == ["fp32", "searched ILP(size=0.12x)", "searched ILP(size=0.12x) + distill"]
     assert report["configs"][1]["metrics"]["accuracy"] == pytest.approx(search["best_metric"])
     assert report["distillation"]["steps"] == 20
     assert "hessian{probes=8" in report["pipeline"] and "ilp{size=0.12x" in report["pipeline"]
-    assert Pipeline(parse_spec(report["pipeline"])).spec() == report["pipeline"]  # reproducible with --pipeline
+    assert Pipeline(parse_spec(report["pipeline"])).spec() == report["pipeline"]
     md = (out_dir / "report.md").read_text()
     assert "## Search" in md and "## Distillation" in md
     assert "proxy search (6 trials" in out
+    # the reported pipeline, run from scratch (its own Hessian probes), gives the searched result
+    again = tmp_path / "again"
+    assert _run(capsys, "quantize", "--pipeline", report["pipeline"], "--out", str(again), "--no-progress", "--no-build")[0] == 0
+    rerun = json.loads((again / "report.json").read_text())
+    assert rerun["configs"][1]["metrics"] == report["configs"][1]["metrics"]
+    assert [r["w_bits"] for r in rerun["layers"]] == [r["w_bits"] for r in report["layers"]]
+    assert round(search["best_metric"], 6) == rerun["configs"][1]["metrics"]["accuracy"]
+    assert search["best_metric"] == max(c["metric"] for c in search["confirmed"])  # the confirmed best is kept
+
+
+def test_infeasible_search_budget_is_one_line(capsys, tmp_path) -> None:
+    code, _, err = _run(capsys, "quantize", "--budget", "size=0.01x", "--search", "proxy", "--trials", "3",
+                        "--space-set", "probes=8", "--out", str(tmp_path / "o"), "--no-progress", "--no-build")
+    assert code == 2 and err.count("\n") == 1 and not (tmp_path / "o").exists()
+    assert err.startswith("lcpaq: error: none of the 3 trials is feasible; no configuration meets the budgets: "
+                          "infeasible budget: size=0.01x asks size <=")
+    assert "the smallest achievable is" in err
 
 
 def test_targets_reports_host_support(capsys) -> None:
@@ -241,7 +258,7 @@ def build():
 
 
 def test_profile_writes_a_table(capsys, tmp_path) -> None:
-    from lcpaq.backends.latency_table import LatencyTable
+    from lcpaq.hw_targets.latency_table import LatencyTable
     from lcpaq.hw_targets import load_target
     from lcpaq.hw_targets.host import host_support
 
@@ -259,7 +276,7 @@ def test_profile_writes_a_table(capsys, tmp_path) -> None:
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["--target", "arm-a76"], "target 'arm-a76' is not this machine"),
+    (["--target", "arm-a76"], "target 'arm-a76' needs backend 'arm-dotprod', which is not implemented"),
     (["--target", "tpu"], "unknown target 'tpu'"),
     (["--trials", "-1"], "--trials must be >= 0"),
     (["--model", "missing/model.py:build"], "model file missing/model.py does not exist"),
@@ -283,5 +300,5 @@ def test_build_refuses_a_directory_and_other_targets(tmp_path, capsys) -> None:
     assert main(["build", "--model", "resnet-digits", "-o", str(tmp_path)]) == 2
     assert "is a directory" in capsys.readouterr().err
     assert main(["build", "--model", "resnet-digits", "--target", "arm-a76", "-o", str(tmp_path / "m.so")]) == 2
-    assert "not this machine" in capsys.readouterr().err
+    assert "target 'arm-a76' needs backend 'arm-dotprod', which is not implemented" in capsys.readouterr().err
     assert not (tmp_path / "m.so").exists()

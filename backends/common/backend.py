@@ -1,0 +1,202 @@
+"""What a backend family is, and how a target's data picks one.
+
+A :class:`Backend` owns everything that depends on the hardware family: its integer
+conventions (:class:`Conventions`: the code types its kernels read, their channel multiples,
+the widths they execute), its lowerings (a :class:`~lcpaq.backends.common.relax_lower.LoweringTable`,
+as TVM's per-target legalize tables), its Relax pipeline and schedules, its tuning rules, how
+the device is reached and how one layer is timed. Generic code (integerize, the Relax lowering
+framework, build, measure, profile) asks the backend and assumes nothing.
+
+A target file names its family (``backend = "x86-vnni"``); :func:`backend_for` finds the
+backend registered under that name. Families live in sub-packages of ``lcpaq.backends``
+(``x86/`` ...), each registering itself with :func:`register_backend` on import; the registry
+imports every sub-package once, so adding a family is one new package and no edit here, and
+adding a target of a known family is a data file.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+import lcpaq.backends as pkg
+from lcpaq.hw_targets.host import host_cpu_name, host_support
+from lcpaq.hw_targets.target import Target
+from lcpaq.ir.errors import ConfigError
+from lcpaq.ir.meta import FLOAT_BITS, BitAssignment
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch.fx as fx
+    import tvm
+
+    from lcpaq.backends.common.relax_lower import LoweringTable
+
+
+@dataclass(frozen=True)
+class Conventions:
+    """How a family's integer kernels want their data.
+
+    ``act_dtype``: the type activation codes are stored in (``uint8``: VNNI multiplies u8 x s8;
+    ``int8``: ARM sdot multiplies s8 x s8). ``integer_bits``: the widest quantizer width the
+    kernels execute as integers (narrower weights are held in int8 codes); a wider quantizer runs
+    in float. ``in_multiple`` / ``out_multiple``: channel counts the GEMM kernels pad their
+    reduction and output dimensions to."""
+
+    act_dtype: str = "uint8"
+    integer_bits: int = 8
+    in_multiple: int = 1
+    out_multiple: int = 1
+
+    def __post_init__(self) -> None:
+        if self.act_dtype not in ("uint8", "int8"):
+            raise ValueError(f"activation codes are uint8 or int8, got {self.act_dtype!r}")
+
+
+@dataclass
+class Device:
+    """A device reached by a backend: ``dev`` is the TVM device its arrays live on; ``remote``
+    the RPC session when the device is another machine (None: this one)."""
+
+    dev: Any
+    remote: Any = None
+
+    def tensor(self, array: Any) -> Any:
+        import numpy as np
+        import tvm
+
+        return tvm.runtime.tensor(np.ascontiguousarray(array), self.dev)
+
+
+class Backend(ABC):
+    """One hardware family. Subclasses set the class attributes and implement the methods."""
+
+    #: The name target files give in ``backend = "..."``.
+    name: ClassVar[str]
+    conventions: ClassVar[Conventions]
+    #: Op kinds (``conv``, ``linear``, ``matmul``, ``embedding``) with an integer kernel, and the
+    #: weight widths those kernels compute at.
+    integer_kernels: ClassVar[dict[str, tuple[int, ...]]]
+
+    # -- the target ----------------------------------------------------------------------------
+    @abstractmethod
+    def tvm_target(self, target: Target) -> "tvm.target.Target":
+        """The resolved TVM target to compile for (host CPU names resolved, core counts set)."""
+
+    def check_available(self, target: Target) -> None:
+        """Raise ConfigError (one line) unless ``target``'s device can be reached from here."""
+        if target.device == "local":
+            support = host_support(target)
+            if not support.ok:
+                raise ConfigError(f"target {target.name!r} cannot run on this machine: {support}")
+            return
+        raise ConfigError(
+            f"target {target.name!r} is reached over {target.device!r}, which backend {self.name!r} does not support yet"
+        )
+
+    @abstractmethod
+    def device(self, target: Target) -> Device:
+        """The device models are run and timed on (after :meth:`check_available`)."""
+
+    # -- what executes -------------------------------------------------------------------------
+    def executes(self, kind: str, bits: BitAssignment) -> bool:
+        """Whether a layer of ``kind`` at ``bits`` runs on an integer kernel of this family at
+        those widths (weights narrower than a kernel width are unpacked to it)."""
+        if bits.w_bits == FLOAT_BITS and bits.a_bits == FLOAT_BITS:
+            return False
+        widths = self.integer_kernels.get(kind, ())
+        a_ok = bits.a_bits <= self.conventions.integer_bits or (kind == "embedding" and bits.a_bits == FLOAT_BITS)
+        w = bits.a_bits if kind == "matmul" else bits.w_bits
+        return a_ok and any(w <= width for width in widths)
+
+    # -- lowering and compilation --------------------------------------------------------------
+    @property
+    @abstractmethod
+    def lowerings(self) -> "LoweringTable":
+        """The family's lowering table (registered lowerings of integer-graph ops)."""
+
+    @abstractmethod
+    def compile(self, mod: "tvm.IRModule", target: "tvm.target.Target") -> Any:
+        """Compile a Relax module with the family's pipeline; returns the executable."""
+
+    def kernel_schedule(self, tag: str, trials: int, tvm_target: "tvm.target.Target",
+                        choices: dict[str, str]) -> Callable[[Any, Callable[[Any], Any]], Any]:
+        """How a tunable GEMM kernel is scheduled: ``schedule(func, hand)``. Default: the hand
+        schedule. A family with tuning rules overrides this (trials > 0)."""
+        return lambda func, hand: hand(func)
+
+    # -- profiling -----------------------------------------------------------------------------
+    @abstractmethod
+    def layer_timer(self, target: Target, trials: int, repeats: int, number: int, seed: int) -> "LayerTimer":
+        """What times one quantizable layer of a costed graph on the target's device."""
+
+    def device_name(self, target: Target) -> str:
+        """The device, in words, for latency tables and reports."""
+        return f"{host_cpu_name()} ({os.cpu_count()} logical CPUs)" if target.device == "local" else target.device
+
+
+class LayerTimer(ABC):
+    """Times single layers for :func:`lcpaq.backends.common.profile.profile_model`."""
+
+    @abstractmethod
+    def measure(self, gm: "fx.GraphModule", layer: Any) -> dict[str, float]:
+        """Seconds of ``layer`` (a :class:`~lcpaq.ir.layers.QuantLayer`) by precision key, at
+        batch 1: ``fp32`` always, and the integer keys it has a kernel for."""
+
+    @abstractmethod
+    def notes(self) -> list[str]:
+        """How the layers were measured (written into the latency table)."""
+
+
+_REGISTRY: dict[str, type[Backend]] = {}
+_DISCOVERED = False
+
+
+def register_backend(cls: type[Backend]) -> type[Backend]:
+    """Class decorator: make ``cls`` the backend of targets that say ``backend = cls.name``."""
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"two backends are named {cls.name!r}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _discover() -> None:
+    """Import every family package under ``lcpaq.backends`` (each registers itself) once."""
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.ispkg and info.name != "common":
+            importlib.import_module(f"{pkg.__name__}.{info.name}")
+    _DISCOVERED = True
+
+
+def available_backends() -> list[str]:
+    _discover()
+    return sorted(_REGISTRY)
+
+
+def backend_for(target: Target) -> Backend:
+    """The backend of ``target``; ConfigError (one line) for a target with none, or whose family
+    is not installed."""
+    if target.backend is None:
+        raise ConfigError(f"target {target.name!r} is simulation only: it names no backend to build with")
+    _discover()
+    cls = _REGISTRY.get(target.backend)
+    if cls is None:
+        raise ConfigError(
+            f"target {target.name!r} needs backend {target.backend!r}, which is not implemented; "
+            f"backends: {', '.join(sorted(_REGISTRY)) or 'none'}"
+        )
+    return cls()
+
+
+def runs_here(target: Target) -> bool:
+    """Whether ``target`` has a backend and its device is reachable from this machine."""
+    try:
+        backend_for(target).check_available(target)
+    except ConfigError:
+        return False
+    return True

@@ -1,0 +1,153 @@
+"""Build a fake-quantized graph for a hardware target: integer graph -> Relax -> executable, each
+step asked of the target's backend (:func:`~lcpaq.backends.common.backend.backend_for`).
+
+:func:`build_model` is the whole backend path; :class:`BuiltModel` runs the result, exports it as
+a shared library (``lcpaq build -o model.so``) and is what :mod:`lcpaq.backends.common.measure` times.
+A library written by :meth:`BuiltModel.export` is loaded back with :func:`load_library`.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.fx as fx
+import tvm
+from tvm import relax
+
+from lcpaq.backends.common.backend import Device, backend_for
+from lcpaq.backends.common.integerize import integerize
+from lcpaq.backends.common.relax_lower import lower_to_relax
+from lcpaq.hw_targets.target import Target
+from lcpaq.ir.errors import ConfigError, CorruptFileError
+
+
+@contextlib.contextmanager
+def native_stderr_quiet() -> Iterator[None]:
+    """Silence what TVM's C++ runtime logs to stderr (``Scope Saving/Loaded`` warnings, one per
+    constant, on export and load) for the duration of the block; Python errors still raise."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _as_numpy(x: Any) -> np.ndarray:
+    return np.ascontiguousarray(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x))
+
+
+@dataclass
+class BuiltModel:
+    """A compiled model: ``executable`` holds the Relax VM bytecode and the kernels."""
+
+    executable: Any
+    device: Device
+    input_shapes: list[tuple[int, ...]]
+    target: str
+    kernels: int
+    integer_graph: fx.GraphModule | None = None
+    input_dtypes: list[str] | None = None
+    schedule_choices: dict[str, str] | None = None  # tuned builds: kernel tag -> "tuned" or "hand" (faster)
+
+    def __post_init__(self) -> None:
+        self._vm: relax.VirtualMachine | None = None
+
+    @property
+    def vm(self) -> relax.VirtualMachine:
+        if self._vm is None:
+            self._vm = relax.VirtualMachine(self.executable, self.device.dev)
+        return self._vm
+
+    def inputs(self, *xs: Any) -> list[Any]:
+        """TVM tensors of ``xs``, checked against the built shapes (one line on a mismatch)."""
+        if len(xs) != len(self.input_shapes):
+            raise ConfigError(f"the model was built for {len(self.input_shapes)} inputs, got {len(xs)}")
+        out = []
+        dtypes = self.input_dtypes or ["float32"] * len(xs)
+        for x, shape, dtype in zip(xs, self.input_shapes, dtypes):
+            a = _as_numpy(x).astype(dtype, copy=False)
+            if tuple(a.shape) != tuple(shape):
+                raise ConfigError(f"the model was built for input shape {tuple(shape)}, got {tuple(a.shape)}")
+            out.append(self.device.tensor(a))
+        return out
+
+    def run(self, *xs: Any) -> np.ndarray | tuple[np.ndarray, ...]:
+        """Outputs as numpy arrays (one array for a single output)."""
+        out = self.vm["main"](*self.inputs(*xs))
+        arrays = tuple(o.numpy() for o in out) if not hasattr(out, "numpy") else (out.numpy(),)
+        return arrays[0] if len(arrays) == 1 else arrays
+
+    @property
+    def asm(self) -> str:
+        """Assembly of the compiled kernels (the VM's imported llvm modules; empty for others)."""
+        mod = getattr(self.executable, "mod", self.executable)
+        return "\n".join(m.inspect_source("asm") for m in mod.imports if m.kind == "llvm")
+
+    def export(self, path: str | Path) -> Path:
+        """Write the deployable shared library to ``path`` atomically (a temporary file, then a rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=path.suffix or ".so", dir=path.parent, prefix=f".{path.name}.")
+        os.close(fd)
+        try:
+            with native_stderr_quiet():
+                self.executable.export_library(tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+
+def build_model(
+    gm: fx.GraphModule, example_inputs: Sequence[Any], target: Target, trials: int = 0, batch: int | None = 1,
+) -> BuiltModel:
+    """Compile a fake-quantized graph for ``target`` with its backend, for the shapes of
+    ``example_inputs`` with the batch dimension set to ``batch`` (None: as given).
+
+    ``trials`` > 0 tunes the backend's tunable kernels with MetaSchedule (records reused from
+    the tuning cache). Guarantees: the executable computes the integer graph of ``gm``
+    bit-exactly where it has no float op (see ``tests/backends/test_build.py``). Raises
+    ConfigError if the target has no backend or its device cannot be reached, LoweringError
+    naming the node for an op that has no lowering."""
+    backend = backend_for(target)
+    device = backend.device(target)
+    tvm_target = backend.tvm_target(target)
+    arrays = [_as_numpy(x) for x in example_inputs]
+    shapes = [tuple(a.shape) for a in arrays]
+    dtypes = [str(a.dtype) for a in arrays]
+    if batch is not None:
+        shapes = [(batch, *s[1:]) for s in shapes]
+    ig = integerize(gm, backend.conventions)
+    choices: dict[str, str] = {}
+    mod = lower_to_relax(ig, shapes, backend, tvm_target, trials, dtypes, choices)
+    kernels = sum(1 for gv in mod.functions if gv.name_hint.startswith("lcpaq_"))
+    executable = backend.compile(mod, tvm_target)
+    return BuiltModel(executable, device, shapes, target.name, kernels, ig, dtypes, choices)
+
+
+def load_library(path: str | Path, target: Target, input_shapes: Sequence[Sequence[int]],
+                 input_dtypes: Sequence[str] | None = None) -> BuiltModel:
+    """A model exported by :meth:`BuiltModel.export` for ``target``, to run on its device;
+    unreadable files are CorruptFileError with the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no built model at {path}")
+    try:
+        with native_stderr_quiet():
+            lib = tvm.runtime.load_module(str(path))
+    except Exception as exc:  # noqa: BLE001 (TVM raises its own error types)
+        raise CorruptFileError(f"built model {path} cannot be loaded: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+    device = backend_for(target).device(target)
+    return BuiltModel(lib, device, [tuple(s) for s in input_shapes], target.name, 0, None, list(input_dtypes) if input_dtypes else None)

@@ -1,0 +1,204 @@
+"""Integer reference for quantized kernels: the oracle every backend is checked against.
+
+Pure torch, integer arithmetic only (int64 internally, results checked to fit int32/uint8).
+Conventions (those of ``lcpaq.ir.quantizer`` and gemmlowp / HAWQ-V3):
+
+- activations: unsigned 8-bit codes ``x_q`` in [0, 255] with an integer zero point ``x_zp``;
+- weights: signed 8-bit codes in the restricted range [-127, 127], zero point 0, one scale per
+  output channel;
+- bias: int32, in units of ``x_scale * w_scale[n]`` (so it adds straight to the accumulator);
+- accumulation: int32, ``acc[n] = sum_k (x_q - x_zp) * w_q[n, k] + bias[n]``;
+- requantization: ``y = clamp(round(acc * M[n] * 2^-shift[n]) + out_zp, qmin, qmax)`` with a
+  31-bit integer ``M[n]`` (dyadic fixed point) and rounding **half up** (ties toward +inf),
+  computed exactly as ``(acc * M + 2^(shift-1)) >> shift`` in int64 (arithmetic shift).
+  A fused ReLU is ``qmin = out_zp``; a fused clip is any narrower [qmin, qmax].
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+#: Largest right shift we allow: |acc| < 2^31 and M < 2^31, so acc * M + 2^(shift-1) fits int64.
+MAX_SHIFT = 62
+
+
+def quantize_multiplier(real: float) -> tuple[int, int]:
+    """Dyadic approximation ``real ≈ multiplier * 2^-shift``.
+
+    Guarantees: ``multiplier`` in [2^30, 2^31 - 1] (a normalised 31-bit mantissa, so the relative
+    error is at most 2^-31), ``1 <= shift <= MAX_SHIFT``; ``real == 0`` gives ``(0, 1)``.
+    Raises ValueError for negative, non-finite, or out-of-range (>= 2^30 or < 2^-32) values."""
+    if not math.isfinite(real) or real < 0:
+        raise ValueError(f"requantization scale must be finite and >= 0, got {real!r}")
+    if real == 0:
+        return 0, 1
+    mantissa, exponent = math.frexp(real)  # real = mantissa * 2^exponent, mantissa in [0.5, 1)
+    multiplier = round(mantissa * 2**31)
+    if multiplier == 2**31:  # mantissa rounded up to 1.0
+        multiplier //= 2
+        exponent += 1
+    shift = 31 - exponent
+    if not 1 <= shift <= MAX_SHIFT:
+        raise ValueError(f"requantization scale {real:g} is outside [2^-32, 2^30): no 31-bit dyadic form")
+    return multiplier, shift
+
+
+def requant_params(x_scale: float, w_scales: torch.Tensor | Sequence[float], out_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel ``(multiplier, shift)`` int64 tensors for ``x_scale * w_scale[n] / out_scale``."""
+    pairs = [quantize_multiplier(float(x_scale) * float(s) / float(out_scale)) for s in torch.as_tensor(w_scales).flatten()]
+    return torch.tensor([p[0] for p in pairs], dtype=torch.int64), torch.tensor([p[1] for p in pairs], dtype=torch.int64)
+
+
+def _as_channel_tensor(v: int | torch.Tensor, acc: torch.Tensor, dim: int) -> torch.Tensor:
+    t = torch.as_tensor(v, dtype=torch.int64)
+    if t.dim() == 0:
+        return t
+    if not -acc.dim() <= dim < acc.dim():
+        raise ValueError(f"per-channel parameters need channel axis {dim} of a {acc.dim()}-d accumulator")
+    n, ndim = acc.shape[dim], acc.dim()
+    if t.numel() != n:
+        raise ValueError(f"per-channel parameter has {t.numel()} entries for {n} channels")
+    shape = [1] * ndim
+    shape[dim] = n
+    return t.reshape(shape)
+
+
+def requantize(
+    acc: torch.Tensor,
+    multiplier: int | torch.Tensor,
+    shift: int | torch.Tensor,
+    out_zero_point: int,
+    qmin: int = 0,
+    qmax: int = 255,
+    ch_axis: int = 1,
+) -> torch.Tensor:
+    """int32 accumulators to clamped integer codes (int32 tensor), round half up.
+
+    ``multiplier``/``shift`` are scalars or per-channel tensors along ``ch_axis`` of ``acc``.
+    Guarantees: the result equals ``clamp(floor(acc * multiplier / 2^shift + 1/2) + out_zero_point,
+    qmin, qmax)`` exactly (no intermediate overflow, all in int64)."""
+    if acc.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"requantize takes int32 accumulators, got {acc.dtype}")
+    if qmin > qmax:
+        raise ValueError(f"empty output range [{qmin}, {qmax}]")
+    a = acc.to(torch.int64)
+    m = _as_channel_tensor(multiplier, a, ch_axis)
+    s = _as_channel_tensor(shift, a, ch_axis)
+    if bool((s < 1).any()) or bool((s > MAX_SHIFT).any()):
+        raise ValueError(f"shift must lie in [1, {MAX_SHIFT}]")
+    if bool((m < 0).any()) or bool((m >= 2**31).any()):
+        raise ValueError("multiplier must lie in [0, 2^31)")
+    rounding = torch.ones_like(s) << (s - 1)
+    y = torch.bitwise_right_shift(a * m + rounding, s) + int(out_zero_point)
+    return torch.clamp(y, qmin, qmax).to(torch.int32)
+
+
+def _check_codes(x_q: torch.Tensor, w_q: torch.Tensor) -> None:
+    if x_q.is_floating_point() or w_q.is_floating_point():
+        raise TypeError("integer kernels take integer codes, not float tensors")
+    if int(x_q.min()) < -128 or int(x_q.max()) > 255:
+        raise ValueError("activation codes must be uint8 values in [0, 255] or int8 values in [-128, 127]")
+    if int(w_q.min()) < -127 or int(w_q.max()) > 127:
+        raise ValueError("weight codes must lie in the restricted int8 range [-127, 127]")
+
+
+def _to_int32(acc: torch.Tensor) -> torch.Tensor:
+    if bool((acc < INT32_MIN).any()) or bool((acc > INT32_MAX).any()):
+        raise OverflowError("int32 accumulator overflow")
+    return acc.to(torch.int32)
+
+
+def dense_acc(x_q: torch.Tensor, x_zp: int, w_q: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """int32 ``[M, N]`` accumulators of ``(x_q[M, K] - x_zp) @ w_q[N, K]^T + bias[N]``, exact."""
+    _check_codes(x_q, w_q)
+    if x_q.dim() != 2 or w_q.dim() != 2 or x_q.shape[1] != w_q.shape[1]:
+        raise ValueError(f"dense needs x [M, K] and w [N, K], got {tuple(x_q.shape)} and {tuple(w_q.shape)}")
+    acc = (x_q.to(torch.int64) - int(x_zp)) @ w_q.to(torch.int64).T
+    if bias is not None:
+        acc = acc + bias.to(torch.int64).reshape(1, -1)
+    return _to_int32(acc)
+
+
+def conv2d_acc(
+    x_q: torch.Tensor,
+    x_zp: int,
+    w_q: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int = 1,
+    padding: int = 0,
+    groups: int = 1,
+) -> torch.Tensor:
+    """int32 NCHW accumulators of a (grouped) conv2d, no dilation, over ``x_q - x_zp``.
+
+    Padding is with real zero, i.e. code ``x_zp`` (which contributes nothing after the zero-point
+    subtraction). ``x_q`` is [B, C, H, W], ``w_q`` is [O, C / groups, KH, KW] with C and O
+    multiples of ``groups``; output channel ``o`` reads input channels ``g * C/groups ..
+    (g + 1) * C/groups - 1`` of its group ``g = o // (O / groups)``. Depthwise is
+    ``groups == C == O`` with ``w_q`` [C, 1, KH, KW]. The result is exact (int64 inside)."""
+    _check_codes(x_q, w_q)
+    if groups < 1 or x_q.dim() != 4 or w_q.dim() != 4:
+        raise ValueError(f"conv2d needs x [B, C, H, W], w [O, C/groups, KH, KW] and groups >= 1, got {tuple(x_q.shape)}, {tuple(w_q.shape)}, groups={groups}")
+    c, o = x_q.shape[1], w_q.shape[0]
+    if c % groups or o % groups or w_q.shape[1] * groups != c:
+        raise ValueError(f"conv2d with groups={groups} needs C and O divisible by it and w [O, C/groups, KH, KW], got x {tuple(x_q.shape)} and w {tuple(w_q.shape)}")
+    x = torch.nn.functional.pad(x_q.to(torch.int64) - int(x_zp), (padding,) * 4)
+    w = w_q.to(torch.int64).reshape(groups, o // groups, c // groups, *w_q.shape[2:])
+    kh, kw = w_q.shape[2:]
+    ho = (x.shape[2] - kh) // stride + 1
+    wo = (x.shape[3] - kw) // stride + 1
+    if ho <= 0 or wo <= 0:
+        raise ValueError("conv2d kernel is larger than the padded input")
+    acc = torch.zeros(x.shape[0], groups, o // groups, ho, wo, dtype=torch.int64)
+    xg = x.reshape(x.shape[0], groups, c // groups, *x.shape[2:])
+    for i in range(kh):
+        for j in range(kw):
+            patch = xg[..., i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride]
+            acc += torch.einsum("bgchw,goc->bgohw", patch, w[..., i, j])
+    acc = acc.reshape(x.shape[0], o, ho, wo)
+    if bias is not None:
+        acc = acc + bias.to(torch.int64).reshape(1, -1, 1, 1)
+    return _to_int32(acc)
+
+
+def dense(
+    x_q: torch.Tensor,
+    x_zp: int,
+    w_q: torch.Tensor,
+    bias: torch.Tensor | None,
+    multiplier: int | torch.Tensor,
+    shift: int | torch.Tensor,
+    out_zp: int,
+    qmin: int = 0,
+    qmax: int = 255,
+) -> torch.Tensor:
+    """Quantized linear layer: uint8 ``[M, N]`` codes, per-output-channel requantization."""
+    acc = dense_acc(x_q, x_zp, w_q, bias)
+    return requantize(acc, multiplier, shift, out_zp, qmin, qmax, ch_axis=1).to(torch.uint8)
+
+
+def conv2d(
+    x_q: torch.Tensor,
+    x_zp: int,
+    w_q: torch.Tensor,
+    bias: torch.Tensor | None,
+    multiplier: int | torch.Tensor,
+    shift: int | torch.Tensor,
+    out_zp: int,
+    qmin: int = 0,
+    qmax: int = 255,
+    stride: int = 1,
+    padding: int = 0,
+    groups: int = 1,
+) -> torch.Tensor:
+    """Quantized (grouped) conv2d: uint8 NCHW codes, per-output-channel requantization; see
+    :func:`conv2d_acc` for the weight layout of ``groups > 1``."""
+    acc = conv2d_acc(x_q, x_zp, w_q, bias, stride, padding, groups)
+    return requantize(acc, multiplier, shift, out_zp, qmin, qmax, ch_axis=1).to(torch.uint8)
+
+
+def relu_range(out_zp: int, qmax: int = 255) -> tuple[int, int]:
+    """``(qmin, qmax)`` of a fused ReLU: codes below the zero point (negative reals) are cut."""
+    return int(out_zp), qmax

@@ -1,0 +1,374 @@
+"""Integer lowering: a fake-quantized graph becomes an *integer graph* of :mod:`integer_ops`.
+
+The input is the output of the ``fake-quant`` rewrite: every quantized layer reads its
+activations through an activation ``FakeQuantize`` and its weight through a weight one. The
+result is a new ``fx.GraphModule`` (the input is not changed) in which
+
+* a quantized conv / linear is one ``qconv2d`` / ``qlinear``: activation codes of the backend's
+  type (:class:`~lcpaq.backends.common.backend.Conventions`: uint8 for x86 VNNI, int8 for ARM
+  sdot), int8 weight codes, int32 bias in units of ``x_scale * w_scale[c]``, int32 accumulation and per-channel
+  dyadic requantization (HAWQ-V3) straight into the codes its consumers read, so the graph has
+  no float between layers;
+* the *target domain* of a layer's output is found by looking through the ops that do not change
+  it (ReLU, ReLU6, max pooling, global average pooling, flatten, dropout) to the activation
+  quantizer that reads it; a ReLU / ReLU6 becomes a clamp of codes, fused into the producer;
+* a residual ``add`` whose result is quantized is a ``qadd``: a conv feeding it requantizes to
+  int32 on a scale 2^8 finer than the add's output domain, the other input is rescaled, and the
+  sum is requantized once (integer only);
+* float enters once (``quantize`` of the model input) and leaves once (``dequantize`` of each
+  output); layers left in float (32 bits), and any op without an integer form, run in float on
+  dequantized inputs (the graph stays correct; backends may not lower every float op). 16-bit
+  quantizers have no integer kernel: their layers run in float on fake-quantized weights, and
+  the 16-bit rounding of their activations is not applied.
+
+Running the integer graph is the integer reference (the oracle the TVM build is checked against);
+it matches the fake-quantized graph within the rounding of the requantizations.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+import torch
+import torch.fx as fx
+
+from lcpaq.backends.common import integer_ops as iops
+from lcpaq.backends.common.backend import Conventions
+from lcpaq.backends.common.integer_ref import INT32_MAX, INT32_MIN, quantize_multiplier, requant_params
+from lcpaq.backends.common.op_args import conv_args, is_global_pool, keepdim, pool_args, source_location
+from lcpaq.ir.capture import get_attr
+from lcpaq.ir.errors import LoweringError
+from lcpaq.ir.layers import ADD_OPS, CONV_OPS, LINEAR_OPS, MATMUL_OPS, is_quantizer
+from lcpaq.ir.meta import DOMAIN, QUANTIZER, CodeDomain
+from lcpaq.ir.qops import FakeQuantize
+from lcpaq.ir.quantizer import quantize as quantize_codes
+
+aten = torch.ops.aten
+
+#: Extra bits of precision of a conv output that a residual add consumes (int32 codes).
+FINE_BITS = 8
+RELU_OPS = {aten.relu.default, aten.relu_.default}
+RELU6_OPS = {aten.relu6.default, aten.relu6_.default} if hasattr(aten, "relu6_") else {aten.relu6.default}
+CLAMP_OPS = {aten.hardtanh.default, aten.hardtanh_.default, aten.clamp.default} | RELU6_OPS
+IDENTITY_OPS = {aten.dropout.default, aten.clone.default, aten.contiguous.default, aten.detach.default}
+RESHAPE_OPS = {aten.flatten.using_ints, aten.view.default, aten.reshape.default}
+GLOBAL_POOL_OPS = {aten.adaptive_avg_pool2d.default, aten.mean.dim}
+#: Ops that keep the meaning of codes (and the range of values): a target domain is looked for
+#: through them.
+DOMAIN_PRESERVING = RELU_OPS | CLAMP_OPS | IDENTITY_OPS | RESHAPE_OPS | {aten.max_pool2d.default}
+
+
+@dataclass(frozen=True)
+class Fine:
+    """Int32 codes on ``domain.scale / 2^FINE_BITS`` with zero point 0 (a residual add's input)."""
+
+    domain: CodeDomain
+
+    def as_domain(self) -> CodeDomain:
+        return CodeDomain(self.domain.scale / 2**FINE_BITS, 0, INT32_MIN, INT32_MAX, "int32")
+
+
+def _finer(target: "CodeDomain | Fine | None") -> "Fine | None":
+    """The domain an input of a sum or mean gets when the result should be in ``target``."""
+    if isinstance(target, CodeDomain):
+        return Fine(target)
+    return target
+
+
+@dataclass
+class Value:
+    """A lowered value: ``node`` in the integer graph; ``domain`` None means float32."""
+
+    node: fx.Node
+    domain: CodeDomain | None
+
+
+def act_domain(fq: FakeQuantize, act_dtype: str = "uint8") -> CodeDomain:
+    """The code domain of an activation quantizer in ``act_dtype`` codes: in uint8, signed
+    (symmetric) codes are offset by +128; in int8, unsigned (asymmetric) codes by -128. The
+    offset moves the zero point with the codes, so ``(code - zero_point) * scale`` is unchanged."""
+    spec = fq.spec
+    if spec.bits > 8 or spec.ch_axis is not None:
+        raise LoweringError(f"activation quantizer ({spec.bits} bits, per-channel={spec.ch_axis is not None}) has no {act_dtype} integer form")
+    if act_dtype == "uint8":
+        offset = 128 if spec.symmetric else 0
+    else:
+        offset = 0 if spec.symmetric else -128
+    return CodeDomain(float(fq.scale), int(fq.zero_point) + offset, spec.qmin + offset, spec.qmax + offset, act_dtype)
+
+
+class Integerizer:
+    """Builds the integer graph of one fake-quantized graph module (see the module docstring)."""
+
+    def __init__(self, gm: fx.GraphModule, conventions: Conventions) -> None:
+        self.gm = gm
+        self.bits, self.act_dtype = conventions.integer_bits, conventions.act_dtype
+        self.graph = fx.Graph()
+        self.root = torch.nn.Module()
+        self.env: dict[fx.Node, Value] = {}
+        self._targets: dict[fx.Node, CodeDomain | Fine | None] = {}
+        self._consts = 0
+
+    # -- helpers -------------------------------------------------------------------------------
+    def const(self, label: str, tensor: torch.Tensor) -> fx.Node:
+        name = f"c{self._consts}_{label}"
+        self._consts += 1
+        self.root.register_buffer(name, tensor)
+        return self.graph.get_attr(name)
+
+    def emit(self, fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any], domain: CodeDomain | None, src: fx.Node) -> Value:
+        node = self.graph.call_function(fn, args, kwargs)
+        node.meta["lcpaq.source"] = src.name
+        if "stack_trace" in src.meta:
+            node.meta["stack_trace"] = src.meta["stack_trace"]
+        if domain is not None:
+            DOMAIN.set(node, domain)
+        return Value(node, domain)
+
+    def module(self, node: fx.Node) -> FakeQuantize:
+        return self.gm.get_submodule(str(node.target))
+
+    def target_domain(self, node: fx.Node) -> CodeDomain | Fine | None:
+        """Where ``node``'s output should be requantized to: the activation quantizer that reads
+        it through domain-preserving ops, a :class:`Fine` domain when only a residual add reads
+        it, or None (no single domain: dequantize to float)."""
+        if node in self._targets:
+            return self._targets[node]
+        found: list[CodeDomain | Fine | None] = []
+        for user in node.users:
+            if is_quantizer(user) and QUANTIZER.get(user).role == "act":
+                fq = self.module(user)
+                found.append(act_domain(fq, self.act_dtype) if fq.spec.bits <= self.bits else None)
+            elif user.op == "call_function" and user.target in ADD_OPS | GLOBAL_POOL_OPS:
+                # a sum or a mean has a narrower range than its inputs: they get finer int32 codes
+                found.append(_finer(self.target_domain(user)))
+            elif user.op == "call_function" and user.target in DOMAIN_PRESERVING:
+                found.append(self.target_domain(user))
+            else:
+                found.append(None)
+        plain = {d for d in found if isinstance(d, CodeDomain)}
+        if None in found or not found:
+            result = None
+        elif len(set(found)) == 1:
+            result = found[0]
+        else:  # an add also reads it: the add rescales whatever domain the other readers want
+            result = plain.pop() if len(plain) == 1 else None
+        self._targets[node] = result
+        return result
+
+    def to_codes(self, v: Value, src: fx.Node) -> Value:
+        if v.domain is None:
+            raise LoweringError(f"{src.name}{source_location(src)}: needs integer codes but its input is float")
+        return v
+
+    def to_float(self, v: Value, src: fx.Node) -> Value:
+        if v.domain is None:
+            return v
+        return self.emit(iops.dequantize, (v.node, v.domain.scale, v.domain.zero_point), {}, None, src)
+
+    def into_domain(self, v: Value, dom: CodeDomain, src: fx.Node) -> Value:
+        """``v`` as codes of ``dom`` (quantize a float, rescale other codes, reuse equal ones)."""
+        if v.domain is None:
+            kwargs = dict(qmin=dom.qmin, qmax=dom.qmax, out_dtype=dom.dtype)
+            return self.emit(iops.quantize, (v.node, 1.0 / dom.scale, dom.zero_point), kwargs, dom, src)
+        d = v.domain
+        if (d.scale, d.zero_point, d.dtype) == (dom.scale, dom.zero_point, dom.dtype) and dom.qmin <= d.qmin <= d.qmax <= dom.qmax:
+            return v  # already codes of dom (a fused ReLU only narrowed their range)
+        mult, shift = quantize_multiplier(v.domain.scale / dom.scale)
+        args = (v.node, v.domain.zero_point, mult, shift, dom.zero_point)
+        return self.emit(iops.requantize, args, dict(qmin=dom.qmin, qmax=dom.qmax, out_dtype=dom.dtype), dom, src)
+
+    # -- lowering ------------------------------------------------------------------------------
+    def run(self) -> fx.GraphModule:
+        for node in self.gm.graph.nodes:
+            if node.op == "placeholder":
+                new = self.graph.placeholder(node.name)
+                new.meta.update({k: v for k, v in node.meta.items() if k in ("val", "lcpaq.shape")})
+                self.env[node] = Value(new, None)
+            elif node.op == "get_attr":
+                continue  # constants are read where they are used
+            elif node.op == "call_module" and is_quantizer(node):
+                fq = self.module(node)
+                if QUANTIZER.get(node).role == "weight":  # read by its layer; as a float constant otherwise
+                    with torch.no_grad():
+                        w = fq(get_attr(self.gm, str(node.args[0].target)))
+                    self.env[node] = Value(self.const(f"{node.name}_fq", w.detach().clone()), None)
+                elif fq.spec.bits > self.bits:  # no integer kernel: float (16-bit rounding not applied)
+                    self.env[node] = self.to_float(self.value(node.args[0]), node)
+                else:
+                    self.env[node] = self.into_domain(self.value(node.args[0]), act_domain(fq, self.act_dtype), node)
+            elif node.op == "output":
+                outs = fx.node.map_arg(node.args[0], lambda n: self.to_float(self.value(n), n).node)
+                self.graph.output(outs)
+            elif node.op == "call_function":
+                self.env[node] = self.lower_call(node)
+            else:
+                raise LoweringError(f"{node.name}{source_location(node)}: cannot lower a {node.op} node ({node.target})")
+        self.graph.lint()
+        return fx.GraphModule(self.root, self.graph, class_name="IntegerGraph")
+
+    def value(self, node: Any) -> Value:
+        if isinstance(node, fx.Node) and node.op == "get_attr":
+            return Value(self.const(str(node.target).replace(".", "_"), get_attr(self.gm, str(node.target))), None)
+        return self.env[node]
+
+    def lower_call(self, node: fx.Node) -> Value:
+        t = node.target
+        if t in CONV_OPS | LINEAR_OPS and self._quantized_layer(node):
+            return self.lower_layer(node)
+        if t in MATMUL_OPS and self._quantized_acts(node):
+            return self.lower_matmul(node)
+        if t in RELU_OPS | CLAMP_OPS and self.value(node.args[0]).domain is not None:
+            return self.lower_clamp(node)
+        if t in ADD_OPS and self.target_domain(node) is not None and self._codes_add(node):
+            return self.lower_add(node)
+        if t in IDENTITY_OPS:
+            return self.value(node.args[0])
+        x = self.value(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
+        if x is not None and x.domain is not None:
+            if t is aten.max_pool2d.default:
+                k, s, p = pool_args(node)
+                return self.emit(iops.max_pool2d, (x.node, k, s, p), {}, x.domain, node)
+            if t in GLOBAL_POOL_OPS and is_global_pool(node):
+                pooled = self.emit(iops.global_avg_pool, (x.node,), {}, x.domain, node)
+                if t is aten.mean.dim and not keepdim(node):
+                    return self.emit(aten.flatten.using_ints, (pooled.node, 1), {}, x.domain, node)
+                return pooled
+            if t in RESHAPE_OPS:
+                return self.emit(t, (x.node, *node.args[1:]), dict(node.kwargs), x.domain, node)
+        return self.lower_float(node)
+
+    def lower_float(self, node: fx.Node) -> Value:
+        """Any other op, in float32 on dequantized inputs."""
+        def arg(a: Any) -> Any:
+            return self.to_float(self.value(a), node).node
+
+        args = fx.node.map_arg(node.args, arg)
+        kwargs = fx.node.map_arg(node.kwargs, arg)
+        return self.emit(node.target, args, kwargs, None, node)
+
+    def _quantized_layer(self, node: fx.Node) -> bool:
+        x, w = node.args[0], node.args[1]
+        return all(isinstance(a, fx.Node) and is_quantizer(a) and self.module(a).spec.bits <= self.bits for a in (x, w))
+
+    def _quantized_acts(self, node: fx.Node) -> bool:
+        """Both operands read through activation quantizers with an integer form."""
+        ops = node.args[:2]
+        return len(node.args) == 2 and all(
+            isinstance(a, fx.Node) and is_quantizer(a) and QUANTIZER.get(a).role == "act" and self.module(a).spec.bits <= self.bits
+            for a in ops
+        )
+
+    def lower_matmul(self, node: fx.Node) -> Value:
+        """An activation x activation matmul (attention): ``qmatmul`` on the codes of both operands,
+        requantized into its readers' domain, or int32 dequantized to float when there is none."""
+        a, b = (self.to_codes(self.value(arg), node) for arg in node.args[:2])
+        acc_scale = a.domain.scale * b.domain.scale
+        target = self.target_domain(node)
+        out = target.as_domain() if isinstance(target, Fine) else target
+        if out is None:
+            mult, shift = 2**30, 30
+            kw = dict(out_zp=0, qmin=INT32_MIN, qmax=INT32_MAX, out_dtype="int32")
+        else:
+            mult, shift = quantize_multiplier(acc_scale / out.scale)
+            kw = dict(out_zp=out.zero_point, qmin=out.qmin, qmax=out.qmax, out_dtype=out.dtype)
+        args = (a.node, b.node, a.domain.zero_point, b.domain.zero_point, mult, shift)
+        v = self.emit(iops.qmatmul, args, kw, out, node)
+        if out is None:
+            return self.emit(iops.dequantize, (v.node, acc_scale, 0), {}, None, node)
+        return v
+
+    def _codes_add(self, node: fx.Node) -> bool:
+        a, b = node.args[0], node.args[1]
+        if len(node.args) > 2 or node.kwargs.get("alpha", 1) != 1 or not all(isinstance(v, fx.Node) for v in (a, b)):
+            return False
+        return all(self.value(v).domain is not None for v in (a, b))
+
+    def lower_layer(self, node: fx.Node) -> Value:
+        xq, wq = node.args[0], node.args[1]
+        x = self.to_codes(self.value(xq), node)
+        fq_w = self.module(wq)
+        weight = get_attr(self.gm, str(wq.args[0].target))
+        spec = fq_w.spec
+        if spec.bits > self.bits or not spec.symmetric:
+            raise LoweringError(f"{node.name}{source_location(node)}: {spec.bits}-bit weights have no int8 kernel")
+        w_codes = quantize_codes(weight.detach(), fq_w.scale, fq_w.zero_point, spec).to(torch.int8)
+        out_ch = weight.shape[0]
+        w_scale = fq_w.scale.flatten().expand(out_ch) if fq_w.scale.numel() == 1 else fq_w.scale.flatten()
+        acc_scale = x.domain.scale * w_scale.double()
+        bias_arg = node.args[2] if len(node.args) > 2 else None
+        bias = None
+        if isinstance(bias_arg, fx.Node):
+            real = get_attr(self.gm, str(bias_arg.target)).detach().double()
+            bias = torch.round(real / acc_scale)
+            if bool((bias.abs() > INT32_MAX).any()):
+                raise LoweringError(f"{node.name}{source_location(node)}: bias does not fit int32 at scale x_scale * w_scale")
+            bias = bias.to(torch.int32)
+        target = self.target_domain(node)
+        out = target.as_domain() if isinstance(target, Fine) else target
+        if out is None:  # no quantized reader: accumulators in int32, dequantized per channel below
+            mult = torch.full((out_ch,), 2**30, dtype=torch.int64)
+            shift = torch.full((out_ch,), 30, dtype=torch.int64)
+            kw_out = dict(out_zp=0, qmin=INT32_MIN, qmax=INT32_MAX, out_dtype="int32")
+        else:
+            mult, shift = requant_params(x.domain.scale, w_scale, out.scale)
+            kw_out = dict(out_zp=out.zero_point, qmin=out.qmin, qmax=out.qmax, out_dtype=out.dtype)
+        label = node.name
+        tensors = (
+            self.const(f"{label}_w", w_codes), self.const(f"{label}_b", bias) if bias is not None else None,
+            self.const(f"{label}_m", mult), self.const(f"{label}_s", shift),
+        )
+        if node.target in LINEAR_OPS:
+            v = self.emit(iops.qlinear, (x.node, *tensors), dict(x_zp=x.domain.zero_point, **kw_out), out, node)
+        else:
+            geo = conv_args(node)
+            v = self.emit(iops.qconv2d, (x.node, *tensors), dict(x_zp=x.domain.zero_point, **geo, **kw_out), out, node)
+        if out is None:
+            scales = self.const(f"{label}_acc_scale", acc_scale.float())
+            axis = -1 if node.target in LINEAR_OPS else 1
+            return self.emit(iops.dequantize_channels, (v.node, scales), {"axis": axis}, None, node)
+        return v
+
+    def lower_clamp(self, node: fx.Node) -> Value:
+        x = self.value(node.args[0])
+        dom = x.domain
+        if node.target in RELU_OPS:
+            lo, hi = 0.0, None
+        elif node.target in RELU6_OPS:
+            lo, hi = 0.0, 6.0
+        else:
+            lo = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", node.kwargs.get("min"))
+            hi = node.args[2] if len(node.args) > 2 else node.kwargs.get("max_val", node.kwargs.get("max"))
+        qmin = dom.qmin if lo is None else max(dom.qmin, dom.code(float(lo)))
+        qmax = dom.qmax if hi is None else min(dom.qmax, dom.code(float(hi)))
+        clamped = replace(dom, qmin=qmin, qmax=max(qmin, qmax))
+        producer = x.node
+        if producer.target in iops.CLAMPED_OPS and len(node.args[0].users) == 1 and not producer.users:
+            producer.update_kwarg("qmin", clamped.qmin)  # fused: the producer clamps
+            producer.update_kwarg("qmax", clamped.qmax)
+            DOMAIN.set(producer, clamped)
+            return Value(producer, clamped)
+        return self.emit(iops.clamp, (x.node, clamped.qmin, clamped.qmax), {}, clamped, node)
+
+    def lower_add(self, node: fx.Node) -> Value:
+        target = self.target_domain(node)
+        out = target.as_domain() if isinstance(target, Fine) else target
+        terms = []
+        for arg in node.args[:2]:
+            v = self.value(arg)
+            mult, shift = quantize_multiplier(v.domain.scale / out.scale)
+            terms.append((v.node, v.domain.zero_point, mult, shift))
+        (a, a_zp, a_m, a_s), (b, b_zp, b_m, b_s) = terms
+        args = (a, b, a_zp, a_m, a_s, b_zp, b_m, b_s, out.zero_point)
+        return self.emit(iops.qadd, args, dict(qmin=out.qmin, qmax=out.qmax, out_dtype=out.dtype), out, node)
+
+
+def integerize(gm: fx.GraphModule, conventions: Conventions = Conventions()) -> fx.GraphModule:
+    """The integer graph of a fake-quantized graph module (``gm`` is left unchanged), in the
+    code types of a backend's ``conventions`` (default: uint8 activations, 8-bit kernels).
+
+    Guarantees: every quantized conv / linear is one ``qconv2d`` / ``qlinear`` node reading
+    ``conventions.act_dtype`` codes; values between quantized layers are codes (of that type,
+    or int32 into a residual add); each code-producing node carries ``lcpaq.domain``. Raises
+    LoweringError naming the node and op for a quantizer with no integer form."""
+    return Integerizer(gm, conventions).run()

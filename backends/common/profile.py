@@ -1,0 +1,108 @@
+"""Per-layer latency tables: every quantizable layer of a costed graph timed on the target's
+device, at every precision the target computes for it, by the backend's layer timer; then the
+time of everything else (``fixed_seconds``) measured on a whole-model build.
+
+Precisions a layer has no kernel for (mixed widths such as ``w8a32``, or a layer the backend
+runs only in float) reuse the layer's fp32 time, said in the table's ``notes``; weight widths
+the target keeps in storage only get no entry (the table charges them the next wider entry).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime
+import os
+
+import torch.fx as fx
+import tvm
+from tqdm.auto import tqdm
+
+from lcpaq.backends.common.backend import backend_for
+from lcpaq.backends.common.build import build_model
+from lcpaq.backends.common.measure import measure_latency
+from lcpaq.hw_targets.latency_table import LatencyTable, precision_key
+from lcpaq.hw_targets.target import Target
+from lcpaq.ir.errors import ConfigError, LcpaqError, PassContractError
+from lcpaq.ir.layers import find_layers
+from lcpaq.ir.meta import COST
+from lcpaq.passes.context import PassContext
+from lcpaq.passes.cost_model import assignment_of
+from lcpaq.passes.pipeline import Pipeline, calibration_phase, uniform_phase
+
+
+def precision_keys(target: Target, kind: str) -> list[str]:
+    """The keys a layer of ``kind`` gets: fp32 and every candidate whose weights are computed at
+    their own width (storage-only widths are charged the next wider entry by the table)."""
+    keys = {precision_key(b) for b in target.candidates(kind) if b.w_bits not in target.storage_weight_bits}
+    return ["fp32", *sorted(keys - {"fp32"})]
+
+
+def profile_model(
+    gm: fx.GraphModule, target: Target, model_name: str = "", trials: int = 0, repeats: int = 10, number: int = 5,
+    progress: bool = True, seed: int = 0,
+) -> LatencyTable:
+    """Time every quantizable layer of a costed graph (``lcpaq.shape`` and ``lcpaq.cost``
+    annotations, from ``prepare_phase``) on the target's device, at batch 1.
+
+    Guarantees: every layer of ``find_layers(gm)`` has an entry for ``fp32`` and for every
+    precision the target computes for its kind (:func:`precision_keys`), each a positive number
+    of seconds (median of ``repeats`` runs of ``number`` calls); how each was obtained is in the
+    table's ``notes``. ``fixed_seconds`` is 0.0 (see :func:`with_fixed_seconds`). Raises
+    ConfigError if the target has no backend or its device cannot be reached,
+    PassContractError if the graph is not annotated."""
+    backend = backend_for(target)
+    backend.check_available(target)
+    layers = find_layers(gm)
+    missing = [layer.name for layer in layers if not COST.has(layer.node)]
+    if missing:
+        raise PassContractError(f"profile needs lcpaq.cost on every layer (missing on {', '.join(missing[:3])}); run the prepare phase first")
+    if repeats < 1 or number < 1:
+        raise ConfigError(f"repeats and number must be >= 1, got {repeats} and {number}")
+    timer = backend.layer_timer(target, trials, repeats, number, seed)
+    entries: dict[str, dict[str, float]] = {}
+    reused: set[str] = set()
+    bar = tqdm(layers, desc="profile", unit="layer", disable=not progress)
+    for layer in bar:
+        bar.set_postfix_str(layer.name)
+        measured = timer.measure(gm, layer)
+        row = {}
+        for key in precision_keys(target, layer.kind):
+            if key not in measured and len(measured) > 1:
+                reused.add(key)
+            row[key] = float(f"{measured.get(key, measured['fp32']):.4g}")  # 4 digits: timing noise is larger
+        entries[layer.name] = row
+    notes = [*timer.notes(), "fixed_seconds (everything but the quantizable layers) is 0.0 here; "
+             "`lcpaq profile` measures it on a whole-model build"]
+    if hasattr(os, "getloadavg"):
+        notes.append(f"load average (1 min) when profiling ended: {os.getloadavg()[0]:.2f} on {os.cpu_count()} logical CPUs")
+    if reused:
+        notes.append(f"no kernel for {', '.join(sorted(reused))}: those entries reuse the layer's fp32 time")
+    return LatencyTable(
+        target=target.name, device=backend.device_name(target), tvm_version=str(tvm.__version__),
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), trials=max(trials, 0),
+        model=model_name, entries=entries, fixed_seconds=0.0, notes=tuple(notes),
+    )
+
+
+def with_fixed_seconds(table: LatencyTable, prepared: fx.GraphModule, ctx: PassContext, trials: int) -> LatencyTable:
+    """``table`` with ``fixed_seconds`` measured: the whole model built at uniform W8A8 (the
+    same kernels, ``trials``) minus the sum of its layers' entries at the precisions that build
+    gave them (an embedding is weight-only, ``w8a32``), i.e. the time of everything that is not a
+    quantizable layer (quantize, requantize, residual adds, pooling, layout), at least 0.
+    ``prepared`` (the costed graph the table was measured on) is left as it is. A model the
+    backend cannot build keeps 0.0, with the reason in the notes."""
+    target = ctx.target
+    passes = calibration_phase(target) + uniform_phase(target, 8, 8)
+    gm = Pipeline(passes)(copy.deepcopy(prepared), ctx).graph_module
+    x = [t[:1] for t in ctx.example_inputs]
+    try:
+        built = build_model(gm, x, target, trials=trials)
+    except LcpaqError as exc:
+        return dataclasses.replace(table, notes=(*table.notes, f"fixed_seconds not measured: the W8A8 model does not build ({exc})"))
+    whole = measure_latency(built, x, repeats=20).median
+    layers = table.total(assignment_of(gm)) - table.fixed_seconds
+    fixed = max(0.0, whole - layers)
+    note = (f"fixed_seconds = whole W8A8 build {whole * 1e3:.3f} ms - sum of its layers' entries {layers * 1e3:.3f} ms "
+            "(quantize, requantize, residual adds, pooling, layout)")
+    notes = tuple(n for n in table.notes if not n.startswith("fixed_seconds")) + (note,)
+    return dataclasses.replace(table, fixed_seconds=float(f"{fixed:.4g}"), notes=notes)

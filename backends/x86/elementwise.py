@@ -1,0 +1,216 @@
+"""TVM kernels of the integer graph's non-GEMM ops, on NHWC activations, with one hand schedule.
+
+Each function returns an unscheduled PrimFunc whose semantics are those of the op of the same
+name in :mod:`lcpaq.backends.common.integer_ops` (bit-exact), with 4-d tensors in NHWC layout and the
+channel dimension possibly padded (``cp >= c``: padded channels hold don't-care codes).
+:func:`schedule_elementwise` parallelises and vectorizes any of them: every kernel here is one
+spatial block whose innermost dimension is channels.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import tvm
+from tvm import s_tir, te
+from tvm import tirx as tir
+
+Shape = Sequence[int]
+
+
+def _i64(v: Any) -> Any:
+    return v.astype("int64")
+
+
+def _dyadic(v: Any, mult: int, shift: int) -> Any:
+    """``(v * mult + 2^(shift-1)) >> shift`` in int64 (round half up)."""
+    return (_i64(v) * tir.const(mult, "int64") + tir.const(1 << (shift - 1), "int64")) >> tir.const(shift, "int64")
+
+
+def _clamp(v: Any, lo: int, hi: int) -> Any:
+    return tir.max(tir.min(v, tir.const(hi, "int64")), tir.const(lo, "int64"))
+
+
+def quantize_func(
+    in_shape: Shape, inv_scale: float, zp: int, qmin: int, qmax: int, cp: int, nhwc_in: bool = False, plain: bool = False
+) -> tvm.tirx.PrimFunc:
+    """float32 NCHW (NHWC with ``nhwc_in``) to uint8 NHWC with ``cp`` channels, or, for any other
+    rank (or ``plain``: 4-d kept in its own layout), the last dimension padded to ``cp``; padded
+    channels get code ``zp``. ``in_shape`` is the logical (NCHW) shape."""
+    stored = (in_shape[0], in_shape[2], in_shape[3], in_shape[1]) if nhwc_in and len(in_shape) == 4 else tuple(in_shape)
+    x = te.placeholder(stored, "float32", name="X")
+    c = in_shape[1]
+    inv = tir.const(inv_scale, "float32")
+
+    def code(*idx: Any) -> Any:
+        q = tir.round(x(*idx) * inv).astype("int64") + tir.const(zp, "int64")
+        return _clamp(q, qmin, qmax).astype("uint8")
+
+    if len(in_shape) == 4 and not plain:
+        b, _, h, w = in_shape
+        y = te.compute(
+            (b, h, w, cp),
+            lambda n, i, j, ch: tir.if_then_else(
+                ch < c, code(n, i, j, tir.min(ch, c - 1)) if nhwc_in else code(n, tir.min(ch, c - 1), i, j), tir.const(zp, "uint8")
+            ),
+            name="quantize",
+        )
+    else:  # any other rank: channels are the last dimension
+        c = in_shape[-1]
+        y = te.compute(
+            (*in_shape[:-1], cp),
+            lambda *i: tir.if_then_else(i[-1] < c, code(*i[:-1], tir.min(i[-1], c - 1)), tir.const(zp, "uint8")),
+            name="quantize",
+        )
+    return te.create_prim_func([x, y])
+
+
+def dequantize_func(
+    phys_shape: Shape, in_dtype: str, c: int, scales: Sequence[float] | float, zp: int, nhwc_out: bool = False,
+    plain: bool = False,
+) -> tvm.tirx.PrimFunc:
+    """Codes NHWC ``[B, H, W, cp]`` (other ranks: ``[..., cp]``) to float32 NCHW ``[B, c, H, W]``
+    (``[..., c]``; NHWC ``[B, H, W, c]`` with ``nhwc_out``): ``(q - zp) * scale``, one scale or
+    one per channel (then the input S[c])."""
+    x = te.placeholder(tuple(phys_shape), in_dtype, name="X")
+    per_channel = not isinstance(scales, (int, float))
+    s = te.placeholder((c,), "float32", name="S") if per_channel else None
+
+    def value(ch: Any, *at: Any) -> Any:
+        q = (x(*at).astype("int32") - tir.const(zp, "int32")).astype("float32")
+        return q * (s[ch] if per_channel else tir.const(float(scales), "float32"))
+
+    if plain:  # stored in logical layout: channels are the last dimension
+        y = te.compute(tuple(phys_shape), lambda *i: value(i[-1], *i), name="dequantize")
+    elif len(phys_shape) == 4 and nhwc_out:
+        b, h, w, _ = phys_shape
+        y = te.compute((b, h, w, c), lambda n, i, j, ch: value(ch, n, i, j, ch), name="dequantize")
+    elif len(phys_shape) == 4:
+        b, h, w, _ = phys_shape
+        y = te.compute((b, c, h, w), lambda n, ch, i, j: value(ch, n, i, j, ch), name="dequantize")
+    else:
+        y = te.compute((*phys_shape[:-1], c), lambda *i: value(i[-1], *i), name="dequantize")
+    return te.create_prim_func([x, s, y] if per_channel else [x, y])
+
+
+def requantize_func(shape: Shape, in_dtype: str, x_zp: int, mult: int, shift: int, out_zp: int, qmin: int, qmax: int,
+                    out_dtype: str) -> tvm.tirx.PrimFunc:
+    x = te.placeholder(tuple(shape), in_dtype, name="X")
+    y = te.compute(
+        tuple(shape),
+        lambda *i: _clamp(_dyadic(x(*i).astype("int32") - tir.const(x_zp, "int32"), mult, shift) + tir.const(out_zp, "int64"),
+                          qmin, qmax).astype(out_dtype),
+        name="requantize",
+    )
+    return te.create_prim_func([x, y])
+
+
+def qadd_func(shape: Shape, a_dtype: str, b_dtype: str, a: tuple[int, int, int], b: tuple[int, int, int], out_zp: int,
+              qmin: int, qmax: int, out_dtype: str) -> tvm.tirx.PrimFunc:
+    """``a``, ``b`` = (zero point, multiplier, shift) of each input; same shapes (no broadcasting)."""
+    xa = te.placeholder(tuple(shape), a_dtype, name="A")
+    xb = te.placeholder(tuple(shape), b_dtype, name="B")
+
+    def term(x: Any, p: tuple[int, int, int], idx: Any) -> Any:
+        return _dyadic(x(*idx).astype("int32") - tir.const(p[0], "int32"), p[1], p[2])
+
+    y = te.compute(
+        tuple(shape),
+        lambda *i: _clamp(term(xa, a, i) + term(xb, b, i) + tir.const(out_zp, "int64"), qmin, qmax).astype(out_dtype),
+        name="qadd",
+    )
+    return te.create_prim_func([xa, xb, y])
+
+
+def qmatmul_func(a_shape: Shape, b_shape: Shape, a_zp: int, b_zp: int, mult: int, shift: int, out_zp: int,
+                 qmin: int, qmax: int, out_dtype: str) -> tvm.tirx.PrimFunc:
+    """uint8 codes ``[..., M, K] x [..., K, N]`` (equal batch dimensions): int32
+    ``sum_k (a - a_zp)(b - b_zp)``, then ``clamp(dyadic(acc) + out_zp)``."""
+    *batch, m, k = a_shape
+    n = b_shape[-1]
+    xa = te.placeholder(tuple(a_shape), "uint8", name="A")
+    xb = te.placeholder(tuple(b_shape), "uint8", name="B")
+    r = te.reduce_axis((0, k), name="k")
+    za, zb = tir.const(a_zp, "int32"), tir.const(b_zp, "int32")
+    acc = te.compute(
+        (*batch, m, n),
+        lambda *i: te.sum((xa[(*i[:-1], r)].astype("int32") - za) * (xb[(*i[:-2], r, i[-1])].astype("int32") - zb), axis=r),
+        name="matmul",
+    )
+    y = te.compute(
+        acc.shape, lambda *i: _clamp(_dyadic(acc(*i), mult, shift) + tir.const(out_zp, "int64"), qmin, qmax).astype(out_dtype),
+        name="requant",
+    )
+    return te.create_prim_func([xa, xb, y])
+
+
+def clamp_func(shape: Shape, dtype: str, qmin: int, qmax: int) -> tvm.tirx.PrimFunc:
+    x = te.placeholder(tuple(shape), dtype, name="X")
+    y = te.compute(tuple(shape), lambda *i: _clamp(_i64(x(*i)), qmin, qmax).astype(dtype), name="clamp")
+    return te.create_prim_func([x, y])
+
+
+def max_pool2d_func(shape: Shape, dtype: str, kernel: int, stride: int, padding: int) -> tvm.tirx.PrimFunc:
+    """NHWC max pooling; window taps outside the input never win (the dtype's minimum)."""
+    b, h, w, c = shape
+    oh, ow = (h + 2 * padding - kernel) // stride + 1, (w + 2 * padding - kernel) // stride + 1
+    x = te.placeholder(tuple(shape), dtype, name="X")
+    lowest = tvm.tirx.min_value(dtype)
+
+    def pooled(n: Any, i: Any, j: Any, ch: Any) -> Any:
+        best = lowest
+        for di in range(kernel):
+            for dj in range(kernel):
+                r, s = i * stride + di - padding, j * stride + dj - padding
+                inside = tir.all(r >= 0, r < h, s >= 0, s < w)
+                tap = x[n, tir.max(tir.min(r, h - 1), 0), tir.max(tir.min(s, w - 1), 0), ch]
+                best = tir.max(best, tir.if_then_else(inside, tap, lowest))
+        return best
+
+    return te.create_prim_func([x, te.compute((b, oh, ow, c), pooled, name="max_pool")])
+
+
+def global_avg_pool_func(shape: Shape, dtype: str) -> tvm.tirx.PrimFunc:
+    """NHWC ``[B, H, W, C]`` to ``[B, 1, 1, C]``: ``floor((sum + n // 2) / n)`` in int64."""
+    b, h, w, c = shape
+    n = h * w
+    x = te.placeholder(tuple(shape), dtype, name="X")
+    rh, rw = te.reduce_axis((0, h), "rh"), te.reduce_axis((0, w), "rw")
+    total = te.compute((b, c), lambda i, ch: te.sum(_i64(x[i, rh, rw, ch]), axis=[rh, rw]), name="sum")
+    y = te.compute(
+        (b, 1, 1, c),
+        lambda i, _u, _v, ch: tir.floordiv(total[i, ch] + tir.const(n // 2, "int64"), tir.const(n, "int64")).astype(dtype),
+        name="mean",
+    )
+    return te.create_prim_func([x, y])
+
+
+def _vector_width(extent: int) -> int:
+    return math.gcd(extent, 16)
+
+
+def schedule_elementwise(func: tvm.tirx.PrimFunc) -> s_tir.Schedule:
+    """Every spatial block: loops fused, split so the innermost ``gcd(extent, 16)`` lanes are
+    vectorized, the rest parallel. Reduction blocks (sums) keep their loops, outer ones parallel."""
+    sch = s_tir.Schedule(func)
+    schedule_blocks(sch)
+    return sch
+
+
+def schedule_blocks(sch: s_tir.Schedule) -> None:
+    """:func:`schedule_elementwise` on the blocks of an existing schedule."""
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        loops = sch.get_loops(block)
+        if not loops:
+            continue
+        if any(iv.iter_type == 2 for iv in sch.get(block).iter_vars):  # CommReduce: parallelise the leading loop only
+            sch.parallel(loops[0])
+            continue
+        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+        lanes = _vector_width(int(sch.get(fused).extent))
+        if lanes > 1:
+            outer, inner = sch.split(fused, [None, lanes])
+            sch.vectorize(inner)
+            sch.parallel(outer)
+        else:
+            sch.parallel(fused)

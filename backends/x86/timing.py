@@ -1,0 +1,211 @@
+"""How the x86 backend times one quantizable layer for ``lcpaq profile`` (batch 1, shapes from the
+``lcpaq.shape`` annotations), on the same kernels a build runs:
+
+* conv2d with groups=1, no dilation, a square kernel and one stride and padding, and every
+  linear layer: fp32 on :mod:`lcpaq.backends.x86.fp32`, ``w8a8`` on the VNNI kernels of
+  :mod:`lcpaq.backends.x86.int8` (requantization fused). Hand schedules with ``trials=0``; with
+  ``trials > 0`` tuned by MetaSchedule, records kept in the tuning cache shared with builds.
+* depthwise convs: ``w8a8`` on the AVX-512 depthwise kernel, fp32 as the layer's own ATen op.
+* every other layer (grouped or dilated conv, activation x activation matmul, embedding): the
+  layer's ATen op in fp32 with torch, standing for every precision (no integer kernel).
+
+Kernels are timed with their weights flushed from the caches before each call, as inside a
+whole model, whose weights are read once per inference.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.fx as fx
+import tvm
+from tvm import s_tir
+
+from lcpaq.backends.common.backend import LayerTimer
+from lcpaq.backends.common.op_args import conv_geometry, conv_out_size
+from lcpaq.backends.common.relax_lower import round_up
+from lcpaq.backends.common.tuning import cached_schedule, tuning_dir
+from lcpaq.backends.x86 import int8 as t8
+from lcpaq.backends.x86 import int8_depthwise as dw
+from lcpaq.backends.x86.fp32 import fp32_conv_func, fp32_dense_func, schedule_fp32_conv, schedule_fp32_dense
+from lcpaq.backends.x86.tune import tuning_rules
+from lcpaq.backends.x86.vnni import DEPTH, LANES, Kernel, build, pack_weight, to_tvm
+from lcpaq.ir.capture import get_attr
+from lcpaq.ir.errors import PassContractError
+from lcpaq.ir.layers import CONV_OPS, QuantLayer
+from lcpaq.ir.meta import SHAPE
+
+aten = torch.ops.aten
+INT8 = "w8a8"
+
+
+def _shape(node: fx.Node) -> tuple[int, ...]:
+    s = SHAPE.get(node)
+    if s is None:
+        raise PassContractError(f"node {node.name} has no lcpaq.shape annotation; run shape-prop first")
+    return s.shape
+
+
+def conv_kind(gm: fx.GraphModule, layer: QuantLayer) -> tuple[str, dict[str, int]] | None:
+    """``("dense", geometry)`` for a groups=1 conv the VNNI conv kernel runs, ``("depthwise",
+    geometry)`` for one the depthwise kernel runs, None for any other layer."""
+    if layer.kind != "conv" or layer.node.target not in CONV_OPS or layer.weight is None:
+        return None
+    geo = conv_geometry(layer.node)
+    weight = get_attr(gm, layer.weight_name)
+    if geo is None or weight.dim() != 4 or weight.shape[2] != weight.shape[3] or geo["dilation"] != 1:
+        return None
+    if geo["groups"] == 1:
+        return "dense", geo
+    if weight.shape[1] == 1 and geo["groups"] == weight.shape[0]:
+        return "depthwise", geo
+    return None
+
+
+class X86LayerTimer(LayerTimer):
+    """Builds (or tunes) the kernels of one layer and times them: median over ``repeats`` of
+    ``number`` calls."""
+
+    def __init__(self, tvm_target: tvm.target.Target, trials: int, repeats: int, number: int, seed: int) -> None:
+        self.tvm_target, self.trials, self.repeats, self.number = tvm_target, trials, repeats, number
+        self.gen = torch.Generator().manual_seed(seed)
+        self.depthwise: list[str] = []
+        self.torch_layers: list[str] = []
+
+    # -- kernels and clocks --------------------------------------------------------------------
+    def kernel(self, tag: str, func: tvm.tirx.PrimFunc, schedule: Callable[[tvm.tirx.PrimFunc], s_tir.Schedule], int8: bool) -> Kernel:
+        if self.trials <= 0:
+            return build(schedule(func).mod, self.tvm_target)
+        work_dir = tuning_dir(self.tvm_target, tag, self.trials)
+        return build(cached_schedule(func, self.trials, self.tvm_target, tuning_rules(int8), work_dir).mod, self.tvm_target)
+
+    def tvm_seconds(self, kernel: Kernel, args: list[Any]) -> float:
+        kernel(*args)  # warm-up (and a crash here beats a crash inside the evaluator)
+        return kernel.time_ms(*args, repeat=self.repeats, number=self.number, cold=True) / 1e3
+
+    def torch_seconds(self, fn: Callable[[], Any]) -> float:
+        with torch.no_grad():
+            for _ in range(2):
+                fn()
+            runs = []
+            for _ in range(self.repeats):
+                start = time.perf_counter()
+                for _ in range(self.number):
+                    fn()
+                runs.append((time.perf_counter() - start) / self.number)
+        return float(np.median(runs))
+
+    # -- layers --------------------------------------------------------------------------------
+    def measure(self, gm: fx.GraphModule, layer: QuantLayer) -> dict[str, float]:
+        kind = conv_kind(gm, layer)
+        if kind is not None and kind[0] == "dense":
+            return self._conv(gm, layer, kind[1])
+        if kind is not None:
+            self.depthwise.append(layer.name)
+            return self._depthwise(gm, layer, kind[1])
+        if layer.kind == "linear" and layer.node.target is aten.linear.default:
+            return self._linear(layer)
+        self.torch_layers.append(layer.name)
+        return {"fp32": self._torch_fp32(gm, layer)}
+
+    def _conv(self, gm: fx.GraphModule, layer: QuantLayer, geo: dict[str, int]) -> dict[str, float]:
+        """fp32 and w8a8 seconds of a groups=1 square conv (channels padded as the kernels need)."""
+        gen = self.gen
+        _, c, h, w_ = _shape(layer.act_inputs[0])
+        o, _, k, _ = get_attr(gm, layer.weight_name).shape
+        s, p = geo["stride"], geo["padding"]
+        c4, o16 = round_up(c, DEPTH), round_up(o, LANES)
+        oh, ow = conv_out_size(h, k, s, p), conv_out_size(w_, k, s, p)
+        tag = f"conv-{c4}x{h}x{w_}-o{o16}-k{k}s{s}p{p}"
+        q_func = t8.qconv2d_func((1, h, w_, c4), o16, k, s, p)
+        q_kernel = self.kernel(f"{tag}-int8", q_func, lambda f: t8.schedule_qconv2d(f, t8.vnni_col_tile(ow)), int8=True)
+        w_q = torch.randint(-127, 128, (o16, c4, k, k), generator=gen, dtype=torch.int8)
+        q_args = [
+            to_tvm(torch.randint(0, 256, (1, h, w_, c4), generator=gen, dtype=torch.uint8)), to_tvm(t8.pack_conv_weight(w_q)),
+            *self._channel_params(o16), to_tvm(np.zeros((1, oh, ow, o16), np.uint8)),
+        ]
+        f_kernel = self.kernel(f"{tag}-fp32", fp32_conv_func((1, h, w_, c), o16, k, s, p), schedule_fp32_conv, int8=False)
+        f_args = [
+            to_tvm(torch.randn(1, h, w_, c, generator=gen)), to_tvm(torch.randn(k, k, c, o16, generator=gen)),
+            to_tvm(np.zeros((1, oh, ow, o16), np.float32)),
+        ]
+        return {"fp32": self.tvm_seconds(f_kernel, f_args), INT8: self.tvm_seconds(q_kernel, q_args)}
+
+    def _linear(self, layer: QuantLayer) -> dict[str, float]:
+        """fp32 and w8a8 seconds of a linear layer: rows = the input's elements per sample / K."""
+        gen = self.gen
+        in_shape, out_shape = _shape(layer.act_inputs[0]), _shape(layer.node)
+        k, n = in_shape[-1], out_shape[-1]
+        m = max(1, int(np.prod(in_shape[1:-1]))) if len(in_shape) > 2 else 1
+        k4, n16 = round_up(k, DEPTH), round_up(n, LANES)
+        tag = f"dense-m{m}-n{n16}-k{k4}"
+        q_kernel = self.kernel(f"{tag}-int8", t8.qdense_func(m, n16, k4), t8.schedule_qdense, int8=True)
+        q_args = [
+            to_tvm(torch.randint(0, 256, (m, k4), generator=gen, dtype=torch.uint8)),
+            to_tvm(pack_weight(torch.randint(-127, 128, (n16, k4), generator=gen, dtype=torch.int8))),
+            *self._channel_params(n16), to_tvm(np.zeros((m, n16), np.uint8)),
+        ]
+        f_kernel = self.kernel(f"{tag}-fp32", fp32_dense_func(m, n16, k), schedule_fp32_dense, int8=False)
+        f_args = [to_tvm(torch.randn(m, k, generator=gen)), to_tvm(torch.randn(k, n16, generator=gen)),
+                  to_tvm(np.zeros((m, n16), np.float32))]
+        return {"fp32": self.tvm_seconds(f_kernel, f_args), INT8: self.tvm_seconds(q_kernel, q_args)}
+
+    def _depthwise(self, gm: fx.GraphModule, layer: QuantLayer, geo: dict[str, int]) -> dict[str, float]:
+        """w8a8 seconds on the AVX-512 depthwise kernel (hand schedule, as the build uses), and
+        fp32 seconds of the layer's own ATen op."""
+        gen = self.gen
+        _, c, h, w_ = _shape(layer.act_inputs[0])
+        k = get_attr(gm, layer.weight_name).shape[2]
+        s, p = geo["stride"], geo["padding"]
+        c16 = round_up(c, LANES)
+        oh, ow = conv_out_size(h, k, s, p), conv_out_size(w_, k, s, p)
+        kernel = build(dw.schedule_qdepthwise(dw.qdepthwise_func((1, h, w_, c16), k, s, p)).mod, self.tvm_target)
+        args = [
+            to_tvm(torch.randint(0, 256, (1, h, w_, c16), generator=gen, dtype=torch.uint8)),
+            to_tvm(torch.randint(-127, 128, (k, k, c16), generator=gen, dtype=torch.int8)),
+            *self._channel_params(c16), to_tvm(np.zeros((1, oh, ow, c16), np.uint8)),
+        ]
+        return {"fp32": self._torch_fp32(gm, layer), INT8: self.tvm_seconds(kernel, args)}
+
+    def _channel_params(self, n: int) -> list[Any]:
+        bias = torch.randint(-5000, 5000, (n,), generator=self.gen, dtype=torch.int32)
+        mult = torch.randint(2**29, 2**30, (n,), generator=self.gen, dtype=torch.int32)
+        return [to_tvm(bias), to_tvm(mult), to_tvm(torch.full((n,), 38, dtype=torch.int32)), to_tvm(t8.Requant(3).qp(5))]
+
+    def _torch_fp32(self, gm: fx.GraphModule, layer: QuantLayer) -> float:
+        """Seconds of the layer's own ATen op on random inputs of its annotated shapes (batch 1),
+        with its real weights; integer inputs (embedding indices) are zeros."""
+
+        def value(a: Any) -> Any:
+            if isinstance(a, fx.Node):
+                if a.op == "get_attr":
+                    return get_attr(gm, str(a.target))
+                s = SHAPE.get(a)
+                if s is None:
+                    raise PassContractError(f"node {a.name} has no lcpaq.shape annotation; run shape-prop first")
+                shape = (1, *s.shape[1:]) if s.shape else s.shape
+                dtype = getattr(torch, s.dtype)
+                return torch.randn(shape, generator=self.gen).to(dtype) if dtype.is_floating_point else torch.zeros(shape, dtype=dtype)
+            if isinstance(a, (list, tuple)):
+                return type(a)(value(x) for x in a)
+            return a
+
+        args, kwargs = value(tuple(layer.node.args)), {k: value(v) for k, v in layer.node.kwargs.items()}
+        return self.torch_seconds(lambda: layer.node.target(*args, **kwargs))
+
+    def notes(self) -> list[str]:
+        notes = [
+            "TVM kernels are timed with their weights flushed from the caches before each call (as in a whole model, "
+            "whose weights are read once per inference)",
+            "conv (groups=1, square kernel) and linear layers: fp32 and w8a8 timed as TVM kernels "
+            + ("with fixed hand schedules (untuned)" if self.trials <= 0 else f"tuned by MetaSchedule ({self.trials} trials each)")
+            + "; w8a8 = u8 x s8 -> s32 on AVX-512 VNNI with fused requantization",
+            "weights narrower than 8 bits run on the int8 kernels (codes held in int8): they cost the w8 entry",
+        ]
+        if self.depthwise:
+            notes.append(f"depthwise convs: w8a8 on the AVX-512 depthwise kernel (hand schedule), fp32 = torch: {', '.join(self.depthwise)}")
+        if self.torch_layers:
+            notes.append(f"timed in fp32 with torch, every precision = fp32 time (no TVM kernel): {', '.join(self.torch_layers)}")
+        return notes

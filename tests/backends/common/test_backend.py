@@ -1,0 +1,81 @@
+"""Backends are chosen by the target's data, and what a target file says it executes natively is
+what its backend really executes at that precision."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lcpaq.backends.common.backend import Backend, available_backends, backend_for, runs_here
+from lcpaq.backends.common.build import build_model
+from lcpaq.backends.x86.backend import X86VnniBackend
+from lcpaq.hw_targets import available_targets, load_target
+from lcpaq.ir.errors import ConfigError
+from lcpaq.ir.meta import BitAssignment
+from lcpaq.ir.metrics import first_output
+from tests.backends._nets import TinyResNet, quantized
+
+#: Target files whose family has no backend yet, with the issue that brings it.
+NOT_YET = {"arm-a76": "arm-dotprod", "nvidia-sm90": "cuda-tensorcore"}
+
+
+def test_registry_finds_the_x86_family_by_name() -> None:
+    assert available_backends() == ["x86-vnni"]
+    assert isinstance(backend_for(load_target("x86-host")), X86VnniBackend)
+
+
+@pytest.mark.parametrize("name", available_targets())
+def test_every_native_precision_of_a_target_file_executes_at_that_precision(name: str) -> None:
+    target = load_target(name)
+    if target.backend is None:  # simulation only: nothing is built, and building says so
+        with pytest.raises(ConfigError, match="simulation only"):
+            backend_for(target)
+        return
+    if name in NOT_YET:
+        assert target.backend == NOT_YET[name]
+        with pytest.raises(ConfigError, match=f"needs backend '{NOT_YET[name]}', which is not implemented"):
+            backend_for(target)
+        return
+    backend: Backend = backend_for(target)
+    for kind, widths in target.native_weight_bits.items():
+        for w in widths:
+            for a in target.act_bits:
+                bits = BitAssignment(a, a) if kind == "matmul" else BitAssignment(w, a)
+                assert backend.executes(kind, bits), f"{name}: {kind} {bits} is listed native but has no integer kernel"
+
+
+def test_x86_executes_int8_only() -> None:
+    x86 = X86VnniBackend()
+    assert x86.executes("conv", BitAssignment(8, 8)) and x86.executes("conv", BitAssignment(4, 8))  # int4 unpacked to int8
+    assert not x86.executes("conv", BitAssignment(16, 16)) and not x86.executes("conv", BitAssignment(8, 16))
+    assert not x86.executes("embedding", BitAssignment(8, 32))  # a lookup: weights dequantized, no kernel
+    assert not x86.executes("linear", BitAssignment(32, 32))
+
+
+def test_a_new_x86_target_is_a_data_file_alone(tmp_path) -> None:
+    """A throwaway target of the x86 family, written as TOML only, builds and runs a model."""
+    toml = tmp_path / "my-x86.toml"
+    toml.write_text(
+        'name = "my-x86"\nbackend = "x86-vnni"\ndescription = "a throwaway x86 target"\n'
+        '[tvm]\nkind = "llvm"\nmcpu = "native"\n'
+        '[precisions]\nnative_weight_bits = { conv = [8], linear = [8], matmul = [8] }\nstorage_weight_bits = [4]\nact_bits = [8]\n'
+        '[device]\nkind = "local"\nrequires = ["avx512_vnni"]\n'
+    )
+    target = load_target(str(toml))
+    assert runs_here(target)
+    torch.manual_seed(0)
+    model = TinyResNet().eval()
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    gm = quantized(model, x, "uniform{w=4,a=8},fake-quant", target=str(toml))
+    built = build_model(gm, (x[:1],), target)
+    assert built.target == "my-x86" and "vpdpbusd" in built.asm
+    with torch.no_grad():
+        assert np.array_equal(built.run(x[:1]), first_output(built.integer_graph(x[:1])).numpy())
+
+
+def test_remote_devices_are_refused_in_one_line(tmp_path) -> None:
+    toml = tmp_path / "far.toml"
+    toml.write_text(open(load_target("x86-host").source).read().replace('kind = "local"', 'kind = "rpc"'))
+    with pytest.raises(ConfigError, match="target 'x86-host' is reached over 'rpc', which backend 'x86-vnni' does not support yet"):
+        backend_for(load_target(str(toml))).check_available(load_target(str(toml)))
+    assert not runs_here(load_target(str(toml)))

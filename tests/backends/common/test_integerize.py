@@ -1,0 +1,106 @@
+import collections
+
+import pytest
+import torch
+
+from lcpaq.backends.common import integer_ops as iops
+from lcpaq.backends.common.backend import Conventions
+from lcpaq.backends.common.integerize import FINE_BITS, integerize
+from lcpaq.ir.meta import DOMAIN
+from lcpaq.ir.metrics import first_output
+from tests.backends._nets import TinyResNet, quantized, sqnr
+
+
+def _ops(ig):
+    return collections.Counter(n.target.__name__ for n in ig.graph.nodes if n.op == "call_function" and callable(n.target)
+                               and n.target.__module__ == iops.__name__)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    model = TinyResNet().eval()
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    gm = quantized(model, x)
+    return model, gm, integerize(gm), x
+
+
+def test_golden_structure(tiny) -> None:
+    _, gm, ig, _ = tiny
+    # the ReLU/ReLU6 are fused; the pool's sum is taken on finer int32 codes, then requantized
+    assert _ops(ig) == {"quantize": 1, "qconv2d": 5, "max_pool2d": 1, "qadd": 1, "global_avg_pool": 1, "requantize": 1,
+                        "qlinear": 1, "dequantize_channels": 1}
+    order = [n.target.__name__ for n in ig.graph.nodes if n.op == "call_function" and n.target.__module__ == iops.__name__]
+    assert order[:3] == ["quantize", "qconv2d", "max_pool2d"]
+    assert order[-4:] == ["global_avg_pool", "requantize", "qlinear", "dequantize_channels"]
+
+
+def test_relu_and_relu6_fuse_into_requantization(tiny) -> None:
+    _, _, ig, _ = tiny
+    convs = [n for n in ig.graph.nodes if n.target is iops.qconv2d]
+    stem = convs[0]
+    assert stem.kwargs["qmin"] == stem.kwargs["out_zp"]  # ReLU: codes below the zero point are cut
+    c3 = convs[-1]  # ReLU6 on int32 codes 2^8 finer than the pooled domain
+    dom = DOMAIN.get(c3)
+    assert dom.dtype == "int32" and (c3.kwargs["qmin"], c3.kwargs["qmax"]) == (0, dom.code(6.0))
+
+
+def test_residual_inputs_use_int32_fine_codes(tiny) -> None:
+    _, _, ig, _ = tiny
+    add = next(n for n in ig.graph.nodes if n.target is iops.qadd)
+    producers = add.args[:2]
+    assert {p.kwargs.get("out_dtype") for p in producers} == {"int32"}
+    out = DOMAIN.get(add)
+    assert out.dtype == "uint8" and add.kwargs["qmin"] == out.zero_point  # the block's ReLU, fused
+    assert DOMAIN.get(producers[0]).scale == pytest.approx(out.scale / 2**FINE_BITS)
+
+
+def test_integer_graph_matches_fake_quant_and_fp32(tiny) -> None:
+    model, gm, ig, x = tiny
+    with torch.no_grad():
+        y_int, y_fq, y_fp = first_output(ig(x)), first_output(gm(x)), model(x)
+    assert sqnr(y_fq, y_int) > 30.0
+    assert sqnr(y_fp, y_int) > 25.0
+
+
+def test_integer_graph_is_integer_between_layers(tiny) -> None:
+    _, _, ig, _ = tiny
+    floats = [n for n in ig.graph.nodes if n.op == "call_function" and n.target.__module__ != iops.__name__
+              and "flatten" not in str(n.target)]
+    assert floats == []
+
+
+def test_sixteen_bit_activations_run_in_float(tiny) -> None:
+    model, _, _, x = tiny
+    gm = quantized(model, x, "uniform{w=8,a=16},fake-quant", target="sim")
+    ig = integerize(gm)
+    assert "qconv2d" not in _ops(ig)
+    with torch.no_grad():
+        assert sqnr(model(x), first_output(ig(x))) > 30.0
+
+
+def test_int8_activation_codes_mean_the_same_values(tiny) -> None:
+    """A backend whose kernels read int8 codes (ARM sdot) gets the same integer graph, codes offset
+    by -128 with their zero points: every value, and so the output, is the same to the bit."""
+    _, gm, ig_u8, x = tiny
+    ig_s8 = integerize(gm, Conventions(act_dtype="int8"))
+    assert _ops(ig_s8) == _ops(ig_u8)
+    q_u8, q_s8 = (next(n for n in g.graph.nodes if n.target is iops.quantize) for g in (ig_u8, ig_s8))
+    d_u8, d_s8 = DOMAIN.get(q_u8), DOMAIN.get(q_s8)
+    assert (d_s8.dtype, d_s8.zero_point, d_s8.qmin, d_s8.qmax) == ("int8", d_u8.zero_point - 128, -128, 127)
+    with torch.no_grad():
+        assert torch.equal(first_output(ig_s8(x)), first_output(ig_u8(x)))
+
+
+def test_integer_width_comes_from_the_conventions(tiny) -> None:
+    """A backend whose widest integer kernel is narrower than a quantizer runs that layer in float."""
+    _, gm, _, _ = tiny
+    ig = integerize(gm, Conventions(integer_bits=4))
+    assert "qconv2d" not in _ops(ig) and "qlinear" not in _ops(ig)
+
+
+def test_original_graph_is_unchanged(tiny) -> None:
+    _, gm, _, x = tiny
+    before = [n.format_node() for n in gm.graph.nodes]
+    integerize(gm)
+    assert [n.format_node() for n in gm.graph.nodes] == before
