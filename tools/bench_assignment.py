@@ -23,9 +23,9 @@ from typing import Any
 import torch
 
 import lcpaq.passes  # noqa: F401  (registers the passes)
-from lcpaq.hw_targets.target import Target, load_target
+from lcpaq.hw_targets.target import Target
 from lcpaq.ir.capture import capture
-from lcpaq.tools.bench_common import write_results
+from lcpaq.tools.bench_common import algorithm_target, write_results
 from lcpaq.ir.layers import find_layers
 from lcpaq.ir.meta import COST, SENSITIVITY, BitAssignment
 from lcpaq.passes import PassContext, Pipeline, calibration_phase, prepare_phase
@@ -114,8 +114,7 @@ def random_choices(problem: AssignmentProblem, budget: float, n: int, seed: int)
 
 def quality_benchmark(name: str, probes: int, widths: tuple[int, ...], metric: str) -> dict[str, Any]:
     bundle = load_model(name)
-    base = load_target("x86-host")
-    target = dataclasses.replace(base, act_bits=(8,), name="x86-host (A8 only)")
+    target = algorithm_target(act_bits=(8,))
     gm, ctx, hessian_s = analysed(bundle, target, probes, cache=False)  # time the real computation
     problem = problem_from_graph(gm, target)
     reference = reference_outputs(bundle.model, bundle.eval_batches)
@@ -153,7 +152,7 @@ def quality_benchmark(name: str, probes: int, widths: tuple[int, ...], metric: s
 def solver_benchmark() -> dict[str, Any]:
     bundle = load_model("resnet50")
     bundle = dataclasses.replace(bundle, calib_batches=bundle.calib_batches[:1])
-    full = load_target("x86-host")
+    full = algorithm_target()
     four = dataclasses.replace(full, name="4 candidates", native_weight_bits={k: (8,) for k in full.native_weight_bits},
                                storage_weight_bits=(4,), act_bits=(8, 16))
     gm, _, _ = analysed(bundle, full, probes=2, cache=False)
@@ -182,7 +181,7 @@ def hessian_benchmark(probes: int) -> dict[str, Any]:
         bundle = load_model(name)
         if name == "resnet18":
             bundle = dataclasses.replace(bundle, calib_batches=bundle.calib_batches[:1])
-        gm, _, seconds = analysed(bundle, load_target("x86-host"), probes, cache=False)
+        gm, _, seconds = analysed(bundle, algorithm_target(), probes, cache=False)
         layers = len(find_layers(gm))
         batch = bundle.calib_batches[0][0].shape
         out[name] = {"layers": layers, "probes": probes, "batches": min(2, len(bundle.calib_batches)), "batch_shape": list(batch),

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -12,7 +13,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from lcpaq.hw_targets.target import Target, load_target  # noqa: E402
 from lcpaq.ir.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
+
+
+def algorithm_target(act_bits: tuple[int, ...] = (8, 16)) -> Target:
+    """The precision set the assignment and search benchmarks compare algorithms on, fixed so
+    their figures do not move with a device's kernels: weights 2-8 or 16 bits, these activation
+    widths (the simulator's widths, narrowed)."""
+    sim = load_target("sim")
+    widths = "/".join(map(str, act_bits))
+    return replace(sim, act_bits=act_bits, name=f"W2-8,16 A{widths} (simulated)")
 
 
 def save_figure(fig: Any, path: Path) -> None:

@@ -22,24 +22,28 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from lcpaq.backends.common.build import build_model
+from lcpaq.backends.common.measure import measure_latency
+from lcpaq.hw_targets import load_target
+from lcpaq.hw_targets.host import default_target_name
+from lcpaq.ir.errors import LcpaqError
+from lcpaq.ir.metrics import first_output
+from lcpaq.passes.cost_model import assignment_of
+from lcpaq.tools.api import quantize
+from lcpaq.tools.bench_common import median_ms, write_results
+from lcpaq.tools.models.zoo import load_model
+from lcpaq.tools.ort_baselines import BASELINES, TRANSFORMER_OP_TYPES, compare, export_onnx, ort_session, quantize_onnx_int8
+from lcpaq.tools.profile import profile
+
 THREADS = 2
 
 
 def _first(out: Any) -> np.ndarray:
-    from lcpaq.ir.metrics import first_output
-
     return first_output(out).detach().numpy()
 
 
 def lcpaq_build(bundle: Any, gm: Any, trials: int, ref: np.ndarray, table: Any = None) -> tuple[Any, dict[str, Any]]:
     """Build ``gm`` and check it: (the built model or None, its results row without timing)."""
-    from lcpaq.backends.common.build import build_model
-    from lcpaq.hw_targets import load_target
-    from lcpaq.hw_targets.host import default_target_name
-    from lcpaq.ir.errors import LcpaqError
-    from lcpaq.passes.cost_model import assignment_of
-    from lcpaq.tools.ort_baselines import compare
-
     x = [t[:1] for t in bundle.example_inputs]
     start = time.perf_counter()
     try:
@@ -63,8 +67,6 @@ def lcpaq_build(bundle: Any, gm: Any, trials: int, ref: np.ndarray, table: Any =
 
 def lcpaq_row(bundle: Any, gm: Any, trials: int, ref: np.ndarray, table: Any = None) -> dict[str, Any]:
     """Build, check and time (TVM's time evaluator) one configuration."""
-    from lcpaq.backends.common.measure import measure_latency
-
     built, row = lcpaq_build(bundle, gm, trials, ref, table)
     if built is not None:
         lat = measure_latency(built, [t[:1] for t in bundle.example_inputs], repeats=30, number=5)
@@ -76,10 +78,6 @@ def bench_model(name: str, trials: int, repeat: int, rounds: int, tmp: Path) -> 
     """Every backend built first, then timed in ``rounds`` interleaved rounds (each a median of
     ``repeat`` Python-level calls after 5 warm-up calls); the result is the median over rounds, so
     a slow spell of the shared machine hits every backend alike."""
-    from lcpaq.tools.api import quantize
-    from lcpaq.tools.bench_common import median_ms
-    from lcpaq.tools.models.zoo import load_model
-    from lcpaq.tools.ort_baselines import BASELINES, TRANSFORMER_OP_TYPES, compare, export_onnx, ort_session, quantize_onnx_int8
 
     bundle = load_model(name)
     model = bundle.model.eval()
@@ -119,10 +117,6 @@ def bench_model(name: str, trials: int, repeat: int, rounds: int, tmp: Path) -> 
 
 def bench_mixed(name: str, budget: str, trials: int, tmp: Path) -> dict[str, Any]:
     """Profile (hand schedules), ILP under a latency budget, build: measured vs predicted."""
-    from lcpaq.tools.api import quantize
-    from lcpaq.tools.models.zoo import load_model
-    from lcpaq.tools.profile import profile
-
     bundle = load_model(name)
     table = profile(bundle, trials=0)
     path = tmp / f"{name}.latency.json"
@@ -134,7 +128,6 @@ def bench_mixed(name: str, budget: str, trials: int, tmp: Path) -> dict[str, Any
         result = quantize(bundle, latency_table=path, build=False, **kwargs)
         gm = result.results[0].graph_module
         row = lcpaq_row(bundle, gm, trials, ref, table)
-        from lcpaq.passes.cost_model import assignment_of
 
         counts: dict[str, int] = {}
         for bits in assignment_of(gm).values():
@@ -199,7 +192,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("TVM_NUM_THREADS", str(THREADS))
     torch.set_num_threads(THREADS)
-    from lcpaq.tools.bench_common import write_results
 
     results: dict[str, Any] = {"models": {}, "trials": args.trials}
     with tempfile.TemporaryDirectory() as tmp:

@@ -98,7 +98,7 @@ def render(results: dict[str, Any], out: Path) -> str:
         *doc_header("Adaptive mixed precision: benchmark", COMMAND, results["machine"], "assignment_benchmark.json"),
         "## Quality against size, at equal size",
         "",
-        "Weights take any width the `x86-host` target offers (2-8, 16); activations are fixed at 8 bits for every",
+        "Weights take any width 2-8 or 16 (the simulator's widths, fixed for this benchmark); activations are fixed at 8 bits for every",
         "method, so only the weight assignment differs. Each budget is the size of a uniform assignment; the random,",
         "greedy and ILP assignments must fit in it. Random: seeded random walks from the widest assignment that lower",
         "one random layer a step at a time until it fits. Greedy: NNCF-style, the layers with the smallest average",

@@ -19,8 +19,7 @@ from typing import Any
 
 import torch
 
-from lcpaq.hw_targets.target import load_target
-from lcpaq.tools.bench_common import write_results
+from lcpaq.tools.bench_common import algorithm_target, write_results
 from lcpaq.passes.distill import Distill
 from lcpaq.passes.pareto import ParetoSweep
 from lcpaq.passes.pipeline import Pipeline, uniform_phase
@@ -35,7 +34,7 @@ CASES = {"resnet-digits": {"size": "0.1x"}, "minilm": {"size": "0.25x"}}
 def bench_model(name: str, budgets: dict[str, str], samples: int, trials: int, distill_steps: int, seed: int) -> dict[str, Any]:
     bundle = load_model(name)
     space = SearchSpace.load()
-    harness = SearchHarness(bundle, load_target("x86-host"), budgets, space, seed=seed)
+    harness = SearchHarness(bundle, algorithm_target(), budgets, space, seed=seed)
     print(f"{name}: harness {harness.stages}", flush=True)
     evidence = proxy_correlations(harness, samples=samples, seed=seed)
     print(f"{name}: proxies {evidence['proxies']} best {evidence['best']}", flush=True)
