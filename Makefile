@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench-assignment bench-search install clean
+.PHONY: demo test test-slow bench-assignment bench-search coverage install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ bench-assignment: $(STAMP)
 
 bench-search: $(STAMP)
 	$(PY) -m lcpaq.tools.bench_search --out docs
+
+coverage: $(STAMP)
+	$(PY) -m lcpaq.tools.coverage_report --out docs
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

@@ -6,8 +6,10 @@ The view is derived from the graph on demand, so it stays right after any rewrit
 through the quantizers that the fake-quant rewrite inserts.
 
 Groups: layers that read the same activation tensor quantize it once, so they must share an
-activation precision (``precision_groups``); layers whose outputs meet in a residual add must
-share an output scale for integer execution (``scale_groups``).
+activation precision (``precision_groups``); layers that read the same weight tensor (a tied
+embedding and output projection, a module applied twice) store and quantize it once, so they
+must share a weight precision (``weight_groups``); layers whose outputs meet in a residual add
+must share an output scale for integer execution (``scale_groups``).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import networkx as nx
 import torch
 import torch.fx as fx
 
+from lcpaq.ir.capture import get_attr
 from lcpaq.ir.meta import QUANTIZER
 
 aten = torch.ops.aten
@@ -130,6 +133,35 @@ def precision_groups(layers: list[QuantLayer]) -> list[tuple[str, ...]]:
             else:
                 first_reader[act] = layer.name
     return _components(graph, layers)
+
+
+def tensor_names(gm: fx.GraphModule) -> dict[str, str]:
+    """The qualified name of every tensor a used ``get_attr`` node reads -> the tensor's
+    canonical name: the first name (in graph order) under which the graph uses that tensor
+    object, so two names of one tensor (a tied parameter) map to one."""
+    first: dict[int, str] = {}
+    names: dict[str, str] = {}
+    for node in gm.graph.nodes:
+        if node.op == "get_attr" and node.users:
+            value = get_attr(gm, str(node.target))
+            if isinstance(value, torch.Tensor):
+                names[str(node.target)] = first.setdefault(id(value), str(node.target))
+    return names
+
+
+def weight_tensors(gm: fx.GraphModule, layers: list[QuantLayer]) -> dict[str, str]:
+    """Layer name -> the canonical name of the weight tensor it reads (layers with a weight)."""
+    names = tensor_names(gm)
+    return {layer.name: names.get(layer.weight_name, layer.weight_name) for layer in layers if layer.weight_name is not None}
+
+
+def weight_groups(gm: fx.GraphModule, layers: list[QuantLayer]) -> list[tuple[str, ...]]:
+    """Groups (size > 1) of layers that read one weight tensor, in graph order."""
+    by_tensor: dict[str, list[str]] = {}
+    for layer, tensor in weight_tensors(gm, layers).items():
+        by_tensor.setdefault(tensor, []).append(layer)
+    order = {layer.name: i for i, layer in enumerate(layers)}
+    return sorted((tuple(g) for g in by_tensor.values() if len(g) > 1), key=lambda g: order[g[0]])
 
 
 def scale_groups(layers: list[QuantLayer]) -> list[tuple[str, ...]]:

@@ -71,13 +71,17 @@ class LayerCost:
 
     ``params`` counts weight elements, ``bias`` bias elements (kept in int32 when quantized);
     ``macs`` are multiply-accumulates; ``act_elems`` counts the elements of the activation
-    inputs that get quantized (both operands of an activation-activation matmul)."""
+    inputs that get quantized (both operands of an activation-activation matmul).
+    ``stores_weight`` / ``stores_bias`` are False when an earlier layer (in graph order) reads
+    the same tensor and carries its bytes: a shared tensor is stored once."""
 
     params: int
     macs: int
     act_elems: int
     out_elems: int
     bias: int = 0
+    stores_weight: bool = True
+    stores_bias: bool = True
 
     def __post_init__(self) -> None:
         for name in ("params", "macs", "act_elems", "out_elems", "bias"):
@@ -90,21 +94,43 @@ class LayerCost:
         return self.macs * (w_bits if self.params else a_bits) * a_bits
 
     def weight_bytes(self, w_bits: int) -> float:
-        """Stored size of weights at ``w_bits`` plus the bias (int32, or fp32 when w_bits=32)."""
-        return self.params * w_bits / 8 + self.bias * 4
+        """Stored size of weights at ``w_bits`` plus the bias (int32, or fp32 when w_bits=32),
+        counting only the tensors this layer stores (see ``stores_weight``)."""
+        return self.params * w_bits / 8 * self.stores_weight + self.bias * 4 * self.stores_bias
 
     def act_bytes(self, a_bits: int) -> float:
         return self.act_elems * a_bits / 8
 
 
 @dataclass(frozen=True)
+class FloatTensor:
+    """A parameter no quantizable layer stores (a norm's affine weight, a recurrent layer's
+    weights, a constant read by a float op): it stays in float whatever the assignment."""
+
+    name: str
+    bytes: int
+    reason: str
+
+    def __post_init__(self) -> None:
+        if self.bytes < 0 or not self.reason:
+            raise ValueError(f"FloatTensor {self.name!r} needs bytes >= 0 and a reason")
+
+
+@dataclass(frozen=True)
 class ModelCost:
-    """Whole-graph totals at fp32; per-layer costs are in the ``lcpaq.cost`` node annotations."""
+    """Whole-graph totals at fp32; per-layer costs are in the ``lcpaq.cost`` node annotations.
+    Every tensor is counted once, however many layers read it. ``float_tensors``: the
+    parameters kept in float (their bytes are the part of the size no assignment changes)."""
 
     params: int
     quantizable_params: int
     macs: int
     fp32_bytes: int
+    float_tensors: tuple[FloatTensor, ...] = ()
+
+    @property
+    def float_bytes(self) -> int:
+        return sum(t.bytes for t in self.float_tensors)
 
 
 @dataclass(frozen=True)
@@ -176,6 +202,34 @@ class Sensitivity:
         w = 0.0 if bits.w_bits == FLOAT_BITS or not self.weight else dict(self.weight)[bits.w_bits]
         a = 0.0 if bits.a_bits == FLOAT_BITS else dict(self.act)[bits.a_bits]
         return w + a
+
+
+@dataclass(frozen=True)
+class Executable:
+    """What the target's backend executes for one layer: ``bits`` (float, 32/32, always among
+    them) and, when float is all it runs, ``reason`` (why there is no integer kernel)."""
+
+    bits: tuple[BitAssignment, ...]
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if BitAssignment(FLOAT_BITS, FLOAT_BITS) not in self.bits:
+            raise ValueError("a backend always executes a layer in float: bits must include 32/32")
+        if not self.integer and not self.reason:
+            raise ValueError("a layer executed in float only needs a reason")
+
+    @property
+    def integer(self) -> bool:
+        """Whether any integer precision executes."""
+        return any(b != BitAssignment(FLOAT_BITS, FLOAT_BITS) for b in self.bits)
+
+
+@dataclass(frozen=True)
+class FloatLayers:
+    """Layers an assignment pass left in float because the backend executes none of the
+    precisions it would have given them: (layer name, reason), in graph order."""
+
+    layers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -277,7 +331,14 @@ ASSIGNMENT: MetaKey[AssignmentResult] = MetaKey("lcpaq.assignment", AssignmentRe
 PARETO: MetaKey[ParetoFront] = MetaKey("lcpaq.pareto", ParetoFront, "graph", "sensitivity/cost frontier")
 CAPTURE: MetaKey[CaptureInfo] = MetaKey("lcpaq.capture", CaptureInfo, "graph", "capture provenance")
 DOMAIN: MetaKey[CodeDomain] = MetaKey("lcpaq.domain", CodeDomain, "node", "meaning of an integer graph node's codes")
+EXECUTABLE: MetaKey[Executable] = MetaKey(
+    "lcpaq.executable", Executable, "layer", "the precisions the target's backend executes for the layer (optional)"
+)
+FLOAT_LAYERS: MetaKey[FloatLayers] = MetaKey(
+    "lcpaq.float_layers", FloatLayers, "graph", "layers an assignment left in float, the backend running no precision asked"
+)
 
 ALL_KEYS: tuple[MetaKey, ...] = (
     SHAPE, COST, MODEL_COST, ACT_RANGE, QUANT_SCHEME, QSPEC, QUANTIZED, QUANTIZER, SENSITIVITY, ASSIGNMENT, PARETO, CAPTURE, DOMAIN,
+    EXECUTABLE, FLOAT_LAYERS,
 )

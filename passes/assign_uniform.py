@@ -6,9 +6,10 @@ from dataclasses import dataclass
 import torch.fx as fx
 
 from lcpaq.ir.layers import find_layers
-from lcpaq.ir.meta import FLOAT_BITS, QSPEC, QUANT_SCHEME, BitAssignment
+from lcpaq.ir.meta import FLOAT_BITS, FLOAT_LAYERS, QSPEC, QUANT_SCHEME, BitAssignment, FloatLayers
 from lcpaq.passes.base import Pass, PassResult, register_pass
 from lcpaq.passes.context import PassContext
+from lcpaq.passes.cost_model import offered_bits
 from lcpaq.passes.quant_scheme import assign
 
 
@@ -19,12 +20,15 @@ class UniformBits(Pass):
     both operands; an embedding table, weight-only, gets W``w``).
 
     Reads: ``lcpaq.quant_scheme``. Writes: ``lcpaq.qspec`` on every layer, its specs built
-    from the scheme. Guarantees: the target can run every assignment (the target is asked per
-    op kind; a precision it lacks is refused)."""
+    from the scheme, and ``lcpaq.float_layers`` on the graph. Guarantees: the target can run
+    every assignment (the target is asked per op kind; a precision it lacks is refused). Where
+    a layer carries ``lcpaq.executable`` and its backend cannot execute W``w``A``a`` for it,
+    the layer is left in float, and so are the other readers of its weight (one tensor, one
+    width); ``lcpaq.float_layers`` lists them with why."""
 
     name = "uniform"
     reads = (QUANT_SCHEME,)
-    writes = (QSPEC,)
+    writes = (QSPEC, FLOAT_LAYERS)
     w: int = 8
     a: int = 8
 
@@ -32,10 +36,13 @@ class UniformBits(Pass):
         BitAssignment(self.w, self.a)  # validates both widths
 
     def call(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
-        choice = {}
-        for layer in find_layers(gm):
+        layers = find_layers(gm)
+        wanted = {}
+        for layer in layers:
             bits = BitAssignment(self.a if layer.kind == "matmul" else self.w, FLOAT_BITS if layer.kind == "embedding" else self.a)
             ctx.target.check(layer.kind, bits)
-            choice[layer.name] = bits
-        assign(gm, choice)
+            wanted[layer.name] = [bits]
+        offered, why = offered_bits(gm, layers, wanted)
+        assign(gm, {name: bits[0] for name, bits in offered.items()})
+        FLOAT_LAYERS.set(gm, FloatLayers(tuple(why.items())))
         return PassResult(gm, False)

@@ -7,6 +7,7 @@ The quantity names are defined once, in :mod:`lcpaq.ir.meta` (``Budget`` validat
 re-exported here with what else is known about each quantity."""
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Literal, Sequence
@@ -83,16 +84,50 @@ def budget_options(texts: Sequence[str]) -> dict[str, str]:
     return options
 
 
-def format_quantity(quantity: str, value: float) -> str:
-    """A quantity in readable units: MiB/KiB for bytes, G/M for BOPs, ms for latency."""
+#: Significant digits a quantity in a scaled unit (KiB, GBOPs, ms) is printed with, at least.
+SIGNIFICANT_DIGITS = 4
+
+
+def format_quantity(quantity: str, value: float, versus: float | None = None) -> str:
+    """A quantity in readable units: GiB/MiB/KiB/B for bytes, T/G/M/k BOPs, ms for latency, with
+    at least :data:`SIGNIFICANT_DIGITS` significant digits in a scaled unit (whole bytes and BOPs
+    below 1 KiB and 1 kBOPs). With ``versus``, a value this one is printed beside (a budget and
+    the smallest achievable), digits are added until two values that differ read differently."""
+    if versus is None or versus == value:
+        return _format(quantity, value, 0)
+    for extra in range(16):
+        text = _format(quantity, value, extra)
+        if text != _format(quantity, versus, extra):
+            return text
+    return text
+
+
+def _format(quantity: str, value: float, extra: int) -> str:
+    unit, scale, decimals = _unit(quantity, value)
+    x = value / scale
+    digits = decimals + extra
+    if scale != 1 or quantity == LATENCY:
+        magnitude = math.floor(math.log10(abs(x))) if x else 0
+        digits = max(digits, SIGNIFICANT_DIGITS - 1 - magnitude + extra)
+    text = f"{x:.{digits}f}"
+    if digits > decimals:  # digits beyond the unit's usual ones only where they carry something
+        text = text.rstrip("0") if "." in text else text
+        whole, _, frac = text.partition(".")
+        frac = frac.ljust(decimals, "0")
+        text = f"{whole}.{frac}" if frac else whole
+    return f"{text} {unit}"
+
+
+def _unit(quantity: str, value: float) -> tuple[str, float, int]:
+    """(unit, its size in the quantity's natural unit, the decimals it is usually printed with)."""
     if quantity in (SIZE, ACT_MEMORY):
         for factor, unit in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
-            if value >= factor:
-                return f"{value / factor:.2f} {unit}"
-        return f"{value:.0f} B"
+            if abs(value) >= factor:
+                return unit, factor, 2
+        return "B", 1, 0
     if quantity == LATENCY:
-        return f"{value * 1e3:.3f} ms"
-    for factor, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if value >= factor:
-            return f"{value / factor:.2f} {unit}BOPs"
-    return f"{value:.0f} BOPs"
+        return "ms", 1e-3, 3
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{prefix}BOPs", factor, 2
+    return "BOPs", 1, 0

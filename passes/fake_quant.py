@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch.fx as fx
 
 from lcpaq.ir.capture import get_attr
-from lcpaq.ir.layers import QuantLayer, find_layers
+from lcpaq.ir.errors import PassContractError
+from lcpaq.ir.layers import QuantLayer, find_layers, weight_tensors
 from lcpaq.ir.meta import ACT_RANGE, QSPEC, QUANTIZED, QUANTIZER, LayerQuantSpec, QuantizedInfo, QuantizerRole, QuantSpec
 from lcpaq.ir.qops import FakeQuantize
 from lcpaq.passes.base import Pass, PassResult, register_pass
@@ -26,8 +27,10 @@ class FakeQuant(Pass):
 
     Reads: ``lcpaq.qspec``, ``lcpaq.act_range``. Writes: ``lcpaq.quantized`` on every layer and
     ``lcpaq.quantizer`` on every inserted node. An activation read by several layers with one
-    spec gets one shared quantizer. Guarantees: idempotent (quantized layers are left as they
-    are)."""
+    spec gets one shared quantizer, and so does a weight tensor read by several layers (a tied
+    embedding and output projection, a module applied twice), whose layers must have one weight
+    spec (a PassContractError otherwise). Guarantees: idempotent (quantized layers are left as
+    they are)."""
 
     name = "fake-quant"
     reads = (QSPEC, ACT_RANGE)
@@ -36,12 +39,19 @@ class FakeQuant(Pass):
 
     def call(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         shared: dict[tuple[fx.Node, QuantSpec], fx.Node] = {}
+        layers = find_layers(gm)
+        tensors = weight_tensors(gm, layers)
+        weights: dict[str, tuple[str, QuantSpec | None, fx.Node | None]] = {}
+        for layer in layers:  # weights already quantized (a rerun) keep their quantizer
+            if QUANTIZED.has(layer.node) and layer.name in tensors:
+                qnode = layer.node.args[0 if layer.kind == "embedding" else 1]
+                weights.setdefault(tensors[layer.name], (layer.name, QSPEC.get(layer.node).weight, qnode if qnode is not layer.weight else None))
         modified = False
-        for layer in find_layers(gm):
+        for layer in layers:
             if QUANTIZED.has(layer.node):
                 continue
             spec = QSPEC.get(layer.node)
-            w_name = self._quantize_weight(gm, layer, spec)
+            w_name = self._shared_weight(gm, layer, spec, tensors, weights)
             a_names = self._quantize_acts(gm, layer, spec, shared)
             QUANTIZED.set(layer.node, QuantizedInfo(w_name, a_names))
             modified = True
@@ -50,12 +60,35 @@ class FakeQuant(Pass):
             gm.recompile()
         return PassResult(gm, modified)
 
-    def _quantize_weight(self, gm: fx.GraphModule, layer: QuantLayer, spec: LayerQuantSpec) -> str | None:
+    def _shared_weight(
+        self, gm: fx.GraphModule, layer: QuantLayer, spec: LayerQuantSpec, tensors: dict[str, str],
+        weights: dict[str, tuple[str, QuantSpec | None, fx.Node | None]],
+    ) -> str | None:
+        """Quantize the layer's weight, once per tensor: a later reader of the same tensor reads
+        the first one's quantizer, and must want the same spec."""
+        if layer.weight is None:
+            return None
+        tensor = tensors[layer.name]
+        if tensor not in weights:
+            qnode = self._quantize_weight(gm, layer, spec)
+            weights[tensor] = (layer.name, spec.weight, qnode)
+            return None if qnode is None else str(qnode.target)
+        first, first_spec, qnode = weights[tensor]
+        if spec.weight != first_spec:
+            raise PassContractError(
+                f"layers {first} and {layer.name} read one weight tensor ({tensor}) but their lcpaq.qspec give it "
+                f"{_spec(first_spec)} and {_spec(spec.weight)}; a shared weight takes one spec"
+            )
+        if qnode is None:
+            return None
+        layer.node.replace_input_with(layer.weight, qnode)
+        return str(qnode.target)
+
+    def _quantize_weight(self, gm: fx.GraphModule, layer: QuantLayer, spec: LayerQuantSpec) -> fx.Node | None:
         if layer.weight is None or spec.weight is None:
             return None
         module = FakeQuantize.for_weight(get_attr(gm, layer.weight.target), spec.weight)
-        qnode = self._insert(gm, layer, layer.weight, module, f"{layer.name}.w", QuantizerRole("weight", spec.weight.bits))
-        return str(qnode.target)
+        return self._insert(gm, layer, layer.weight, module, f"{layer.name}.w", QuantizerRole("weight", spec.weight.bits))
 
     def _quantize_acts(
         self, gm: fx.GraphModule, layer: QuantLayer, spec: LayerQuantSpec, shared: dict[tuple[fx.Node, QuantSpec], fx.Node]
@@ -91,3 +124,7 @@ class FakeQuant(Pass):
 
 def _safe(label: str) -> str:
     return re.sub(r"[^0-9a-zA-Z_]", "_", label)
+
+
+def _spec(spec: QuantSpec | None) -> str:
+    return "float" if spec is None else f"{spec.dtype} ({spec.granularity})"

@@ -17,7 +17,10 @@ from lcpaq.ir.layers import QuantLayer, find_layers
 from lcpaq.ir.meta import ACT_RANGE, QUANT_SCHEME, SENSITIVITY, QuantScheme, Sensitivity
 from lcpaq.passes.base import Pass, PassResult, register_pass
 from lcpaq.passes.context import PassContext
+from lcpaq.passes.hvp_plan import DOUBLE_BACKWARD
 from lcpaq.passes.sensitivity_model import SharedTraces, measure_traces, recombine
+
+_HVP_KEY = "__hvp__"  # in a cache entry: how Hessian-vector products were taken, when not by plain double backward
 
 
 @register_pass
@@ -35,6 +38,9 @@ class HessianSensitivity(Pass):
     at ``probes`` probes. With ``shared`` (a :class:`SharedTraces` of this graph, set in code
     by a search), traces are taken from it instead of probing: the same numbers, no probes.
     Results are cached in ``ctx.cache_dir`` keyed by graph, weights, data, scheme and options.
+    Graphs with ops that lack double backward (hardsigmoid, fused attention) are probed with
+    those ops decomposed, or by finite differences of gradients (``hvp_plan``); a warning
+    names each such op and its source line.
     Reads: ``lcpaq.act_range``, ``lcpaq.quant_scheme``. Writes: ``lcpaq.sensitivity`` on every
     layer."""
 
@@ -76,7 +82,10 @@ class HessianSensitivity(Pass):
         for layer in layers:
             SENSITIVITY.set(layer.node, results[layer.name])
         if path is not None:
-            atomic_write_json(path, {name: asdict(s) for name, s in results.items()})
+            data: dict[str, Any] = {name: asdict(s) for name, s in results.items()}
+            if traces.hvp != DOUBLE_BACKWARD:
+                data[_HVP_KEY] = traces.hvp
+            atomic_write_json(path, data)
         return PassResult(gm, False)
 
     def _key(self, gm: fx.GraphModule, ctx: PassContext, scheme: QuantScheme, batches, labels, layers: list[QuantLayer]) -> str:
@@ -106,10 +115,14 @@ def _load(path, layers: list[QuantLayer]) -> dict[str, Sensitivity] | None:
     if data is None:
         return None
     try:
-        return {layer.name: _sens_from_json(data[layer.name]) for layer in layers}
+        out = {layer.name: _sens_from_json(data[layer.name]) for layer in layers}
     except (KeyError, TypeError, ValueError) as exc:
         warnings.warn(f"cache entry {path} does not match this model ({type(exc).__name__}: {exc}); recomputing", stacklevel=2)
         return None
+    if isinstance(data, dict) and data.get(_HVP_KEY):
+        warnings.warn(f"hessian: cached sensitivities {path} were measured with {data[_HVP_KEY]} Hessian-vector "
+                      "products: the graph has ops without double backward", stacklevel=2)
+    return out
 
 
 def _sens_from_json(data: dict[str, Any]) -> Sensitivity:

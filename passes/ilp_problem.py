@@ -2,8 +2,9 @@
 
 Variables: one binary x[l, c] per (layer l, candidate precision c); one choice per layer.
 Objective: minimise the sum of sensitivities. Constraints: budgets on additive quantities
-(size, BOPs, latency), peak ones (activation memory: a per-layer bound, since peak = max), and
-layers that read the same activation choosing the same activation width."""
+(size, BOPs, latency), peak ones (activation memory: a per-layer bound, since peak = max),
+layers that read the same activation choosing the same activation width, and layers that read
+the same weight tensor choosing the same weight width."""
 from __future__ import annotations
 
 import contextlib
@@ -11,7 +12,7 @@ import os
 import sys
 import time
 from typing import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
@@ -77,7 +78,9 @@ def _quiet_stdout() -> Iterator[None]:
 @dataclass
 class AssignmentProblem:
     """``costs[q][l][c]``: quantity q of layer l at candidate c; ``fixed[q]``: the part of q
-    that no choice changes (for example the fp32 parameters outside quantizable layers)."""
+    that no choice changes (for example the fp32 parameters outside quantizable layers).
+    ``groups``: layers (indices) that must choose one activation width; ``weight_groups``:
+    layers that must choose one weight width."""
 
     names: list[str]
     candidates: list[list[BitAssignment]]
@@ -85,6 +88,9 @@ class AssignmentProblem:
     costs: dict[str, list[np.ndarray]]
     fixed: dict[str, float]
     groups: list[tuple[int, ...]]
+    weight_groups: list[tuple[int, ...]] = field(default_factory=list)
+    #: Layers offered float alone (no integer precision executes for them), with why.
+    float_reasons: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.offsets = np.cumsum([0] + [len(c) for c in self.candidates])
@@ -99,16 +105,17 @@ class AssignmentProblem:
             rows[l, self.offsets[l] : self.offsets[l + 1]] = 1
         constraints = [LinearConstraint(rows.tocsr(), 1, 1)]
         eq = []
-        for group in self.groups:
-            widths = sorted({c.a_bits for l in group for c in self.candidates[l]})
-            for other in group[1:]:
-                for a in widths:
-                    row = np.zeros(self.n)
-                    for l, sign in ((group[0], 1.0), (other, -1.0)):
-                        for c, cand in enumerate(self.candidates[l]):
-                            if cand.a_bits == a:
-                                row[self.offsets[l] + c] += sign
-                    eq.append(row)
+        for groups, width in ((self.groups, lambda c: c.a_bits), (self.weight_groups, lambda c: c.w_bits)):
+            for group in groups:
+                widths = sorted({width(c) for l in group for c in self.candidates[l]})
+                for other in group[1:]:
+                    for b in widths:
+                        row = np.zeros(self.n)
+                        for l, sign in ((group[0], 1.0), (other, -1.0)):
+                            for c, cand in enumerate(self.candidates[l]):
+                                if width(cand) == b:
+                                    row[self.offsets[l] + c] += sign
+                        eq.append(row)
         if eq:
             constraints.append(LinearConstraint(np.array(eq), 0, 0))
         return constraints

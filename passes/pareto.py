@@ -1,6 +1,7 @@
 """pareto: the frontier of total sensitivity against size, BOPs (and latency, with a table)."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -8,11 +9,12 @@ import numpy as np
 import torch.fx as fx
 
 from lcpaq.ir.errors import ConfigError
+from lcpaq.ir.layers import find_layers
 from lcpaq.ir.meta import COST, PARETO, SENSITIVITY, ParetoFront, ParetoPoint
 from lcpaq.passes.base import Pass, PassResult, register_pass
 from lcpaq.passes.budgets import BOPS, LATENCY, QUANTITIES, SIZE
 from lcpaq.passes.context import PassContext
-from lcpaq.passes.cost_model import load_table
+from lcpaq.passes.cost_model import default_act_bits, load_table
 from lcpaq.passes.ilp import problem_from_graph
 from lcpaq.passes.ilp_problem import AssignmentProblem, Infeasible
 
@@ -22,7 +24,9 @@ from lcpaq.passes.ilp_problem import AssignmentProblem, Infeasible
 class ParetoSweep(Pass):
     """For each quantity, solves the ILP at ``points`` budgets spread evenly from the smallest
     achievable value to the largest, and keeps the non-dominated (quantity, sensitivity) points.
-    With a latency ``table``, latency is swept too.
+    With a latency ``table``, latency is swept too. The size sweep keeps activations at the
+    target's fastest native width, as the ILP does under a size budget alone; candidates are
+    those the ILP offers (what the backend executes, where ``lcpaq.executable`` says).
 
     Reads: ``lcpaq.cost``, ``lcpaq.sensitivity``. Writes: ``lcpaq.pareto`` on the graph."""
 
@@ -47,7 +51,11 @@ class ParetoSweep(Pass):
             raise ConfigError("sweeping latency needs a latency table (pareto{table=...})")
         problem = problem_from_graph(gm, ctx.target, table)
         quantities = self.quantities + ((LATENCY,) if table is not None and LATENCY not in self.quantities else ())
-        fronts = tuple((q, sweep(problem, q, self.points)) for q in quantities)
+        by_size = problem
+        if SIZE in quantities and len(ctx.target.act_bits) > 1:
+            pinned = dataclasses.replace(ctx.target, act_bits=(default_act_bits(ctx.target, find_layers(gm), table),))
+            by_size = problem_from_graph(gm, pinned, table)
+        fronts = tuple((q, sweep(by_size if q == SIZE else problem, q, self.points)) for q in quantities)
         PARETO.set(gm, ParetoFront(fronts, time.perf_counter() - start))
         return PassResult(gm, False)
 

@@ -25,6 +25,7 @@ from lcpaq.ir.layers import QuantLayer, find_layers
 from lcpaq.ir.meta import ACT_RANGE, QuantScheme, Sensitivity
 from lcpaq.passes.context import PassContext
 from lcpaq.passes.hutchinson import TraceEstimate, hessian_traces
+from lcpaq.passes.hvp_plan import DOUBLE_BACKWARD
 from lcpaq.passes.sensitivity_terms import act_errors, collect_activations, combine, hessian_loss, weight_errors
 
 
@@ -36,6 +37,12 @@ class Traces:
     weights: dict[str, TraceEstimate]
     acts: dict[str, TraceEstimate]
     values: dict[str, list[torch.Tensor]]
+
+    @property
+    def hvp(self) -> str:
+        """How the Hessian-vector products were taken (``hvp_plan.HvpPlan.method``)."""
+        estimates = [*self.weights.values(), *self.acts.values()]
+        return estimates[0].hvp if estimates else DOUBLE_BACKWARD
 
 
 def measure_traces(

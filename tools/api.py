@@ -7,17 +7,18 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.fx as fx
 
 import lcpaq.passes  # noqa: F401  (registers the passes)
 from lcpaq.backends.common.backend import runs_here
+from lcpaq.backends.common.capability import capability_phase
 from lcpaq.hw_targets.host import default_target_name
 from lcpaq.hw_targets.target import OP_KINDS, Target, load_target
 from lcpaq.ir.capture import capture
-from lcpaq.ir.errors import ConfigError
+from lcpaq.ir.errors import ConfigError, LcpaqError, one_line
 from lcpaq.ir.fileio import cache_dir
 from lcpaq.ir.meta import MODEL_COST, BitAssignment
 from lcpaq.passes.context import PassContext
@@ -30,7 +31,7 @@ from lcpaq.passes.pipeline import (
     Pipeline, calibration_phase, ilp_phase, parse_spec, prepare_phase, sensitivity_phase, uniform_phase,
 )
 from lcpaq.ir.metrics import output_metrics, reference_outputs
-from lcpaq.tools.report import build_report, write_report
+from lcpaq.tools.report import build_report, check_report_dir, write_report
 from lcpaq.passes.distill import Distill
 from lcpaq.passes.pareto import ParetoSweep
 from lcpaq.tools.models.zoo import ModelBundle, load_model
@@ -53,15 +54,45 @@ def parse_bits(text: str) -> BitAssignment:
 
 @dataclass
 class Stopwatch:
+    """Seconds per stage of a run. A stage opened inside another is kept apart, in ``nested``
+    (named ``outer: inner``), so ``stages`` never overlap and their sum, ``total``, counts no
+    second twice."""
+
     stages: dict[str, float] = field(default_factory=dict)
+    nested: dict[str, float] = field(default_factory=dict)
+    clock: Callable[[], float] = time.perf_counter
+    _open: list[str] = field(default_factory=list, repr=False)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
+        start = self.clock()
+        outer = list(self._open)
+        self._open.append(name)
         try:
             yield
         finally:
-            self.stages[name] = self.stages.get(name, 0.0) + time.perf_counter() - start
+            self._open.pop()
+            into, key = (self.nested, ": ".join([*outer, name])) if outer else (self.stages, name)
+            into[key] = into.get(key, 0.0) + self.clock() - start
+
+    @property
+    def total(self) -> float:
+        return sum(self.stages.values())
+
+
+def load_bundle(model: str | ModelBundle, progress: bool = False) -> ModelBundle:
+    """The bundle of a model spec (a bundle is returned as it is). Whatever a model's own code
+    raises while it loads is one ConfigError line naming the model: ``model file x.py:build
+    raised ValueError: ...``."""
+    if isinstance(model, ModelBundle):
+        return model
+    try:
+        return load_model(model, progress)
+    except LcpaqError:
+        raise
+    except Exception as exc:  # noqa: BLE001 (a user's model function may raise anything)
+        where = f"model file {model}" if ".py:" in model else f"model {model!r}"
+        raise ConfigError(f"{where} raised {one_line(exc)}") from exc
 
 
 @dataclass
@@ -117,8 +148,9 @@ def quantize(
     ``build`` (default: when the target is this host) compiles every configuration for the
     target with TVM (``build_trials`` MetaSchedule trials per kernel), checks it against the
     integer reference and reports its measured latency beside the table's prediction.
-    With ``out``, report.json, report.md and the Pareto plots are written there atomically,
-    after everything succeeded."""
+    With ``out``, report.json, report.md and the Pareto plots are written there as one set, after
+    everything succeeded, replacing a previous report there whole (an ``out`` that cannot take
+    the report is refused before any work: see :func:`~lcpaq.tools.report.check_report_dir`)."""
     # Validate every option before any heavy work, so a typo costs nothing and writes nothing.
     tgt = target if isinstance(target, Target) else load_target(target or default_target_name())
     if calibration not in CALIBRATION_METHODS:
@@ -139,13 +171,13 @@ def quantize(
     custom = parse_spec(pipeline) if pipeline else None
     search_space = _check_search(search, proxy, trials, space, space_set, budgets, custom, distill)
     out_dir = Path(out) if out is not None else None
-    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out {out_dir} exists and is not a directory")
+    if out_dir is not None:
+        check_report_dir(out_dir)  # a file, a foreign directory or a read-only place: refused before any work
 
     torch.manual_seed(seed)
     clock = Stopwatch()
     with clock.stage("load"):
-        bundle = model if isinstance(model, ModelBundle) else load_model(model, progress)
+        bundle = load_bundle(model, progress)
     with clock.stage("capture"):
         gm = capture(bundle.model, bundle.example_inputs, bundle.name)
     ctx = PassContext(
@@ -155,8 +187,13 @@ def quantize(
     instruments: list[PassInstrument] = [timing] + ([DumpGraphs(Path(dump_graphs))] if dump_graphs else [])
 
     with clock.stage("fp32 reference"):
-        reference = reference_outputs(bundle.model, bundle.eval_batches)
-        fp32_metrics = quality(bundle, reference, bundle.model)
+        try:
+            reference = reference_outputs(bundle.model, bundle.eval_batches)
+            fp32_metrics = quality(bundle, reference, bundle.model)
+        except LcpaqError:
+            raise
+        except Exception as exc:  # noqa: BLE001 (the user's model or evaluate function)
+            raise ConfigError(f"model {bundle.name} raised {one_line(exc)} on its evaluation data") from exc
     run = _Run(bundle, tgt, ctx, reference, clock, instruments, table)
     extra: dict[str, Any] = {}
     if custom is not None:
@@ -244,7 +281,7 @@ class _Run:
     def phases(self, gm: fx.GraphModule, calibration: str, budgets: dict[str, str], probes: int,
                configs: list[BitAssignment]) -> tuple[fx.GraphModule, list[ConfigResult]]:
         """Analysis once; then the ILP's assignment (with budgets) and each uniform one."""
-        analysis = prepare_phase(self.target) + calibration_phase(self.target, calibration)
+        analysis = prepare_phase(self.target) + capability_phase(self.target) + calibration_phase(self.target, calibration)
         if budgets:
             analysis += sensitivity_phase(self.target, probes, table=self.table)
         with self.clock.stage("analysis"):
@@ -259,7 +296,9 @@ class _Run:
         with self.clock.stage("search"):
             harness = SearchHarness(self.bundle, self.target, budgets, space, seed, self.ctx.progress, captured=gm, table=self.table)
             outcome = run_search(harness, mode, trials, proxy, seed=seed, progress=self.ctx.progress)
-        self.clock.stages.update({f"search: {k}": v for k, v in {**harness.stages, **outcome.seconds}.items()})
+        # the search's own stages (its analysis, trials, confirmation) lie inside "search": kept apart, in
+        # the report's search section, so the stages still add up to the run
+        self.clock.nested.update({f"search: {k}": v for k, v in {**harness.stages, **outcome.seconds}.items()})
         with self.clock.stage("pareto"):
             prepared = Pipeline([ParetoSweep(table=self.table)])(harness.assign(outcome.best), self.ctx).graph_module
         label = f"searched {_budget_label(budgets)}"

@@ -1,13 +1,16 @@
-"""The ``lcpaq`` command. Every failure a user can cause is one line on stderr and exit code 2."""
+"""The ``lcpaq`` command. Every failure is one line on stderr and exit code 2 (an interrupt: 130),
+and leaves the outputs as they were; ``--debug`` adds the traceback and TVM's native logs."""
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import traceback
 import warnings
 from typing import Sequence
 
 from lcpaq.hw_targets.host import default_target_name
-from lcpaq.ir.errors import LcpaqError
+from lcpaq.ir.errors import LOGGER, LcpaqError, one_line
 
 
 def _quantize(args: argparse.Namespace) -> int:
@@ -41,14 +44,17 @@ def _build(args: argparse.Namespace) -> int:
         raise ConfigError(f"-o {out} is a directory; give a file name such as {out / 'model.so'}")
     if args.trials < 0:
         raise ConfigError(f"--trials must be >= 0, got {args.trials}")
+    from lcpaq.ir.fileio import check_writable
+
+    check_writable(out, "-o")  # before any work, as the device below
     from lcpaq.backends.common.backend import backend_for
     from lcpaq.hw_targets.target import load_target
 
     target = load_target(args.target)
     backend_for(target).check_available(target)  # before any work: the device must be reachable
-    from lcpaq.tools.models.zoo import load_model
+    from lcpaq.tools.api import load_bundle
 
-    bundle = load_model(args.model, args.progress)
+    bundle = load_bundle(args.model, args.progress)
     result = quantize(
         model=bundle, target=args.target, bits=args.bits, budget=args.budget, calibration=args.calibration,
         probes=args.probes, latency_table=args.latency_table, pipeline=args.pipeline, progress=args.progress,
@@ -62,9 +68,19 @@ def _build(args: argparse.Namespace) -> int:
     if not entry["built"]:
         raise ConfigError(f"cannot build {primary.label} for {target.name}: {entry['reason']}")
     print("\n".join(deployment_lines({"target": target.name, "deployment": {primary.label: entry}})))
-    shape = "x".join(str(d) for d in (1, *bundle.example_inputs[0].shape[1:]))
-    print(f"wrote {out} (input float32 {shape}; load with tvm.runtime.load_module and relax.VirtualMachine, call 'main')")
+    print(f"wrote {out} ({input_signature(bundle.example_inputs)}; load with tvm.runtime.load_module and "
+          "relax.VirtualMachine, call 'main')")
     return 0
+
+
+def input_signature(example_inputs: Sequence[object]) -> str:
+    """``input int64 1x7, input int64 1x7``: each built input's dtype and shape (batch 1)."""
+    parts = []
+    for x in example_inputs:
+        dtype = str(getattr(x, "dtype", type(x).__name__)).removeprefix("torch.")
+        shape = "x".join(str(d) for d in (1, *tuple(getattr(x, "shape", ()))[1:]))
+        parts.append(f"input {dtype} {shape}")
+    return ", ".join(parts)
 
 
 def _targets(args: argparse.Namespace) -> int:
@@ -104,9 +120,18 @@ def _profile(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.is_dir():
         raise ConfigError(f"--out {out} is a directory; give a file name such as {out / 'latency.json'}")
+    from lcpaq.ir.fileio import check_writable
+
+    check_writable(out, "--out")
+    from lcpaq.backends.common.backend import backend_for
+    from lcpaq.hw_targets.target import load_target
+    from lcpaq.tools.api import load_bundle
     from lcpaq.tools.profile import profile
 
-    table = profile(args.model, args.target, trials=args.trials, repeats=args.repeats, progress=args.progress)
+    target = load_target(args.target)
+    backend_for(target).check_available(target)  # the device before the model, as profile() does
+    bundle = load_bundle(args.model, args.progress)
+    table = profile(bundle, target, trials=args.trials, repeats=args.repeats, progress=args.progress)
     table.save(out)
     total = sum(row["fp32"] for row in table.entries.values())
     int8 = sum(row.get("w8a8", row["fp32"]) for row in table.entries.values())
@@ -125,6 +150,7 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _passes(args: argparse.Namespace) -> int:
+    import lcpaq.backends.common.capability  # noqa: F401  (registers the executable pass)
     from lcpaq.passes import registered_passes
 
     for name, cls in registered_passes().items():
@@ -135,8 +161,12 @@ def _passes(args: argparse.Namespace) -> int:
     return 0
 
 
+_DEBUG_HELP = "on failure, print the full traceback; show TVM's native logs (hidden otherwise)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lcpaq", description="Hardware-aware mixed-precision quantization compiler.")
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     q = sub.add_parser("quantize", help="quantize a model and report cost and quality",
@@ -177,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "latency (default: when the target is this machine)")
     q.add_argument("--build-trials", type=int, default=0, metavar="N",
                    help="MetaSchedule trials per conv/dense kernel when building (default 0: hand schedules)")
+    q.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
     q.set_defaults(func=_quantize)
 
     b = sub.add_parser("build", help="quantize a model and export the deployable library for the target",
@@ -195,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MetaSchedule trials per conv/dense kernel (default 0: hand schedules); records are cached and reused")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty())
+    b.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
     b.set_defaults(func=_build)
 
     p = sub.add_parser("profile", help="measure per-layer latency on this host and write a latency table",
@@ -210,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=10, metavar="N", help="timed repeats per kernel; the median is kept (default 10)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
                    help="progress bar on stderr (default: when stderr is a terminal)")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
     p.set_defaults(func=_profile)
 
     sub.add_parser("targets", help="list hardware targets and their precisions").set_defaults(func=_targets)
@@ -220,16 +253,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
+    level, handler = LOGGER.level, logging.StreamHandler()
+    if debug:
+        LOGGER.setLevel(logging.DEBUG)  # tracebacks, and TVM's native logs (lcpaq.ir.errors.debugging)
+        LOGGER.addHandler(handler)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning)
             return args.func(args)
     except LcpaqError as exc:
-        print(f"lcpaq: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(" ".join(str(exc).split("\n")), debug)
     except KeyboardInterrupt:
-        print("lcpaq: interrupted", file=sys.stderr)
-        return 130
+        return _fail("interrupted", debug, code=130, prefix="lcpaq: ")
+    except Exception as exc:  # noqa: BLE001 (whatever else fails is still one line; --debug shows where)
+        return _fail(f"{one_line(exc)} (run again with --debug for the traceback)", debug)
+    finally:
+        LOGGER.setLevel(level)
+        LOGGER.removeHandler(handler)
+
+
+def _fail(message: str, debug: bool, code: int = 2, prefix: str = "lcpaq: error: ") -> int:
+    """One line on stderr (after the traceback with ``--debug``); the exit code."""
+    if debug:
+        traceback.print_exc()
+    print(f"{prefix}{message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ from lcpaq.hw_targets.target import Target
 from lcpaq.ir.layers import find_layers, precision_groups, scale_groups
 from lcpaq.passes.budgets import ACT_MEMORY, BOPS, SIZE, format_quantity
 from lcpaq.passes import cost_model
-from lcpaq.ir.meta import ASSIGNMENT, COST, MODEL_COST, PARETO, QSPEC, SENSITIVITY
-from lcpaq.ir.fileio import atomic_write_json, atomic_write_text
+from lcpaq.ir.meta import ASSIGNMENT, COST, FLOAT_LAYERS, MODEL_COST, PARETO, QSPEC, SENSITIVITY
+from lcpaq.ir.errors import OutputError
+from lcpaq.ir.fileio import atomic_directory, atomic_write_json, atomic_write_text, check_writable
 from lcpaq.tools.models.zoo import ModelBundle
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ def build_report(
         "pipeline": primary.pipeline,
         "layers": [_layer_row(layer) for layer in layers],
         "groups": {"precision": [list(g) for g in precision_groups(layers)], "scale": [list(g) for g in scale_groups(layers)]},
+        "kept_in_float": kept_in_float(primary.graph_module),
         "totals": {
             "params": totals.params,
             "quantizable_params": totals.quantizable_params,
@@ -91,8 +93,28 @@ def _total_sensitivity(gm: fx.GraphModule) -> float | None:
         sens, spec = SENSITIVITY.get(layer.node), QSPEC.get(layer.node)
         if sens is None or spec is None:
             return None
-        total += sens.of(spec.bits)
+        total += cost_model.layer_sensitivity(COST.get(layer.node), sens, spec.bits)  # a shared weight counts once
     return total
+
+
+def kept_in_float(gm: fx.GraphModule) -> list[dict[str, Any]]:
+    """What the configuration stores in float, with fp32 bytes and why: the parameters no
+    quantizable layer stores (``lcpaq.model_cost``), then the weights (and biases) of layers
+    assigned float, the reason from ``lcpaq.float_layers`` where the assignment gave one."""
+    totals = MODEL_COST.get(gm)
+    rows = [{"tensor": t.name, "bytes": t.bytes, "reason": t.reason} for t in (totals.float_tensors if totals else ())]
+    fallback = FLOAT_LAYERS.get(gm)
+    reasons = dict(fallback.layers) if fallback is not None else {}
+    for layer in find_layers(gm):
+        spec, cost = QSPEC.get(layer.node), COST.get(layer.node)
+        if spec is None or layer.weight is None or spec.weight is not None:
+            continue
+        stored = int(cost.weight_bytes(32))
+        if stored:
+            why = reasons.get(layer.name, "assigned float")
+            rows.append({"tensor": layer.weight_name if cost.stores_weight else f"{layer.name} bias", "bytes": stored,
+                         "reason": f"layer {layer.name} runs in float: {why}"})
+    return rows
 
 
 def _predicted(r: "ConfigResult") -> dict[str, float]:
@@ -126,14 +148,28 @@ def _clean(metrics: dict[str, float]) -> dict[str, float | None]:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else round(v, 6)) for k, v in metrics.items()}
 
 
+def check_report_dir(out_dir: Path) -> None:
+    """Refuse, before any work, an ``out_dir`` the report cannot go to: a file, a directory that
+    holds something other than a previous report (the report replaces the directory whole), or
+    a location this process cannot write. One OutputError line each."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"--out {out_dir} exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "report.json").is_file():
+        raise OutputError(f"--out {out_dir} is a non-empty directory without a report.json; the report replaces "
+                          "the whole directory, so give a new or empty one, or a previous report's")
+    check_writable(out_dir, "--out")
+
+
 def write_report(out_dir: Path, report: dict[str, Any]) -> None:
-    """Write report.json and report.md, each atomically (complete or absent)."""
+    """Write the report as one set (report.json, report.md, the plots): into a temporary sibling
+    directory, renamed over ``out_dir`` at the end (:func:`~lcpaq.ir.fileio.atomic_directory`), so
+    ``out_dir`` holds one complete report, or, after an error or an interrupt, what it held before."""
     from lcpaq.tools.plots import pareto_plots
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plots = pareto_plots(report, out_dir)
-    atomic_write_json(out_dir / "report.json", report)
-    atomic_write_text(out_dir / "report.md", render_markdown(report, plots))
+    with atomic_directory(out_dir) as tmp:
+        plots = pareto_plots(report, tmp)
+        atomic_write_json(tmp / "report.json", report)
+        atomic_write_text(tmp / "report.md", render_markdown(report, plots))
 
 
 # --- rendering ------------------------------------------------------------------------------
@@ -188,6 +224,17 @@ def config_table(report: dict[str, Any]) -> list[str]:
     return _table(header, rows, "l" + "r" * (len(header) - 1))
 
 
+def float_lines(report: dict[str, Any]) -> list[str]:
+    """The "kept in float" section of report.md."""
+    rows = report.get("kept_in_float") or []
+    if not rows:
+        return []
+    total = sum(r["bytes"] for r in rows)
+    table = _table(["tensor", "fp32 size", "reason"], [[r["tensor"], _bytes(r["bytes"]), r["reason"]] for r in rows], "lrl")
+    return ["## Kept in float", "", f"{len(rows)} tensors, {_bytes(total)} in all, stay in float in the primary configuration.", "",
+            *table, ""]
+
+
 def _sens(value: float | None, label: str) -> str:
     return "0" if label == "fp32" else ("-" if value is None else f"{value:.4g}")
 
@@ -203,12 +250,20 @@ def summary(report: dict[str, Any]) -> str:
         f"quality ({report['data']}):",
         *config_table(report),
         *assignment_lines(report),
+        *_float_summary(report),
         *_search_summary(report),
         *_deployment(report),
         "",
         f"total time {report['timing_s']['total']:.1f} s",
     ]
     return "\n".join(lines)
+
+
+def _float_summary(report: dict[str, Any]) -> list[str]:
+    rows = report.get("kept_in_float") or []
+    if not rows:
+        return []
+    return [f"kept in float: {len(rows)} tensors, {_bytes(sum(r['bytes'] for r in rows))} (see report.md)"]
 
 
 def _deployment_markdown(report: dict[str, Any]) -> list[str]:
@@ -323,6 +378,7 @@ def render_markdown(report: dict[str, Any], plots: list[str] = ()) -> str:
         "",
         *layer_table(report),
         "",
+        *float_lines(report),
         *search_lines(report),
         *distill_lines(report),
         *pareto_lines(report, list(plots)),

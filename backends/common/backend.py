@@ -26,7 +26,7 @@ import lcpaq.backends as pkg
 from lcpaq.hw_targets.host import host_cpu_name, host_support
 from lcpaq.hw_targets.target import Target
 from lcpaq.ir.errors import ConfigError
-from lcpaq.ir.meta import FLOAT_BITS, BitAssignment
+from lcpaq.ir.meta import FLOAT_BITS, BitAssignment, Executable
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch.fx as fx
@@ -111,6 +111,22 @@ class Backend(ABC):
         w = bits.a_bits if kind == "matmul" else bits.w_bits
         return a_ok and any(w <= width for width in widths)
 
+    def has_integer_kernel(self, gm: "fx.GraphModule", layer: Any) -> bool:
+        """Whether ``layer`` (a :class:`~lcpaq.ir.layers.QuantLayer`: its op and geometry, not
+        only its kind) has an integer kernel in this family. Default: its op kind has one."""
+        return layer.kind in self.integer_kernels
+
+    def layer_precisions(self, gm: "fx.GraphModule", layer: Any, target: Target) -> Executable:
+        """The precisions this family executes for ``layer`` on ``target``: float always, and,
+        where the layer has an integer kernel, each precision the target offers for its kind
+        that the kernel computes (:meth:`executes`). Float alone comes with why."""
+        fp32 = BitAssignment(FLOAT_BITS, FLOAT_BITS)
+        if not self.has_integer_kernel(gm, layer):
+            return Executable((fp32,), f"backend {self.name!r} has no integer kernel for {describe_layer(gm, layer)}")
+        bits = tuple(c for c in target.candidates(layer.kind) if c != fp32 and self.executes(layer.kind, c))
+        why = "" if bits else f"backend {self.name!r} executes none of the precisions target {target.name!r} offers for {layer.kind} layers"
+        return Executable((*bits, fp32), why)
+
     # -- lowering and compilation --------------------------------------------------------------
     @property
     @abstractmethod
@@ -135,6 +151,21 @@ class Backend(ABC):
     def device_name(self, target: Target) -> str:
         """The device, in words, for latency tables and reports."""
         return f"{host_cpu_name()} ({os.cpu_count()} logical CPUs)" if target.device == "local" else target.device
+
+
+def describe_layer(gm: "fx.GraphModule", layer: Any) -> str:
+    """A layer in words, for messages: its kind and op, with a conv's groups, dilation and kernel."""
+    from lcpaq.backends.common.op_args import conv_geometry
+    from lcpaq.ir.capture import get_attr
+
+    text = f"{layer.kind} {layer.name} ({layer.node.target}"
+    if layer.kind == "conv" and layer.weight is not None:
+        geo = conv_geometry(layer.node)
+        kernel = "x".join(str(k) for k in get_attr(gm, layer.weight_name).shape[2:])
+        if geo is not None:
+            text += f", groups={geo['groups']}, dilation={geo['dilation']}"
+        text += f", kernel {kernel}"
+    return text + ")"
 
 
 class LayerTimer(ABC):

@@ -8,9 +8,11 @@ A library written by :meth:`BuiltModel.export` is loaded back with :func:`load_l
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sys
 import tempfile
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -25,19 +27,36 @@ from lcpaq.backends.common.backend import Device, backend_for
 from lcpaq.backends.common.integerize import integerize
 from lcpaq.backends.common.relax_lower import lower_to_relax
 from lcpaq.hw_targets.target import Target
-from lcpaq.ir.errors import ConfigError, CorruptFileError
+from lcpaq.ir.errors import ConfigError, CorruptFileError, debugging
 
 
 @contextlib.contextmanager
 def native_stderr_quiet() -> Iterator[None]:
-    """Silence what TVM's C++ runtime logs to stderr (``Scope Saving/Loaded`` warnings, one per
-    constant, on export and load) for the duration of the block; Python errors still raise."""
+    """Silence what TVM's native code writes to file descriptor 2 for the duration of the block
+    (``Scope Saving/Loaded`` per constant on export and load, "BlockBuilder destroyed with
+    remaining blocks!", "Fast mode segfaults ..." from ``take``, MetaSchedule's logs), unless
+    lcpaq runs with ``--debug``. Python's ``sys.stderr`` keeps the real stream (progress bars and
+    warnings still show), Python errors still raise, and what a failure leaves to be destroyed
+    (TVM objects in the traceback's frames, whose destructors log) is released inside the block."""
+    if debugging():
+        yield
+        return
     sys.stderr.flush()
     saved = os.dup(2)
+    python_stderr = sys.stderr
     try:
-        with open(os.devnull, "w") as null:
+        with open(os.devnull, "w") as null, os.fdopen(os.dup(saved), "w", closefd=True) as visible:
             os.dup2(null.fileno(), 2)
-            yield
+            sys.stderr = visible
+            try:
+                yield
+            except BaseException as exc:
+                traceback.clear_frames(exc.__traceback__)
+                gc.collect()
+                raise
+            finally:
+                visible.flush()
+                sys.stderr = python_stderr
     finally:
         os.dup2(saved, 2)
         os.close(saved)
@@ -59,6 +78,7 @@ class BuiltModel:
     integer_graph: fx.GraphModule | None = None
     input_dtypes: list[str] | None = None
     schedule_choices: dict[str, str] | None = None  # tuned builds: kernel tag -> "tuned" or "hand" (faster)
+    float_fallbacks: dict[str, str] | None = None  # node (of the captured graph) that runs in float -> why
 
     def __post_init__(self) -> None:
         self._vm: relax.VirtualMachine | None = None
@@ -131,10 +151,12 @@ def build_model(
         shapes = [(batch, *s[1:]) for s in shapes]
     ig = integerize(gm, backend.conventions)
     choices: dict[str, str] = {}
-    mod = lower_to_relax(ig, shapes, backend, tvm_target, trials, dtypes, choices)
-    kernels = sum(1 for gv in mod.functions if gv.name_hint.startswith("lcpaq_"))
-    executable = backend.compile(mod, tvm_target)
-    return BuiltModel(executable, device, shapes, target.name, kernels, ig, dtypes, choices)
+    fallbacks: dict[str, str] = {}
+    with native_stderr_quiet():  # TVM's native warnings and tuning logs: shown with --debug only
+        mod = lower_to_relax(ig, shapes, backend, tvm_target, trials, dtypes, choices, fallbacks)
+        kernels = sum(1 for gv in mod.functions if gv.name_hint.startswith("lcpaq_"))
+        executable = backend.compile(mod, tvm_target)
+    return BuiltModel(executable, device, shapes, target.name, kernels, ig, dtypes, choices, fallbacks)
 
 
 def load_library(path: str | Path, target: Target, input_shapes: Sequence[Sequence[int]],

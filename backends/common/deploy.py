@@ -1,11 +1,14 @@
 """Build a quantized configuration for its target, check it and measure its latency.
 
 Used by ``lcpaq quantize`` (the report's ``deployment`` section), ``lcpaq build`` and the
-profiler. A configuration the backend cannot lower is reported with the one-line reason, not
-raised: the quantization result stays valid.
+profiler. A configuration that cannot be built, run or exported is reported with a one-line
+reason, not raised, whatever raised it (an LcpaqError, or TVM's own errors): the quantization
+result stays valid. With ``--debug`` the traceback is logged.
 """
 from __future__ import annotations
 
+import logging
+import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,7 +20,7 @@ from lcpaq.backends.common.build import build_model
 from lcpaq.backends.common.measure import measure_latency
 from lcpaq.hw_targets.latency_table import LatencyTable
 from lcpaq.hw_targets.target import Target
-from lcpaq.ir.errors import LcpaqError
+from lcpaq.ir.errors import LOGGER, LcpaqError, one_line
 from lcpaq.ir.metrics import first_output
 from lcpaq.passes.cost_model import assignment_of
 
@@ -33,12 +36,30 @@ def deploy(
 ) -> dict[str, Any]:
     """Build ``gm`` (batch 1), check it bit-exactly against its integer reference, compare its
     output with the fp32 model, measure its latency and, with a latency table, set the measured
-    latency beside the table's prediction. With ``library``, export the shared library there."""
-    inputs = [x[:1] for x in example_inputs]
+    latency beside the table's prediction. With ``library``, export the shared library there.
+    Any failure is ``{"built": False, "reason": one line}``; an interrupt still propagates."""
     try:
-        built = build_model(gm, inputs, target, trials=trials)
+        return _deploy(gm, example_inputs, fp32_model, target, table, trials, library, repeats)
     except LcpaqError as exc:
+        _log_failure(target)
         return {"built": False, "reason": str(exc)}
+    except Exception as exc:  # noqa: BLE001 (TVM raises its own error types, with C++ tracebacks)
+        _log_failure(target)
+        return {"built": False, "reason": one_line(exc)}
+
+
+def _log_failure(target: Target) -> None:
+    """The traceback, for ``--debug``: as text, so no log record keeps TVM's objects alive."""
+    if LOGGER.isEnabledFor(logging.DEBUG):
+        LOGGER.debug("building for %s failed:\n%s", target.name, traceback.format_exc().rstrip())
+
+
+def _deploy(
+    gm: fx.GraphModule, example_inputs: Sequence[Any], fp32_model: torch.nn.Module, target: Target,
+    table: LatencyTable | None, trials: int, library: str | Path | None, repeats: int,
+) -> dict[str, Any]:
+    inputs = [x[:1] for x in example_inputs]
+    built = build_model(gm, inputs, target, trials=trials)
     y = np.asarray(built.run(*inputs))
     with torch.no_grad():
         ref_int = first_output(built.integer_graph(*inputs)).numpy()
@@ -55,6 +76,7 @@ def deploy(
         "latency_ms": round(latency.median * 1e3, 4),
         "latency_p10_ms": round(latency.p10 * 1e3, 4),
         "latency_p90_ms": round(latency.p90 * 1e3, 4),
+        "float_nodes": built.float_fallbacks,
     }
     if table is not None:
         try:

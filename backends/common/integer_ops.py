@@ -16,6 +16,8 @@ import torch
 from lcpaq.backends.common import integer_ref as ir
 
 INT32_RANGE = (ir.INT32_MIN, ir.INT32_MAX)
+#: Node meta key of an integer-graph op computed in float: why it has no integer form.
+FLOAT_REASON = "lcpaq.float_reason"
 
 
 _DTYPES = {"uint8": torch.uint8, "int8": torch.int8, "int32": torch.int32}

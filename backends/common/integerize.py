@@ -15,9 +15,12 @@ result is a new ``fx.GraphModule`` (the input is not changed) in which
 * a residual ``add`` whose result is quantized is a ``qadd``: a conv feeding it requantizes to
   int32 on a scale 2^8 finer than the add's output domain, the other input is rescaled, and the
   sum is requantized once (integer only);
+* ``x @ W`` with a constant 2-d ``W`` is a ``qlinear`` (weight ``W^T``);
 * float enters once (``quantize`` of the model input) and leaves once (``dequantize`` of each
-  output); layers left in float (32 bits), and any op without an integer form, run in float on
-  dequantized inputs (the graph stays correct; backends may not lower every float op). 16-bit
+  output); layers left in float (32 bits), quantized convs without an integer form (dilated,
+  per-axis stride or padding, not 2-d: they run on their fake-quantized weights), and any op
+  without an integer form, run in float on dequantized inputs, each node marked with the reason
+  (:mod:`lcpaq.backends.common.integer_forms`; backends may not lower every float op). 16-bit
   quantizers have no integer kernel: their layers run in float on fake-quantized weights, and
   the 16-bit rounding of their activations is not applied.
 
@@ -34,8 +37,12 @@ import torch.fx as fx
 
 from lcpaq.backends.common import integer_ops as iops
 from lcpaq.backends.common.backend import Conventions
+from lcpaq.backends.common import integer_forms as forms
+from lcpaq.backends.common.integer_forms import (
+    CLAMP_OPS, DOMAIN_PRESERVING, GLOBAL_POOL_OPS, IDENTITY_OPS, RELU6_OPS, RELU_OPS, RESHAPE_OPS,
+)
 from lcpaq.backends.common.integer_ref import INT32_MAX, INT32_MIN, quantize_multiplier, requant_params
-from lcpaq.backends.common.op_args import conv_args, is_global_pool, keepdim, pool_args, source_location
+from lcpaq.backends.common.op_args import conv_args, is_global_pool, keepdim, pool_args, pool_reason, source_location
 from lcpaq.ir.capture import get_attr
 from lcpaq.ir.errors import LoweringError
 from lcpaq.ir.layers import ADD_OPS, CONV_OPS, LINEAR_OPS, MATMUL_OPS, is_quantizer
@@ -47,15 +54,6 @@ aten = torch.ops.aten
 
 #: Extra bits of precision of a conv output that a residual add consumes (int32 codes).
 FINE_BITS = 8
-RELU_OPS = {aten.relu.default, aten.relu_.default}
-RELU6_OPS = {aten.relu6.default, aten.relu6_.default} if hasattr(aten, "relu6_") else {aten.relu6.default}
-CLAMP_OPS = {aten.hardtanh.default, aten.hardtanh_.default, aten.clamp.default} | RELU6_OPS
-IDENTITY_OPS = {aten.dropout.default, aten.clone.default, aten.contiguous.default, aten.detach.default}
-RESHAPE_OPS = {aten.flatten.using_ints, aten.view.default, aten.reshape.default}
-GLOBAL_POOL_OPS = {aten.adaptive_avg_pool2d.default, aten.mean.dim}
-#: Ops that keep the meaning of codes (and the range of values): a target domain is looked for
-#: through them.
-DOMAIN_PRESERVING = RELU_OPS | CLAMP_OPS | IDENTITY_OPS | RESHAPE_OPS | {aten.max_pool2d.default}
 
 
 @dataclass(frozen=True)
@@ -73,6 +71,13 @@ def _finer(target: "CodeDomain | Fine | None") -> "Fine | None":
     if isinstance(target, CodeDomain):
         return Fine(target)
     return target
+
+
+def _two_values(add: fx.Node) -> bool:
+    """An add of two computed values (no constant, scalar or alpha): a residual add."""
+    a = add.args[:2]
+    return (len(add.args) == 2 and add.kwargs.get("alpha", 1) == 1
+            and all(isinstance(v, fx.Node) and v.op != "get_attr" for v in a))
 
 
 @dataclass
@@ -139,7 +144,9 @@ class Integerizer:
             if is_quantizer(user) and QUANTIZER.get(user).role == "act":
                 fq = self.module(user)
                 found.append(act_domain(fq, self.act_dtype) if fq.spec.bits <= self.bits else None)
-            elif user.op == "call_function" and user.target in ADD_OPS | GLOBAL_POOL_OPS:
+            elif user.op == "call_function" and user.target in ADD_OPS and not _two_values(user):
+                found.append(None)  # a model constant or a scalar added: a float add
+            elif user.op == "call_function" and (user.target in ADD_OPS or user.target in GLOBAL_POOL_OPS and is_global_pool(user)):
                 # a sum or a mean has a narrower range than its inputs: they get finer int32 codes
                 found.append(_finer(self.target_domain(user)))
             elif user.op == "call_function" and user.target in DOMAIN_PRESERVING:
@@ -214,8 +221,9 @@ class Integerizer:
 
     def lower_call(self, node: fx.Node) -> Value:
         t = node.target
-        if t in CONV_OPS | LINEAR_OPS and self._quantized_layer(node):
-            return self.lower_layer(node)
+        if (t in CONV_OPS | LINEAR_OPS or forms.constant_matmul(self.gm, node)) and self._quantized_layer(node):
+            why = forms.layer_reason(self.gm, node)
+            return self.lower_layer(node) if why is None else self.lower_float(node, why)
         if t in MATMUL_OPS and self._quantized_acts(node):
             return self.lower_matmul(node)
         if t in RELU_OPS | CLAMP_OPS and self.value(node.args[0]).domain is not None:
@@ -226,7 +234,7 @@ class Integerizer:
             return self.value(node.args[0])
         x = self.value(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
         if x is not None and x.domain is not None:
-            if t is aten.max_pool2d.default:
+            if t is aten.max_pool2d.default and pool_reason(node) is None:
                 k, s, p = pool_args(node)
                 return self.emit(iops.max_pool2d, (x.node, k, s, p), {}, x.domain, node)
             if t in GLOBAL_POOL_OPS and is_global_pool(node):
@@ -236,16 +244,26 @@ class Integerizer:
                 return pooled
             if t in RESHAPE_OPS:
                 return self.emit(t, (x.node, *node.args[1:]), dict(node.kwargs), x.domain, node)
-        return self.lower_float(node)
+        return self.lower_float(node, self._float_reason(node))
 
-    def lower_float(self, node: fx.Node) -> Value:
-        """Any other op, in float32 on dequantized inputs."""
+    def lower_float(self, node: fx.Node, reason: str | None = None) -> Value:
+        """Any other op, in float32 on dequantized inputs (a quantized layer reads its
+        fake-quantized weight); ``reason`` (why there is no integer form) goes into the node's meta."""
         def arg(a: Any) -> Any:
             return self.to_float(self.value(a), node).node
 
         args = fx.node.map_arg(node.args, arg)
         kwargs = fx.node.map_arg(node.kwargs, arg)
-        return self.emit(node.target, args, kwargs, None, node)
+        v = self.emit(node.target, args, kwargs, None, node)
+        v.node.meta[iops.FLOAT_REASON] = reason or self._float_reason(node)
+        return v
+
+    def _float_reason(self, node: fx.Node) -> str:
+        """Why ``node`` runs in float (it reaches :meth:`lower_float`)."""
+        def codes(a: fx.Node) -> bool:
+            return a.op != "get_attr" and a in self.env and self.value(a).domain is not None
+
+        return forms.float_reason(self.gm, node, self.bits, codes)
 
     def _quantized_layer(self, node: fx.Node) -> bool:
         x, w = node.args[0], node.args[1]
@@ -256,6 +274,7 @@ class Integerizer:
         ops = node.args[:2]
         return len(node.args) == 2 and all(
             isinstance(a, fx.Node) and is_quantizer(a) and QUANTIZER.get(a).role == "act" and self.module(a).spec.bits <= self.bits
+            and getattr(a.meta.get("val"), "ndim", 2) >= 2  # a 1-d operand (a dot product) stays float
             for a in ops
         )
 
@@ -293,10 +312,13 @@ class Integerizer:
         if spec.bits > self.bits or not spec.symmetric:
             raise LoweringError(f"{node.name}{source_location(node)}: {spec.bits}-bit weights have no int8 kernel")
         w_codes = quantize_codes(weight.detach(), fq_w.scale, fq_w.zero_point, spec).to(torch.int8)
-        out_ch = weight.shape[0]
+        linear = node.target in LINEAR_OPS or node.target in MATMUL_OPS
+        if node.target in MATMUL_OPS:  # x @ W[K, N]: the linear with weight W^T (channels last)
+            w_codes = w_codes.T.contiguous()
+        out_ch = w_codes.shape[0]
         w_scale = fq_w.scale.flatten().expand(out_ch) if fq_w.scale.numel() == 1 else fq_w.scale.flatten()
         acc_scale = x.domain.scale * w_scale.double()
-        bias_arg = node.args[2] if len(node.args) > 2 else None
+        bias_arg = node.args[2] if len(node.args) > 2 and node.target not in MATMUL_OPS else None
         bias = None
         if isinstance(bias_arg, fx.Node):
             real = get_attr(self.gm, str(bias_arg.target)).detach().double()
@@ -318,14 +340,14 @@ class Integerizer:
             self.const(f"{label}_w", w_codes), self.const(f"{label}_b", bias) if bias is not None else None,
             self.const(f"{label}_m", mult), self.const(f"{label}_s", shift),
         )
-        if node.target in LINEAR_OPS:
+        if linear:
             v = self.emit(iops.qlinear, (x.node, *tensors), dict(x_zp=x.domain.zero_point, **kw_out), out, node)
         else:
             geo = conv_args(node)
             v = self.emit(iops.qconv2d, (x.node, *tensors), dict(x_zp=x.domain.zero_point, **geo, **kw_out), out, node)
         if out is None:
             scales = self.const(f"{label}_acc_scale", acc_scale.float())
-            axis = -1 if node.target in LINEAR_OPS else 1
+            axis = -1 if linear else 1
             return self.emit(iops.dequantize_channels, (v.node, scales), {"axis": axis}, None, node)
         return v
 

@@ -32,8 +32,8 @@ def conv_geometry(node: fx.Node) -> dict[str, int] | None:
     """stride, padding, dilation, groups of a 2-d conv node when each is one int (symmetric), else None."""
     a = list(node.args)
     if node.target is aten.convolution.default:  # (x, w, b, stride, padding, dilation, transposed, out_pad, groups)
-        if a[6]:
-            return None
+        if a[6] or any(isinstance(v, (list, tuple)) and len(v) != 2 for v in a[3:6]):
+            return None  # transposed, or not 2-d (the lists have one entry per spatial dim)
         vals = (a[3], a[4], a[5], a[8])
     elif node.target is aten.conv2d.default:  # (x, w, b=None, stride=1, padding=0, dilation=1, groups=1)
         defaults = [None, None, None, 1, 0, 1, 1]
@@ -73,6 +73,15 @@ def pool_args(node: fx.Node) -> tuple[int, int, int]:
     return k, s, p
 
 
+def pool_reason(node: fx.Node) -> str | None:
+    """Why a max_pool2d node has no integer form (None if it has one)."""
+    try:
+        pool_args(node)
+    except LoweringError as exc:
+        return str(exc).split(": ", 1)[-1]
+    return None
+
+
 def _single(v: Any, node: fx.Node) -> int:
     if isinstance(v, int):
         return v
@@ -82,10 +91,26 @@ def _single(v: Any, node: fx.Node) -> int:
 
 
 def is_global_pool(node: fx.Node) -> bool:
+    """An average over H and W of a 4-d value: ``adaptive_avg_pool2d(x, 1)`` or ``mean`` over
+    dims (2, 3) (negative dims counted from the input's rank, when its shape is known)."""
     if node.target is aten.adaptive_avg_pool2d.default:
         return list(node.args[1]) in ([1, 1], [1])
-    dims = sorted(d % 4 for d in node.args[1])
-    return dims == [2, 3]
+    if node.target is not aten.mean.dim or len(node.args) < 2 or not isinstance(node.args[1], (list, tuple)):
+        return False
+    val = node.args[0].meta.get("val") if isinstance(node.args[0], fx.Node) else None
+    rank = val.dim() if hasattr(val, "dim") else 4
+    return rank == 4 and sorted(d % rank for d in node.args[1]) == [2, 3]
+
+
+def integer_conv_reason(node: fx.Node) -> str | None:
+    """Why a conv node has no integer form (None if it has one): integer convs are 2-d, not
+    transposed, with one stride, one padding (symmetric) and no dilation; any groups, any kernel."""
+    geo = conv_geometry(node)
+    if geo is None:
+        return "conv that is not 2-d, is transposed, or has per-axis stride / padding / dilation"
+    if geo["dilation"] != 1:
+        return f"dilated conv (dilation={geo['dilation']})"
+    return None
 
 
 def keepdim(node: fx.Node) -> bool:

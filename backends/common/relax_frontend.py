@@ -1,6 +1,7 @@
 """Lowerings every backend shares: TVM's own PyTorch-frontend converters for float ops that no
 lowering of the family handles (:class:`FrontendFallback`), and plain Relax lowerings of copies,
-casts and masks registered in :data:`COMMON`.
+casts, masks and selects registered in :data:`COMMON` (where the frontend's converter is wrong or
+cannot read our layouts). Values reach the frontend in their logical layout, channel padding dropped.
 """
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 import torch.fx as fx
 from tvm import relax
 
-from lcpaq.backends.common.relax_lower import LoweringTable, NotThisForm, RelaxLowering, RVal, channels_of
+from lcpaq.backends.common.relax_lower import LoweringTable, NotThisForm, RelaxLowering, RVal, channels_of, logical
 from lcpaq.ir.errors import LoweringError
 
 aten = torch.ops.aten
@@ -34,16 +35,7 @@ class FrontendFallback:
             if arg in lw.scalars:
                 env[arg] = lw.scalars[arg]
                 continue
-            if arg.op == "get_attr":  # a constant of the model (embedding table, position ids, ...)
-                env[arg] = relax.const(lw.tensor(arg).detach().contiguous().numpy())
-                continue
-            v = lw.env[arg]
-            if v.dtype in ("uint8", "int32") and v.cp != v.channels:
-                raise LoweringError(f"{node.name}: {name} reads padded integer codes")
-            expr = v.expr
-            if len(v.shape) == 4 and v.layout == "NHWC":
-                expr = lw.bb.emit(relax.op.permute_dims(expr, [0, 3, 1, 2]))
-            env[arg] = expr
+            env[arg] = logical(lw, lw.env[arg]).expr  # NCHW, channel padding dropped
         self.importer.block_builder, self.importer.env = lw.bb, env
         try:
             out = convert(node)
@@ -89,3 +81,18 @@ def _where_scalar(lw: RelaxLowering, node: fx.Node) -> RVal:
     shape = tuple(int(d) for d in torch.broadcast_shapes(cond.shape, x.shape))
     c = cond.expr if cond.dtype == "bool" else lw.bb.emit(relax.op.astype(cond.expr, "bool"))  # frontend masks may be int
     return RVal(lw.bb.emit(relax.op.where(c, x.expr, other)), shape, x.dtype, shape[-1] if shape else 1, "NCHW")
+
+
+@COMMON.register(aten.select.int)
+def _select(lw: RelaxLowering, node: fx.Node) -> RVal:
+    """``x[..., i, ...]`` (TVM's frontend converter passes a negative ``i`` to ``take`` as is,
+    which reads out of bounds: ``out[:, -1]`` after an LSTM); the index is normalized here."""
+    x = logical(lw, lw.env[node.args[0]])
+    if not x.shape or x.dtype == "tuple":
+        raise NotThisForm("select of a scalar or tuple")
+    dim, index = int(node.args[1]) % len(x.shape), int(node.args[2])
+    if not -x.shape[dim] <= index < x.shape[dim]:
+        raise LoweringError(f"{node.name}: index {index} is out of range for dimension {dim} of size {x.shape[dim]}")
+    shape = x.shape[:dim] + x.shape[dim + 1:]
+    y = lw.bb.emit(relax.op.take(x.expr, relax.const(index % x.shape[dim], "int64"), axis=dim))
+    return RVal(y, shape, x.dtype, channels_of(shape), "NCHW")

@@ -7,8 +7,11 @@ A :class:`LoweringTable` maps integer-graph ops to lowerings (as TVM's per-targe
 ``call_tir`` of a scheduled kernel, so the module is plumbing between the family's kernels;
 equal kernels (same key) are added once. An op no lowering handles goes to TVM's own PyTorch
 frontend converters (the table's fallback, :class:`~lcpaq.backends.common.relax_frontend.FrontendFallback`); an op
-neither handles is a LoweringError naming the node. Measuring is separate
-(:mod:`lcpaq.backends.common.measure`).
+neither handles is a LoweringError naming the node. A lowering declines a form of its op it does
+not handle by raising :class:`NotThisForm` with the reason; every node that runs in float is
+recorded with why (:attr:`RelaxLowering.float_fallbacks`, ``BuiltModel.float_fallbacks``). A model
+constant used as an operand (a position embedding) becomes a Relax constant. Measuring is
+separate (:mod:`lcpaq.backends.common.measure`).
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import torch.fx as fx
 import tvm
 from tvm import relax
 
+from lcpaq.backends.common import integer_ops as iops
 from lcpaq.ir.capture import get_attr
 from lcpaq.ir.errors import LoweringError
 
@@ -31,6 +35,8 @@ OPAQUE = 8
 #: The attribute TVM's passes (dlight, MetaSchedule) read to leave a function's schedule alone.
 SCHEDULED = "tirx.is_scheduled"
 aten = torch.ops.aten
+#: Ops that only convert codes to float at the edges of the integer part: not float compute.
+_BOUNDARY_OPS = (iops.dequantize, iops.dequantize_channels)
 
 
 def round_up(n: int, m: int) -> int:
@@ -67,6 +73,24 @@ class RVal:
 def channels_of(shape: tuple[int, ...]) -> int:
     """Dim 1 of a 4-d (NCHW) shape, else the last dimension (1 for a scalar)."""
     return shape[1] if len(shape) == 4 else (shape[-1] if shape else 1)
+
+
+class _Env(dict):
+    """Lowered values by node; a model constant (``get_attr``) used as an operand becomes a
+    Relax constant in its logical layout on first use (a position embedding added to tokens)."""
+
+    def __init__(self, lw: "RelaxLowering") -> None:
+        super().__init__()
+        self._lw = lw
+
+    def __missing__(self, node: fx.Node) -> RVal:
+        if not isinstance(node, fx.Node) or node.op != "get_attr":
+            raise KeyError(node)
+        t = self._lw.tensor(node).detach().contiguous()
+        shape = tuple(int(d) for d in t.shape)
+        v = RVal(relax.const(t.numpy()), shape, str(t.dtype).replace("torch.", ""), channels_of(shape), "NCHW")
+        self[node] = v
+        return v
 
 
 class NotThisForm(Exception):
@@ -120,11 +144,12 @@ class RelaxLowering:
                  tvm_target: tvm.target.Target | None = None, trials: int = 0) -> None:
         self.ig, self.inputs, self.backend, self.tvm_target, self.trials = ig, inputs, backend, tvm_target, trials
         self.bb = relax.BlockBuilder()
-        self.env: dict[fx.Node, RVal] = {}
+        self.env: dict[fx.Node, RVal] = _Env(self)
         self._funcs: dict[tuple, relax.GlobalVar] = {}
         self.state: dict[str, Any] = {}  # per-module state of lowerings (e.g. the frontend's importer)
         self.scalars: dict[fx.Node, int] = {}  # symbolic sizes of the captured graph, fixed by the build
         self.schedule_choices: dict[str, str] = {}  # tuned kernels: whether the tuned or the hand schedule ran faster
+        self.float_fallbacks: dict[str, str] = {}  # source node -> why it runs in float (see :meth:`lower`)
 
     def tensor(self, node: Any) -> torch.Tensor | None:
         return None if node is None else get_attr(self.ig, str(node.target))
@@ -161,6 +186,8 @@ class RelaxLowering:
                 for node in self.ig.graph.nodes:
                     if node.op == "call_function" and node.target is aten.sym_size.int:  # static here
                         self.scalars[node] = self.env[node.args[0]].shape[node.args[1]]
+                    elif node.op == "call_function" and self._size_arithmetic(node):  # e.g. batch * 4: static too
+                        self.scalars[node] = node.target(*(self.scalars.get(a, a) for a in node.args))
                     elif node.op == "call_function":
                         self.env[node] = self.lower(node)
                     elif node.op == "output":
@@ -168,20 +195,40 @@ class RelaxLowering:
             self.bb.emit_func_output(out)
         return self.bb.get()
 
+    def _size_arithmetic(self, node: fx.Node) -> bool:
+        """Python arithmetic (``operator.mul``...) on sizes fixed by the build."""
+        return getattr(node.target, "__module__", None) in ("_operator", "operator", "math") and not node.kwargs and all(
+            a in self.scalars if isinstance(a, fx.Node) else isinstance(a, (int, float)) for a in node.args
+        )
+
     def lower(self, node: fx.Node) -> RVal:
-        """The backend's lowering of the node's op (then its parents'); else TVM's frontend converter."""
+        """The backend's lowering of the node's op (then its parents'); else TVM's frontend
+        converter. Every node that computes in float (other than a dequantize) or goes to the
+        frontend is recorded in :attr:`float_fallbacks` with the reason."""
+        declined: list[str] = []
         for fn in self.backend.lowerings.chain(node.target):
             try:
-                return fn(self, node)
-            except NotThisForm:
+                v = fn(self, node)
+            except NotThisForm as exc:
+                declined.append(str(exc))
                 continue
+            if v.dtype == "float32" and node.target not in _BOUNDARY_OPS:
+                self._note(node, f"{self.backend.name} float kernel")
+            return v
         fallback = self.backend.lowerings.fallback
         v = fallback(self, node) if fallback is not None else None
+        name = op_name(node)
         if v is None:
-            name = getattr(node.target, "__name__", str(node.target))
             src = node.meta.get("lcpaq.source", node.name)
             raise LoweringError(f"no TVM lowering for {name} (from node {src}); the integer graph runs it in float")
+        why = "; ".join(d for d in declined if d) or f"{self.backend.name} has no lowering of {name}"
+        self._note(node, f"TVM frontend converter ({why})")
         return v
+
+    def _note(self, node: fx.Node, how: str) -> None:
+        src = str(node.meta.get("lcpaq.source", node.name))
+        reason = node.meta.get(iops.FLOAT_REASON) or f"no integer form of {op_name(node)}"
+        self.float_fallbacks.setdefault(src, f"{reason}; {how}")
 
     def output(self, arg: Any) -> relax.Expr:
         if isinstance(arg, (tuple, list)):
@@ -192,6 +239,48 @@ class RelaxLowering:
         if len(v.shape) == 4 and v.layout == "NHWC":
             return self.bb.emit(relax.op.permute_dims(v.expr, [0, 3, 1, 2]))
         return v.expr
+
+
+def op_name(node: fx.Node) -> str:
+    """``conv2d``, ``layer_norm``...: the op's name as errors and reasons print it."""
+    name = getattr(node.target, "__name__", None) or str(node.target)
+    return name.split(".")[0]
+
+
+def logical(lw: RelaxLowering, v: RVal) -> RVal:
+    """``v`` in its logical layout (4-d: NCHW) without channel padding."""
+    if not v.shape or v.dtype == "tuple":
+        return v
+    expr = v.expr
+    if len(v.shape) == 4 and v.layout == "NHWC":
+        expr = lw.bb.emit(relax.op.permute_dims(expr, [0, 3, 1, 2]))
+        if v.cp != v.channels:
+            expr = lw.bb.emit(relax.op.strided_slice(expr, axes=[1], begin=[0], end=[v.channels]))
+        return RVal(expr, v.shape, v.dtype, v.channels, "NCHW")
+    if len(v.shape) != 4 and v.cp != v.shape[-1]:
+        expr = lw.bb.emit(relax.op.strided_slice(expr, axes=[len(v.shape) - 1], begin=[0], end=[v.shape[-1]]))
+        return RVal(expr, v.shape, v.dtype, v.shape[-1], v.layout)
+    return v
+
+
+def pad_last(lw: RelaxLowering, expr: relax.Expr, phys: tuple[int, ...], to: int) -> relax.Expr:
+    """``expr`` (stored shape ``phys``) with its last dimension zero-padded to ``to``."""
+    if phys[-1] >= to:
+        return expr
+    return lw.bb.emit(relax.op.nn.pad(expr, [0, 0] * (len(phys) - 1) + [0, to - phys[-1]]))
+
+
+def nhwc(lw: RelaxLowering, v: RVal, multiple: int = 1, at_least: int = 0) -> RVal:
+    """4-d ``v`` stored NHWC with a channel count that is a multiple of ``multiple`` and at least
+    ``at_least`` (added channels are zero: they meet zero weights)."""
+    if len(v.shape) != 4:
+        raise LoweringError(f"expected a 4-d value, got {v.shape}")
+    if v.layout == "NCHW":
+        v = RVal(lw.bb.emit(relax.op.permute_dims(v.expr, [0, 2, 3, 1])), v.shape, v.dtype, v.channels, "NHWC")
+    cp = round_up(max(v.cp, at_least), multiple)
+    if cp == v.cp:
+        return v
+    return RVal(pad_last(lw, v.expr, v.phys, cp), v.shape, v.dtype, cp, "NHWC")
 
 
 def codes(lw: RelaxLowering, node: fx.Node, i: int = 0) -> RVal:
@@ -205,11 +294,13 @@ def codes(lw: RelaxLowering, node: fx.Node, i: int = 0) -> RVal:
 def lower_to_relax(
     ig: fx.GraphModule, input_shapes: list[tuple[int, ...]], backend: "Backend", tvm_target: tvm.target.Target | None = None,
     trials: int = 0, input_dtypes: list[str] | None = None, schedule_choices: dict[str, str] | None = None,
+    float_fallbacks: dict[str, str] | None = None,
 ) -> tvm.IRModule:
     """The Relax module ``main(*inputs) -> float32 output(s)`` of an integer graph, lowered by
     ``backend`` (inputs float32 unless ``input_dtypes`` says otherwise, e.g. int64 token ids).
     With ``trials`` > 0, tunable kernels are tuned for ``tvm_target``; which schedule each kept
-    goes into ``schedule_choices``.
+    goes into ``schedule_choices``; every node that runs in float, with the reason, into
+    ``float_fallbacks`` (source node name -> reason).
 
     Raises LoweringError naming the node for an op without a lowering."""
     dtypes = input_dtypes or ["float32"] * len(input_shapes)
@@ -217,4 +308,6 @@ def lower_to_relax(
     mod = lowering.run()
     if schedule_choices is not None:
         schedule_choices.update(lowering.schedule_choices)
+    if float_fallbacks is not None:
+        float_fallbacks.update(lowering.float_fallbacks)
     return mod

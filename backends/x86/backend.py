@@ -5,17 +5,20 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import torch.fx as fx
 import tvm
 
 from lcpaq.backends.common.backend import Backend, Conventions, Device, LayerTimer, register_backend
 from lcpaq.backends.common.relax_lower import LoweringTable
 from lcpaq.backends.common.tuning import cached_schedule, faster_schedule, tuning_dir
+from lcpaq.backends.x86 import integer_layers
 from lcpaq.backends.x86.lowerings import LOWERINGS
 from lcpaq.backends.x86.pipeline import compile_module
 from lcpaq.backends.x86.timing import X86LayerTimer
 from lcpaq.backends.x86.tune import kernel_ms, tuning_rules
 from lcpaq.backends.x86.vnni import DEPTH, LANES, resolve_tvm_target
 from lcpaq.hw_targets.target import Target
+from lcpaq.ir.layers import QuantLayer
 
 
 @register_backend
@@ -23,6 +26,9 @@ class X86VnniBackend(Backend):
     name = "x86-vnni"
     conventions = Conventions(act_dtype="uint8", integer_bits=8, in_multiple=DEPTH, out_multiple=LANES)
     integer_kernels = {"conv": (8,), "linear": (8,), "matmul": (8,)}
+
+    def has_integer_kernel(self, gm: fx.GraphModule, layer: QuantLayer) -> bool:
+        return integer_layers.has_integer_kernel(gm, layer)
 
     def tvm_target(self, target: Target) -> tvm.target.Target:
         return resolve_tvm_target(target.tvm_target)

@@ -112,23 +112,30 @@ def pad_nhwc(x: te.Tensor, padding: int, value: Any, name: str = "pad") -> te.Te
     )
 
 
+def kernel_hw(kernel: int | tuple[int, int]) -> tuple[int, int]:
+    """``(KH, KW)`` of a square (int) or rectangular kernel size."""
+    return (kernel, kernel) if isinstance(kernel, int) else (int(kernel[0]), int(kernel[1]))
+
+
 def qconv2d_func(
-    shape: tuple[int, int, int, int], out_channels: int, kernel: int, stride: int, padding: int, out_dtype: str = "uint8"
+    shape: tuple[int, int, int, int], out_channels: int, kernel: int | tuple[int, int], stride: int, padding: int,
+    out_dtype: str = "uint8",
 ) -> tvm.tirx.PrimFunc:
     """PrimFunc ``(X u8 NHWC, W [O/16, KH, KW, C/4, 16, 4], bias, multiplier, shift, qp, Y NHWC)``.
 
-    ``shape`` is the NHWC input shape; C % 4 == 0 and O % 16 == 0. Padding uses code ``qp[0]``
-    (the input zero point)."""
+    ``shape`` is the NHWC input shape; C % 4 == 0 and O % 16 == 0; ``kernel`` is KH = KW or
+    ``(KH, KW)``. Padding uses code ``qp[0]`` (the input zero point)."""
     b, h, w_, c = shape
+    kh, kw = kernel_hw(kernel)
     if c % DEPTH or out_channels % LANES:
         raise ValueError(f"VNNI conv2d needs C % 4 == 0 and O % 16 == 0, got C={c}, O={out_channels}")
-    oh, ow = conv_out_size(h, kernel, stride, padding), conv_out_size(w_, kernel, stride, padding)
+    oh, ow = conv_out_size(h, kh, stride, padding), conv_out_size(w_, kw, stride, padding)
     x = te.placeholder(shape, "uint8", name="X")
-    wt = te.placeholder((out_channels // LANES, kernel, kernel, c // DEPTH, LANES, DEPTH), "int8", name="W")
+    wt = te.placeholder((out_channels // LANES, kh, kw, c // DEPTH, LANES, DEPTH), "int8", name="W")
     qp = te.placeholder((4,), "int32", name="qp")
     xp = pad_nhwc(x, padding, qp[0].astype("uint8"))
-    rh = te.reduce_axis((0, kernel), name="rh")
-    rw = te.reduce_axis((0, kernel), name="rw")
+    rh = te.reduce_axis((0, kh), name="rh")
+    rw = te.reduce_axis((0, kw), name="rw")
     rc = te.reduce_axis((0, c), name="rc")
     acc = te.compute(
         (b, oh, ow, out_channels),
@@ -237,12 +244,12 @@ def qconv2d(
 ) -> torch.Tensor:
     """Same contract as :func:`integer_ref.conv2d` (NCHW in and out), by an untuned VNNI TVM kernel."""
     o, c, kh, kw = w_q.shape
-    if kh != kw or x_q.shape[1] != c:
-        raise ValueError(f"qconv2d needs square kernels and matching channels, got x {tuple(x_q.shape)}, w {tuple(w_q.shape)}")
+    if x_q.shape[1] != c:
+        raise ValueError(f"qconv2d needs matching channels, got x {tuple(x_q.shape)}, w {tuple(w_q.shape)}")
     x_nhwc = _pad_dim(x_q.to(torch.uint8).permute(0, 2, 3, 1).contiguous(), 3, DEPTH)
     w_p = _pad_dim(_pad_dim(w_q.to(torch.int8), 1, DEPTH), 0, LANES)
     qp = Requant(out_zp, qmin, qmax).qp(x_zp)
-    func = qconv2d_func(tuple(x_nhwc.shape), w_p.shape[0], kh, stride, padding)
+    func = qconv2d_func(tuple(x_nhwc.shape), w_p.shape[0], (kh, kw), stride, padding)
     kernel = build(schedule_qconv2d(func).mod)
     b, h, w_, _ = x_nhwc.shape
     oh, ow = conv_out_size(h, kh, stride, padding), conv_out_size(w_, kw, stride, padding)

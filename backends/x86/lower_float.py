@@ -8,12 +8,13 @@ values are NHWC, except model inputs and dequantized outputs (NCHW), converted w
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.fx as fx
 from tvm import relax
 
 from lcpaq.backends.common.op_args import conv_geometry, conv_out_size, is_global_pool, keepdim, pool_args
-from lcpaq.backends.common.relax_lower import NotThisForm, RelaxLowering, RVal, round_up
+from lcpaq.backends.common.relax_lower import NotThisForm, RelaxLowering, RVal, channels_of, logical, round_up
 from lcpaq.backends.x86.fp32 import fp32_conv_func, fp32_dense_func, schedule_fp32_conv, schedule_fp32_dense
 from lcpaq.backends.x86.lowerings import LOWERINGS
 from lcpaq.backends.x86.vnni import LANES
@@ -26,7 +27,7 @@ def _float(lw: RelaxLowering, node: fx.Node, i: int = 0) -> RVal:
     """Input ``i`` as a float value; 4-d ones in NHWC."""
     v = lw.env[node.args[i]]
     if v.dtype != "float32":
-        raise NotThisForm(f"{node.name}: {node.target} on {v.dtype}")
+        raise NotThisForm(f"x86 float lowering reads float32 values, got {v.dtype}")
     if len(v.shape) == 4 and v.layout == "NCHW":
         return RVal(lw.bb.emit(relax.op.permute_dims(v.expr, [0, 2, 3, 1])), v.shape, "float32", v.shape[1], "NHWC")
     return v
@@ -44,14 +45,23 @@ def _bias_and_slice(lw: RelaxLowering, y: relax.Expr, n: int, n_pad: int, bias: 
     return y
 
 
+def _geometry(geo: dict[str, int] | None, w_shape: tuple[int, ...]) -> str:
+    if geo is None:
+        return "per-axis stride / padding / dilation, transposed or not 2-d"
+    return f"groups={geo['groups']}, dilation={geo['dilation']}, kernel {'x'.join(str(d) for d in w_shape[2:])}"
+
+
 @LOWERINGS.register(aten.conv2d.default, aten.convolution.default)
 def _conv(lw: RelaxLowering, node: fx.Node) -> RVal:
-    x = _float(lw, node)
+    """groups=1, undilated, square convs on the fp32 kernel; any other form: TVM's frontend."""
+    if not all(isinstance(a, fx.Node) and a.op == "get_attr" for a in node.args[1:3] if a is not None):
+        raise NotThisForm("x86 fp32 conv kernel takes constant weights")
     w, bias = lw.tensor(node.args[1]), lw.tensor(node.args[2]) if len(node.args) > 2 and node.args[2] is not None else None
     geo = conv_geometry(node)
-    o, c, k, k2 = w.shape
-    if geo is None or geo["groups"] != 1 or geo["dilation"] != 1 or k != k2:
-        raise LoweringError(f"{node.name}: only dense (groups=1), undilated, square float convs are lowered")
+    if geo is None or geo["groups"] != 1 or geo["dilation"] != 1 or w.dim() != 4 or w.shape[2] != w.shape[3]:
+        raise NotThisForm(f"x86 fp32 conv kernel takes groups=1, undilated, square convs ({_geometry(geo, w.shape)})")
+    x = _float(lw, node)
+    o, c, k, _ = w.shape
     s, p = geo["stride"], geo["padding"]
     b, _, h, wd = x.shape
     o16 = round_up(o, LANES)
@@ -65,18 +75,27 @@ def _conv(lw: RelaxLowering, node: fx.Node) -> RVal:
 
 @LOWERINGS.register(aten.linear.default)
 def _linear(lw: RelaxLowering, node: fx.Node) -> RVal:
-    x = _float(lw, node)
-    if len(x.shape) != 2:
-        raise LoweringError(f"{node.name}: float linear is lowered for 2-d inputs only, got {x.shape}")
+    """Linear over the last logical dimension on the fp32 dense kernel; leading dimensions are rows."""
+    v = lw.env[node.args[0]]
+    if v.dtype != "float32" or not v.shape:
+        raise NotThisForm(f"x86 fp32 dense kernel reads float32 values, got {v.dtype} {v.shape}")
+    if not isinstance(node.args[1], fx.Node) or node.args[1].op != "get_attr":
+        raise NotThisForm("x86 fp32 dense kernel takes a constant weight")
+    x = logical(lw, v)
     w = lw.tensor(node.args[1])
     bias = lw.tensor(node.args[2]) if len(node.args) > 2 and node.args[2] is not None else None
     n, k = w.shape
-    m, n16 = x.shape[0], round_up(n, LANES)
+    lead = x.shape[:-1]
+    m, n16 = int(np.prod(lead)) if lead else 1, round_up(n, LANES)
+    expr = x.expr if len(x.shape) == 2 else lw.bb.emit(relax.op.reshape(x.expr, (m, k)))
     w_kn = torch.zeros(k, n16)
     w_kn[:, :n] = w.detach().float().T
     gv = lw.prim(("dense_fp32", m, n16, k), lambda: fp32_dense_func(m, n16, k), schedule_fp32_dense)
-    y = lw.call(gv, [x.expr, relax.const(w_kn.numpy())], (m, n16), "float32")
-    return RVal(_bias_and_slice(lw, y, n, n16, bias), (m, n), "float32", n)
+    y = _bias_and_slice(lw, lw.call(gv, [expr, relax.const(w_kn.numpy())], (m, n16), "float32"), n, n16, bias)
+    shape = (*lead, n)
+    if len(shape) != 2:
+        y = lw.bb.emit(relax.op.reshape(y, shape))
+    return RVal(y, shape, "float32", channels_of(shape), "NCHW")
 
 
 @LOWERINGS.register(aten.relu.default, aten.relu_.default)
@@ -88,24 +107,28 @@ def _relu(lw: RelaxLowering, node: fx.Node) -> RVal:
 @LOWERINGS.register(aten.hardtanh.default, aten.hardtanh_.default, aten.relu6.default)
 def _hardtanh(lw: RelaxLowering, node: fx.Node) -> RVal:
     x = _float(lw, node)
-    lo, hi = (0.0, 6.0) if node.target is aten.relu6.default else (float(node.args[1]), float(node.args[2]))
+    args = list(node.args[1:3]) + [-1.0, 1.0][len(node.args) - 1:]  # hardtanh's defaults
+    lo, hi = (0.0, 6.0) if node.target is aten.relu6.default else (float(args[0]), float(args[1]))
     return _same(x, relax.op.clip(x.expr, lo, hi), lw)
 
 
 @LOWERINGS.register(aten.add.Tensor, aten.add_.Tensor)
 def _add(lw: RelaxLowering, node: fx.Node) -> RVal:
     if len(node.args) != 2 or not all(isinstance(v, fx.Node) for v in node.args) or node.kwargs:
-        raise NotThisForm(node.name)  # scalars, alpha: the frontend's add
+        raise NotThisForm("add with a scalar or alpha")  # the frontend's add
     a, b = _float(lw, node, 0), _float(lw, node, 1)
     if a.shape != b.shape:
-        raise NotThisForm(node.name)  # broadcasting: the frontend's add, on NCHW values
+        raise NotThisForm(f"broadcasting add of {a.shape} and {b.shape}")  # the frontend's add, on NCHW values
     return _same(a, relax.op.add(a.expr, b.expr), lw)
 
 
 @LOWERINGS.register(aten.max_pool2d.default)
 def _max_pool(lw: RelaxLowering, node: fx.Node) -> RVal:
     x = _float(lw, node)
-    k, s, p = pool_args(node)
+    try:
+        k, s, p = pool_args(node)
+    except LoweringError as exc:
+        raise NotThisForm(f"x86 max pooling takes square, undilated windows ({exc})") from exc
     b, c, h, w = x.shape
     oh, ow = conv_out_size(h, k, s, p), conv_out_size(w, k, s, p)
     y = relax.op.nn.max_pool2d(x.expr, pool_size=(k, k), strides=(s, s), padding=(p, p, p, p), layout="NHWC")
@@ -114,9 +137,9 @@ def _max_pool(lw: RelaxLowering, node: fx.Node) -> RVal:
 
 @LOWERINGS.register(aten.adaptive_avg_pool2d.default, aten.mean.dim)
 def _global_pool(lw: RelaxLowering, node: fx.Node) -> RVal:
+    if not is_global_pool(node):
+        raise NotThisForm(f"x86 lowers means over H, W of 4-d values only (dims {list(node.args[1]) if len(node.args) > 1 else None})")
     x = _float(lw, node)
-    if len(x.shape) != 4 or not is_global_pool(node):
-        raise LoweringError(f"{node.name}: only global average pooling over H, W is lowered")
     b, c = x.shape[:2]
     if node.target is aten.mean.dim and not keepdim(node):
         return RVal(lw.bb.emit(relax.op.mean(x.expr, axis=[1, 2], keepdims=False)), (b, c), "float32", c)

@@ -2,7 +2,7 @@
 
 Lowerings register into :data:`LOWERINGS` from :mod:`lower_codes` (quantize, requantize,
 residual adds, clamps, pooling), :mod:`lower_gemm` (VNNI conv and dense, AVX-512 depthwise,
-integer matmul) and :mod:`lower_float` (fp32 conv and dense on the profiler's kernels, and the
+windowed VNNI grouped conv, integer matmul) and :mod:`lower_float` (fp32 conv and dense on the profiler's kernels, and the
 float ops around them); what none of them handles falls through to :data:`COMMON`.
 
 Conventions of the family: activations are NHWC between kernels, uint8 codes (int32 into

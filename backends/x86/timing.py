@@ -5,9 +5,11 @@
   linear layer: fp32 on :mod:`lcpaq.backends.x86.fp32`, ``w8a8`` on the VNNI kernels of
   :mod:`lcpaq.backends.x86.int8` (requantization fused). Hand schedules with ``trials=0``; with
   ``trials > 0`` tuned by MetaSchedule, records kept in the tuning cache shared with builds.
-* depthwise convs: ``w8a8`` on the AVX-512 depthwise kernel, fp32 as the layer's own ATen op.
-* every other layer (grouped or dilated conv, activation x activation matmul, embedding): the
-  layer's ATen op in fp32 with torch, standing for every precision (no integer kernel).
+* depthwise convs: ``w8a8`` on the AVX-512 depthwise kernel, fp32 as the layer's own ATen op;
+  other grouped convs (square): ``w8a8`` on the windowed VNNI conv of
+  :mod:`lcpaq.backends.x86.int8_grouped`, fp32 as the layer's own ATen op.
+* every other layer (dilated or non-square conv, activation x activation matmul, embedding): the
+  layer's ATen op in fp32 with torch, standing for every precision.
 
 Kernels are timed with their weights flushed from the caches before each call, as inside a
 whole model, whose weights are read once per inference.
@@ -29,6 +31,7 @@ from lcpaq.backends.common.relax_lower import round_up
 from lcpaq.backends.common.tuning import cached_schedule, tuning_dir
 from lcpaq.backends.x86 import int8 as t8
 from lcpaq.backends.x86 import int8_depthwise as dw
+from lcpaq.backends.x86 import int8_grouped as gw
 from lcpaq.backends.x86.fp32 import fp32_conv_func, fp32_dense_func, schedule_fp32_conv, schedule_fp32_dense
 from lcpaq.backends.x86.tune import tuning_rules
 from lcpaq.backends.x86.vnni import DEPTH, LANES, Kernel, build, pack_weight, to_tvm
@@ -50,7 +53,8 @@ def _shape(node: fx.Node) -> tuple[int, ...]:
 
 def conv_kind(gm: fx.GraphModule, layer: QuantLayer) -> tuple[str, dict[str, int]] | None:
     """``("dense", geometry)`` for a groups=1 conv the VNNI conv kernel runs, ``("depthwise",
-    geometry)`` for one the depthwise kernel runs, None for any other layer."""
+    geometry)`` for one the depthwise kernel runs, ``("grouped", geometry)`` for one the windowed
+    VNNI conv runs, None for any other layer."""
     if layer.kind != "conv" or layer.node.target not in CONV_OPS or layer.weight is None:
         return None
     geo = conv_geometry(layer.node)
@@ -61,7 +65,7 @@ def conv_kind(gm: fx.GraphModule, layer: QuantLayer) -> tuple[str, dict[str, int
         return "dense", geo
     if weight.shape[1] == 1 and geo["groups"] == weight.shape[0]:
         return "depthwise", geo
-    return None
+    return "grouped", geo
 
 
 class X86LayerTimer(LayerTimer):
@@ -72,6 +76,7 @@ class X86LayerTimer(LayerTimer):
         self.tvm_target, self.trials, self.repeats, self.number = tvm_target, trials, repeats, number
         self.gen = torch.Generator().manual_seed(seed)
         self.depthwise: list[str] = []
+        self.grouped: list[str] = []
         self.torch_layers: list[str] = []
 
     # -- kernels and clocks --------------------------------------------------------------------
@@ -102,6 +107,9 @@ class X86LayerTimer(LayerTimer):
         kind = conv_kind(gm, layer)
         if kind is not None and kind[0] == "dense":
             return self._conv(gm, layer, kind[1])
+        if kind is not None and kind[0] == "grouped":
+            self.grouped.append(layer.name)
+            return self._grouped(gm, layer, kind[1])
         if kind is not None:
             self.depthwise.append(layer.name)
             return self._depthwise(gm, layer, kind[1])
@@ -169,6 +177,25 @@ class X86LayerTimer(LayerTimer):
         ]
         return {"fp32": self._torch_fp32(gm, layer), INT8: self.tvm_seconds(kernel, args)}
 
+    def _grouped(self, gm: fx.GraphModule, layer: QuantLayer, geo: dict[str, int]) -> dict[str, float]:
+        """w8a8 seconds on the windowed VNNI conv (hand schedule, as the build uses; inputs
+        already regrouped), and fp32 seconds of the layer's own ATen op."""
+        gen = self.gen
+        _, c, h, w_ = _shape(layer.act_inputs[0])
+        o, _, k, _ = get_attr(gm, layer.weight_name).shape
+        s, p = geo["stride"], geo["padding"]
+        plan = gw.group_plan(c, o, geo["groups"])
+        oh, ow = conv_out_size(h, k, s, p), conv_out_size(w_, k, s, p)
+        func = gw.qgrouped_func((1, h, w_, plan.in_channels), plan, k, s, p)
+        kernel = build(t8.schedule_qconv2d(func, t8.vnni_col_tile(ow)).mod, self.tvm_target)
+        n = plan.out_channels
+        w_q = torch.randint(-127, 128, (n // LANES, k, k, plan.win // DEPTH, LANES, DEPTH), generator=gen, dtype=torch.int8)
+        args = [
+            to_tvm(torch.randint(0, 256, (1, h, w_, plan.in_channels), generator=gen, dtype=torch.uint8)), to_tvm(w_q),
+            *self._channel_params(n), to_tvm(np.zeros((1, oh, ow, n), np.uint8)),
+        ]
+        return {"fp32": self._torch_fp32(gm, layer), INT8: self.tvm_seconds(kernel, args)}
+
     def _channel_params(self, n: int) -> list[Any]:
         bias = torch.randint(-5000, 5000, (n,), generator=self.gen, dtype=torch.int32)
         mult = torch.randint(2**29, 2**30, (n,), generator=self.gen, dtype=torch.int32)
@@ -206,6 +233,8 @@ class X86LayerTimer(LayerTimer):
         ]
         if self.depthwise:
             notes.append(f"depthwise convs: w8a8 on the AVX-512 depthwise kernel (hand schedule), fp32 = torch: {', '.join(self.depthwise)}")
+        if self.grouped:
+            notes.append(f"grouped convs: w8a8 on the windowed VNNI conv (hand schedule), fp32 = torch: {', '.join(self.grouped)}")
         if self.torch_layers:
             notes.append(f"timed in fp32 with torch, every precision = fp32 time (no TVM kernel): {', '.join(self.torch_layers)}")
         return notes

@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from lcpaq.ir import capture, find_layers
+from lcpaq.ir.errors import ConfigError
 from lcpaq.ir.meta import COST, MODEL_COST, BitAssignment, LayerCost
 from lcpaq.passes import Pipeline, cost_model
 from lcpaq.tools.models.mobilenetv2 import mobilenetv2
@@ -83,16 +84,67 @@ def test_cost_model_prices_the_block_by_hand(block, x86) -> None:
     assert int8 == {"size": weights + biases * 4.0, "bops": macs * 64.0, "act_memory": 192.0}
 
 
+class Scaled(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4, bias=False)
+        self.gain = nn.Parameter(torch.ones(4))  # 4 parameters outside any quantizable layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) * self.gain
+
+
 def test_fixed_size_is_what_no_layer_holds(x86) -> None:
-    class Scaled(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc = nn.Linear(4, 4, bias=False)
-            self.gain = nn.Parameter(torch.ones(4))  # 4 parameters outside any quantizable layer
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.fc(x) * self.gain
-
     gm = _costed(Scaled(), torch.randn(1, 4), x86)
     assert cost_model.fixed_costs(gm) == {"size": 16.0}
     assert cost_model.totals(gm, {"fc": BitAssignment(2, 8)})["size"] == 16 * 2 / 8 + 16.0
+
+
+class Recurrent(nn.Module):
+    """A GRU (4 -> 5) and an LSTM (5 -> 3), a layer norm, then the only quantizable layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(4, 5, batch_first=True)
+        self.lstm = nn.LSTM(5, 3, batch_first=True)
+        self.norm = nn.LayerNorm(3)
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.gru(x)
+        y, _ = self.lstm(y)
+        return self.fc(self.norm(y))
+
+
+#: Every float tensor of Recurrent by hand, in elements: GRU gates 3 x hidden, LSTM gates 4 x hidden.
+RECURRENT_FLOATS = {
+    "gru.weight_ih_l0": 3 * 5 * 4, "gru.weight_hh_l0": 3 * 5 * 5, "gru.bias_ih_l0": 15, "gru.bias_hh_l0": 15,
+    "lstm.weight_ih_l0": 4 * 3 * 5, "lstm.weight_hh_l0": 4 * 3 * 3, "lstm.bias_ih_l0": 12, "lstm.bias_hh_l0": 12,
+    "norm.weight": 3, "norm.bias": 3,
+}
+
+
+def test_float_parameters_are_listed_with_size_and_reason(sim) -> None:
+    gm = _costed(Recurrent(), torch.randn(1, 6, 4), sim)
+    totals = MODEL_COST.get(gm)
+    listed = {t.name: t for t in totals.float_tensors}
+    assert {name: t.bytes for name, t in listed.items()} == {name: 4 * n for name, n in RECURRENT_FLOATS.items()}
+    assert listed["gru.weight_hh_l0"].reason == "recurrent layer parameter (aten.gru.input): recurrent layers are not quantized"
+    assert listed["lstm.bias_ih_l0"].reason.startswith("recurrent layer parameter (aten.lstm.input)")
+    assert listed["norm.weight"].reason == "normalization parameter (aten.layer_norm.default): norms run in float"
+    assert (totals.params, totals.quantizable_params) == (sum(RECURRENT_FLOATS.values()) + 8, 8)  # fc: 6 weights, 2 biases
+    assert cost_model.fixed_costs(gm) == {"size": 4.0 * sum(RECURRENT_FLOATS.values())}
+    assert totals.float_bytes + 4 * totals.quantizable_params == totals.fp32_bytes
+
+
+def test_infeasible_size_says_how_much_is_kept_in_float(x86) -> None:
+    """fc: 16 weights at 2 bits = 4 B at least; the gain (4 fp32 parameters, 16 B) no width changes."""
+    x = torch.randn(1, 4)
+    gm = capture(Scaled().eval(), (x,))
+    gm = Pipeline.from_spec("shape-prop,cost,quant-scheme,calibrate,hessian{probes=4}")(gm, make_ctx(x86, x)).graph_module
+    assert [(t.name, t.bytes) for t in MODEL_COST.get(gm).float_tensors] == [("gain", 16)]
+    assert MODEL_COST.get(gm).float_tensors[0].reason == "read by aten.mul.Tensor, not a quantizable layer's weight or bias"
+    with pytest.raises(ConfigError) as info:
+        Pipeline.from_spec("ilp{size=10}")(gm, make_ctx(x86, x))
+    assert str(info.value) == ("pass 'ilp': infeasible budget: size=10 asks size <= 10 B, the smallest achievable is 20 B, "
+                               "of which 16 B is kept in float (1 tensor outside quantizable layers)")

@@ -68,9 +68,11 @@ def problems(draw):
         size.append(np.array([draw(floats) for _ in cands]))
         bops.append(np.array([draw(floats) for _ in cands]))
     group = tuple(range(min(2, n_layers))) if draw(st.booleans()) and n_layers >= 2 else None
+    # layers reading one weight tensor: one weight width (a pair that may overlap the group)
+    tied = tuple(sorted(draw(st.sets(st.integers(0, n_layers - 1), min_size=2, max_size=2)))) if n_layers >= 2 and draw(st.booleans()) else None
     fixed = draw(st.floats(0, 10))
     problem = AssignmentProblem([f"l{i}" for i in range(n_layers)], candidates, sens, {"size": size, "bops": bops},
-                                {"size": fixed}, [group] if group else [])
+                                {"size": fixed}, [group] if group else [], [tied] if tied else [])
 
     def binding(per_layer: list[np.ndarray], offset: float) -> float:
         """A limit between the least and the most the layers can sum to: mostly feasible, binding."""
@@ -84,6 +86,8 @@ def _brute_force_problem(problem: AssignmentProblem, budgets: dict[str, float]) 
     best = None
     for picks in itertools.product(*(range(len(c)) for c in problem.candidates)):
         if any(len({problem.candidates[l][picks[l]].a_bits for l in g}) > 1 for g in problem.groups):
+            continue
+        if any(len({problem.candidates[l][picks[l]].w_bits for l in g}) > 1 for g in problem.weight_groups):
             continue
         size = sum(problem.costs["size"][l][c] for l, c in enumerate(picks)) + problem.fixed["size"]
         bops = sum(problem.costs["bops"][l][c] for l, c in enumerate(picks))
@@ -317,3 +321,38 @@ def test_badly_scaled_instance_is_solved() -> None:
     )
     solution = problem.solve({"size": 2.0, "bops": 0.0})
     assert solution.totals["bops"] == 0.0 and solution.totals["size"] <= 2.0 * (1 + TOLERANCE)
+
+
+SIM_WEIGHTS = (2, 3, 4, 5, 6, 7, 8, 16)
+
+
+def test_a_size_budget_alone_keeps_activations_at_the_fastest_native_width(block, sim) -> None:
+    """sim offers activations 2-8 and 16; a size budget prices no activation width, so left free
+    the ILP buys 16-bit ones (less sensitive, slower than W8A8). Alone, it keeps every layer at
+    8 bits and is the brute-force optimum over weights at A8."""
+    gm, ctx = _analysed(block, sim)
+    Pipeline.from_spec("ilp{size=0.3x,a_bits=2:3:4:5:6:7:8:16}")(gm, ctx)
+    assert any(b.a_bits == 16 for b in _chosen(gm).values())  # what the default must prevent
+    Pipeline.from_spec("ilp{size=0.3x}")(gm, ctx)
+    assert {b.a_bits for b in _chosen(gm).values()} == {8}
+    best, _ = brute_force(gm, [BitAssignment(w, 8) for w in SIM_WEIGHTS], lambda c: hand_totals(c)["size"] <= 0.3 * FP32_SIZE)
+    assert ASSIGNMENT.get(gm).sensitivity == pytest.approx(best, rel=1e-9)
+    Pipeline.from_spec("ilp{size=0.3x,tradeoff=act_memory:0.001}")(gm, ctx)  # a tradeoff on activations frees them
+    assert any(b.a_bits != 8 for b in _chosen(gm).values())
+    Pipeline.from_spec("pareto{points=6,quantities=size}")(gm, ctx)
+    assert {a for p in PARETO.get(gm).front("size") for _, _, a in p.assignment} == {8}
+
+
+def test_default_activation_width_comes_from_the_target_or_its_table(block, sim, tmp_path) -> None:
+    from lcpaq.passes.cost_model import default_act_bits
+
+    def target(acts: tuple[int, ...]) -> Target:
+        return Target("t", "", {}, {"conv": (4, 8), "linear": (4, 8), "matmul": (4, 8)}, (), acts)
+
+    assert default_act_bits(sim) == 8  # 8 where offered (uniform INT8's width) ...
+    assert default_act_bits(target((4, 16))) == 4 and default_act_bits(target((16,))) == 16  # ... else the narrowest
+    layers = find_layers(_analysed(block, sim)[0])
+    for w4a4, expected in ((0.5, 4), (1.5, 8)):  # A4 kernels twice as fast, then half as fast, as A8 ones
+        table = LatencyTable("t", "test", "0", "2026-11-21", 0, "block",
+                             {n: {"fp32": 3 * s, "w8a8": s, "w4a4": w4a4 * s} for n, s in LATENCY.items()})
+        assert default_act_bits(target((4, 8)), layers, table) == expected

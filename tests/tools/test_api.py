@@ -32,3 +32,23 @@ def test_large_cnns_end_to_end(model: str, tmp_path) -> None:
     assert metrics["W8A8"]["cosine"] > 0.95
     assert metrics["W8A8"]["sqnr_db"] > metrics["W4A8"]["sqnr_db"]
     assert (tmp_path / "report.md").exists()
+
+
+def test_stopwatch_nested_stages_are_not_counted_twice() -> None:
+    """A fake clock ticking 1 s per reading: a stage of 3 s holding one of 1 s and a sequential
+    stage of 1 s add up to 4 s, the time they cover; the inner stage is kept apart."""
+    from itertools import count
+
+    from lcpaq.tools.api import Stopwatch
+
+    ticks = count()
+    clock = Stopwatch(clock=lambda: float(next(ticks)))
+    with clock.stage("search"):  # reads 0
+        with clock.stage("trials"):  # reads 1, 2
+            pass
+    # "search" reads 3
+    with clock.stage("report"):  # reads 4, 5
+        pass
+    assert clock.stages == {"search": 3.0, "report": 1.0}
+    assert clock.nested == {"search: trials": 1.0}
+    assert clock.total == 4.0

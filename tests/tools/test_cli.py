@@ -1,5 +1,6 @@
 import json
 import textwrap
+import time
 
 import pytest
 
@@ -199,11 +200,18 @@ def test_bad_search_options(capsys, tmp_path, argv, message) -> None:
 
 def test_proxy_search_with_distillation_report(capsys, tmp_path) -> None:
     out_dir = tmp_path / "s"
+    start = time.perf_counter()
     code, out, _ = _run(capsys, "quantize", "--budget", "size=0.12x", "--search", "proxy", "--trials", "6",
                         "--space-set", "probes=8", "--distill", "20", "--out", str(out_dir), "--no-progress", "--no-build")
+    wall = time.perf_counter() - start
     assert code == 0
     report = json.loads((out_dir / "report.json").read_text())
     search = report["search"]
+    # the search's own stages lie inside its "search" stage: the run's stages add up, no second counted twice
+    stages = report["timing_s"]["stages"]
+    assert not any(name.startswith("search: ") for name in stages)
+    assert report["timing_s"]["total"] == pytest.approx(sum(stages.values()), abs=1e-3) and report["timing_s"]["total"] <= wall
+    assert search["seconds"]["total"] <= stages["search"]
     assert search["mode"] == "proxy" and search["proxy"] == "hessian" and search["trials"] == 6
     assert len(search["confirmed"]) == 3 and search["best"]["probes"] == 8
     assert {"prepare", "sensitivity", "search", "confirm", "total"} <= set(search["seconds"])

@@ -102,9 +102,16 @@ def load_model(spec: str, progress: bool = False) -> ModelBundle:
     """Resolve a model spec to a bundle; every bad spec is one ConfigError line."""
     if ":" in spec and spec.split(":", 1)[0].endswith(".py"):
         return _from_file(spec)
+    if spec.startswith("coverage/"):  # the coverage zoo (lcpaq.tools.models.coverage)
+        from lcpaq.tools.models.coverage import COVERAGE_MODELS
+
+        name = spec.split("/", 1)[1]
+        if name not in COVERAGE_MODELS:
+            raise ConfigError(f"unknown coverage model {name!r}; choose from {', '.join(COVERAGE_MODELS)}")
+        return bundle_from_return(spec, COVERAGE_MODELS[name]())
     builtins = _builtins()
     if spec not in builtins:
-        raise ConfigError(f"unknown model {spec!r}; built-in models: {', '.join(BUILTIN_MODELS)}, or path/to/file.py:function")
+        raise ConfigError(f"unknown model {spec!r}; built-in models: {', '.join(BUILTIN_MODELS)}, coverage/<name>, or path/to/file.py:function")
     return builtins[spec](progress)
 
 

@@ -79,3 +79,21 @@ def test_remote_devices_are_refused_in_one_line(tmp_path) -> None:
     with pytest.raises(ConfigError, match="target 'x86-host' is reached over 'rpc', which backend 'x86-vnni' does not support yet"):
         backend_for(load_target(str(toml))).check_available(load_target(str(toml)))
     assert not runs_here(load_target(str(toml)))
+
+
+def test_layer_precisions_are_what_the_backend_executes_and_the_target_offers() -> None:
+    """The per-layer answer the assignment reads (``executable``) never promises more than the
+    backend's kernels run at, or than the target lists; float is always among it."""
+    from lcpaq.ir import capture, find_layers
+    from lcpaq.passes import Pipeline
+    from tests.conftest import make_ctx
+
+    target = load_target("x86-host")
+    backend = backend_for(target)
+    x = torch.randn(1, 3, 16, 16)
+    gm = Pipeline.from_spec("shape-prop,cost")(capture(TinyResNet().eval(), (x,)), make_ctx(target, x)).graph_module
+    for layer in find_layers(gm):
+        answer = backend.layer_precisions(gm, layer, target)
+        assert BitAssignment(32, 32) in answer.bits and answer.integer  # every TinyResNet layer has a kernel
+        integer = [b for b in answer.bits if b != BitAssignment(32, 32)]
+        assert integer == [c for c in target.candidates(layer.kind) if backend.executes(layer.kind, c)]

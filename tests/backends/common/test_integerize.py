@@ -104,3 +104,40 @@ def test_original_graph_is_unchanged(tiny) -> None:
     before = [n.format_node() for n in gm.graph.nodes]
     integerize(gm)
     assert [n.format_node() for n in gm.graph.nodes] == before
+
+
+class _ConstMatmul(torch.nn.Module):
+    """``x @ W`` with a constant [K, N] weight, then a mean over the last two dims of a 3-d value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(16, 12) * 0.3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x @ self.w
+        return y + y.mean((-2, -1), keepdim=True)
+
+
+def test_matmul_with_a_constant_weight_is_a_qlinear() -> None:
+    x = torch.randn(4, 6, 16, generator=torch.Generator().manual_seed(9))
+    model = _ConstMatmul().eval()
+    gm = quantized(model, x)
+    ig = integerize(gm)
+    assert _ops(ig)["qlinear"] == 1 and "global_avg_pool" not in _ops(ig)  # a 3-d mean over (-2, -1) is no 2-d pool
+    (lin,) = [n for n in ig.graph.nodes if n.target is iops.qlinear]
+    assert tuple(getattr(ig, lin.args[1].target).shape) == (12, 16)  # the weight transposed to [N, K]
+    with torch.no_grad():
+        fq, got, fp32 = first_output(gm(x)), first_output(ig(x)), model(x)
+    assert sqnr(fq, got) > 35.0 and sqnr(fp32, got) > 25.0
+
+
+def test_conv_without_integer_form_runs_in_float_with_its_reason() -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=2, dilation=2), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 1)).eval()
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    gm = quantized(model, x)
+    ig = integerize(gm)
+    (conv,) = [n for n in ig.graph.nodes if n.target is torch.ops.aten.conv2d.default]
+    assert conv.meta[iops.FLOAT_REASON] == "dilated conv (dilation=2)"
+    assert _ops(ig)["qconv2d"] == 1
+    with torch.no_grad():  # float on the fake-quantized weight and dequantized input: the fake-quant graph's numbers
+        assert sqnr(first_output(gm(x)), first_output(ig(x))) > 35.0

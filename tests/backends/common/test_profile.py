@@ -85,3 +85,12 @@ def test_tuned_profile_records_and_reuses_tuning_database(tmp_path, monkeypatch)
     assert [p.stat().st_mtime_ns for p in databases] == stamps  # reused, not tuned again
     assert set(first.entries) == set(second.entries) == {"0", "3"}
     assert first.trials == 4 and sorted(second.entries["0"]) == ["fp32", "w8a8"]
+
+
+def test_grouped_conv_is_timed_on_its_int8_kernel() -> None:
+    """A ResNeXt-style grouped conv (32 groups of 4 channels) gets a w8a8 time of its own kernel."""
+    model = nn.Sequential(nn.Conv2d(128, 128, 3, padding=1, groups=32), nn.ReLU(), nn.Conv2d(128, 128, 1))
+    gm = _costed(model, torch.randn(1, 128, 14, 14))
+    table = profile_model(gm, X86, model_name="grouped", repeats=3, number=2, progress=False)
+    assert sorted(table.entries["0"]) == ["fp32", "w8a8"] and table.entries["0"]["w8a8"] > 0
+    assert any(n.startswith("grouped convs: w8a8 on the windowed VNNI conv") and n.endswith(": 0") for n in table.notes)
