@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -103,3 +105,21 @@ def make_ctx(target, example: torch.Tensor, n_batches: int = 3, batch: int = 4) 
     gen = torch.Generator().manual_seed(1)
     batches = tuple((torch.randn(batch, *example.shape[1:], generator=gen),) for _ in range(n_batches))
     return PassContext(target, (example,), batches)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory in which nothing can be created: a read-only tmpfs mounted there as root (root
+    ignores permissions), a mode-0555 directory otherwise; /sys (where only the kernel creates
+    entries) if root cannot mount."""
+    path = tmp_path / "ro"
+    path.mkdir()
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        yield path
+        path.chmod(0o755)
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)], capture_output=True).returncode == 0
+    yield path if mounted else Path("/sys")
+    if mounted:
+        subprocess.run(["umount", str(path)], check=True)

@@ -1,7 +1,11 @@
-"""How built configurations read in the CLI and the report: one line each."""
+"""How built configurations read in the CLI and the report: one line each, and one more naming
+the nodes that ran in float and why, when there are any."""
 from __future__ import annotations
 
 from typing import Any
+
+#: Float nodes named on the terminal; report.json lists all of them.
+FLOAT_NODES_SHOWN = 3
 
 
 def deployment_lines(report: dict[str, Any]) -> list[str]:
@@ -23,4 +27,9 @@ def deployment_lines(report: dict[str, Any]) -> list[str]:
             f"  {label:<24} {d['latency_ms']:.3f} ms measured{pred}; {exact}; "
             f"SQNR vs fp32 {d['sqnr_vs_fp32_db']:.1f} dB on the example input; {d['kernels']} kernels"
         )
+        floats = d.get("float_nodes") or {}
+        if floats:
+            shown = "; ".join(f"{node}: {why}" for node, why in list(floats.items())[:FLOAT_NODES_SHOWN])
+            more = f"; and {len(floats) - FLOAT_NODES_SHOWN} more (report.json)" if len(floats) > FLOAT_NODES_SHOWN else ""
+            lines.append(f"  {'':<24} {len(floats)} nodes in float: {shown}{more}")
     return lines

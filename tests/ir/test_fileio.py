@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
 import threading
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -16,22 +14,6 @@ from lcpaq.ir.errors import OutputError
 from lcpaq.ir.fileio import atomic_directory, atomic_write_text, check_writable
 
 
-@pytest.fixture
-def read_only_dir(tmp_path: Path) -> Iterator[Path]:
-    """A directory in which nothing can be created: a read-only tmpfs mounted there as root (root
-    ignores permissions), a mode-0555 directory otherwise; /sys (where only the kernel creates
-    entries) if root cannot mount."""
-    path = tmp_path / "ro"
-    path.mkdir()
-    if os.geteuid() != 0:
-        path.chmod(0o555)
-        yield path
-        path.chmod(0o755)
-        return
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)], capture_output=True).returncode == 0
-    yield path if mounted else Path("/sys")
-    if mounted:
-        subprocess.run(["umount", str(path)], check=True)
 
 
 def _files(path: Path) -> dict[str, str]:

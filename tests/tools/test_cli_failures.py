@@ -10,7 +10,6 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -52,21 +51,6 @@ def model_file(tmp_path) -> Path:
     return path
 
 
-@pytest.fixture
-def read_only_dir(tmp_path: Path) -> Iterator[Path]:
-    """A directory in which nothing can be created: a read-only tmpfs mounted there as root (root
-    ignores permissions), a mode-0555 directory otherwise; /sys if root cannot mount."""
-    path = tmp_path / "ro"
-    path.mkdir()
-    if os.geteuid() != 0:
-        path.chmod(0o555)
-        yield path
-        path.chmod(0o755)
-        return
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)], capture_output=True).returncode == 0
-    yield path if mounted else Path("/sys")
-    if mounted:
-        subprocess.run(["umount", str(path)], check=True)
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
