@@ -13,154 +13,6 @@ from lcpaq.hw_targets.host import default_target_name
 from lcpaq.ir.errors import LOGGER, LcpaqError, one_line
 
 
-def _quantize(args: argparse.Namespace) -> int:
-    from lcpaq.tools.api import quantize
-    from lcpaq.tools.report import summary
-
-    compare = [c for item in args.compare for c in item.split(",") if c]
-    result = quantize(
-        model=args.model, target=args.target, bits=args.bits, compare=compare, budget=args.budget,
-        calibration=args.calibration, probes=args.probes, search=args.search, trials=args.trials, proxy=args.proxy,
-        space=args.space, space_set=args.space_set, distill=args.distill, latency_table=args.latency_table,
-        pipeline=args.pipeline, out=args.out, dump_graphs=args.dump_graphs, progress=args.progress, seed=args.seed,
-        build=args.build, build_trials=args.build_trials,
-    )
-    print(summary(result.report))
-    if args.out:
-        print(f"wrote {args.out}/report.json and {args.out}/report.md")
-    return 0
-
-
-def _build(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from lcpaq.ir.errors import ConfigError
-    from lcpaq.tools.api import quantize
-    from lcpaq.backends.common.deploy import deploy
-    from lcpaq.tools.deployment import deployment_lines
-
-    out = Path(args.output)
-    if out.is_dir():
-        raise ConfigError(f"-o {out} is a directory; give a file name such as {out / 'model.so'}")
-    if args.trials < 0:
-        raise ConfigError(f"--trials must be >= 0, got {args.trials}")
-    from lcpaq.ir.fileio import check_writable
-
-    check_writable(out, "-o")  # before any work, as the device below
-    from lcpaq.backends.common.backend import backend_for
-    from lcpaq.hw_targets.target import load_target
-
-    target = load_target(args.target)
-    backend_for(target).check_available(target)  # before any work: the device must be reachable
-    from lcpaq.tools.api import load_bundle
-
-    bundle = load_bundle(args.model, args.progress)
-    result = quantize(
-        model=bundle, target=args.target, bits=args.bits, budget=args.budget, calibration=args.calibration,
-        probes=args.probes, latency_table=args.latency_table, pipeline=args.pipeline, progress=args.progress,
-        seed=args.seed, build=False,
-    )
-    from lcpaq.passes.cost_model import load_table
-
-    table = load_table(args.latency_table, target)  # the table quantize loaded, not read again
-    primary = result.results[0]
-    entry = deploy(primary.graph_module, bundle.example_inputs, bundle.model, target, table, args.trials, library=out)
-    if not entry["built"]:
-        raise ConfigError(f"cannot build {primary.label} for {target.name}: {entry['reason']}")
-    print("\n".join(deployment_lines({"target": target.name, "deployment": {primary.label: entry}})))
-    print(f"wrote {out} ({input_signature(bundle.example_inputs)}; load with tvm.runtime.load_module and "
-          "relax.VirtualMachine, call 'main')")
-    return 0
-
-
-def input_signature(example_inputs: Sequence[object]) -> str:
-    """``input int64 1x7, input int64 1x7``: each built input's dtype and shape (batch 1)."""
-    parts = []
-    for x in example_inputs:
-        dtype = str(getattr(x, "dtype", type(x).__name__)).removeprefix("torch.")
-        shape = "x".join(str(d) for d in (1, *tuple(getattr(x, "shape", ()))[1:]))
-        parts.append(f"input {dtype} {shape}")
-    return ", ".join(parts)
-
-
-def _targets(args: argparse.Namespace) -> int:
-    from lcpaq.hw_targets.host import host_features, host_support
-    from lcpaq.hw_targets.target import OP_KINDS, available_targets, load_target
-
-    from lcpaq.backends.common.backend import backend_for
-    from lcpaq.ir.errors import ConfigError
-
-    features = host_features()
-    for name in available_targets():
-        t = load_target(name)
-        weights = "; ".join(f"{k} W{','.join(map(str, t.weight_bits(k)))}" for k in OP_KINDS)
-        print(f"{t.name:<12} {t.description}")
-        print(f"{'':<12} weights: {weights}; activations: A{','.join(map(str, t.act_bits))}; device: {t.device}")
-        try:
-            backend_for(t)
-            built = f"builds with backend {t.backend}"
-        except ConfigError as exc:
-            built = f"not built: {exc}"
-        print(f"{'':<12} {built}")
-        if t.device == "local":
-            support = host_support(t, features)
-            print(f"{'':<12} {'runs on' if support.ok else 'cannot run on'} this host: {support}")
-    return 0
-
-
-def _profile(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from lcpaq.ir.errors import ConfigError
-
-    if args.trials < 0:
-        raise ConfigError(f"--trials must be >= 0, got {args.trials}")
-    if args.repeats < 1:
-        raise ConfigError(f"--repeats must be >= 1, got {args.repeats}")
-    out = Path(args.out)
-    if out.is_dir():
-        raise ConfigError(f"--out {out} is a directory; give a file name such as {out / 'latency.json'}")
-    from lcpaq.ir.fileio import check_writable
-
-    check_writable(out, "--out")
-    from lcpaq.backends.common.backend import backend_for
-    from lcpaq.hw_targets.target import load_target
-    from lcpaq.tools.api import load_bundle
-    from lcpaq.tools.profile import profile
-
-    target = load_target(args.target)
-    backend_for(target).check_available(target)  # the device before the model, as profile() does
-    bundle = load_bundle(args.model, args.progress)
-    table = profile(bundle, target, trials=args.trials, repeats=args.repeats, progress=args.progress)
-    table.save(out)
-    total = sum(row["fp32"] for row in table.entries.values())
-    int8 = sum(row.get("w8a8", row["fp32"]) for row in table.entries.values())
-    print(f"{table.model} on {table.target} ({table.device}): {len(table.entries)} layers, "
-          f"fp32 {total * 1e3:.3f} ms, w8a8 {int8 * 1e3:.3f} ms (sum over layers)")
-    print(f"wrote {out}")
-    return 0
-
-
-def _models(args: argparse.Namespace) -> int:
-    from lcpaq.tools.models.zoo import BUILTIN_MODELS
-
-    print("\n".join(BUILTIN_MODELS))
-    print("or path/to/file.py:function returning (model, example_inputs[, data[, evaluate]])")
-    return 0
-
-
-def _passes(args: argparse.Namespace) -> int:
-    import lcpaq.backends.common.capability  # noqa: F401  (registers the executable pass)
-    from lcpaq.passes import registered_passes
-
-    for name, cls in registered_passes().items():
-        doc = (cls.__doc__ or "").strip().splitlines()[0]
-        reads = ", ".join(k.name for k in cls.reads) or "-"
-        writes = ", ".join(k.name for k in cls.writes) or "-"
-        print(f"{name:<12} {doc}\n{'':<12} reads {reads}; writes {writes}{'; rewrites the graph' if cls.rewrites else ''}")
-    return 0
-
-
 _DEBUG_HELP = "on failure, print the full traceback; show TVM's native logs (hidden otherwise)"
 
 
@@ -208,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--build-trials", type=int, default=0, metavar="N",
                    help="MetaSchedule trials per conv/dense kernel when building (default 0: hand schedules)")
     q.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
-    q.set_defaults(func=_quantize)
+    q.set_defaults(handler="quantize_command")
 
     b = sub.add_parser("build", help="quantize a model and export the deployable library for the target",
                        description="Quantize (uniform --bits, or --budget by ILP, or a --pipeline), lower to integer "
@@ -227,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty())
     b.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
-    b.set_defaults(func=_build)
+    b.set_defaults(handler="build_command")
 
     p = sub.add_parser("profile", help="measure per-layer latency on this host and write a latency table",
                        description="Time every quantizable layer of a model on this machine at fp32 and at each precision "
@@ -243,11 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
                    help="progress bar on stderr (default: when stderr is a terminal)")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
-    p.set_defaults(func=_profile)
+    p.set_defaults(handler="profile_command")
 
-    sub.add_parser("targets", help="list hardware targets and their precisions").set_defaults(func=_targets)
-    sub.add_parser("models", help="list built-in models").set_defaults(func=_models)
-    sub.add_parser("passes", help="list passes with what they read and write").set_defaults(func=_passes)
+    sub.add_parser("targets", help="list hardware targets and their precisions").set_defaults(handler="targets_command")
+    sub.add_parser("models", help="list built-in models").set_defaults(handler="models_command")
+    sub.add_parser("passes", help="list passes with what they read and write").set_defaults(handler="passes_command")
     return parser
 
 
@@ -261,7 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning)
-            return args.func(args)
+            from lcpaq.tools import commands
+
+            return getattr(commands, args.handler)(args)
     except LcpaqError as exc:
         return _fail(" ".join(str(exc).split("\n")), debug)
     except KeyboardInterrupt:

@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import lcpaq.backends as pkg
+from lcpaq.backends.common.op_args import conv_geometry
 from lcpaq.hw_targets.host import host_cpu_name, host_support
 from lcpaq.hw_targets.target import Target
+from lcpaq.ir.capture import get_attr
 from lcpaq.ir.errors import ConfigError
 from lcpaq.ir.meta import FLOAT_BITS, BitAssignment, Executable
 
@@ -155,9 +157,6 @@ class Backend(ABC):
 
 def describe_layer(gm: "fx.GraphModule", layer: Any) -> str:
     """A layer in words, for messages: its kind and op, with a conv's groups, dilation and kernel."""
-    from lcpaq.backends.common.op_args import conv_geometry
-    from lcpaq.ir.capture import get_attr
-
     text = f"{layer.kind} {layer.name} ({layer.node.target}"
     if layer.kind == "conv" and layer.weight is not None:
         geo = conv_geometry(layer.node)
