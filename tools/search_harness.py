@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx as fx
 
+from lcpaq.backends.common.capability import capability_phase
 from lcpaq.hw_targets.target import Target
 from lcpaq.ir.capture import capture
 from lcpaq.ir.errors import ConfigError
@@ -69,7 +70,7 @@ def rewrite_passes(config: Config) -> list[Pass]:
 def config_pipeline(config: Config, budgets: dict[str, str], target: Target, table: str = "") -> Pipeline:
     """The pipeline that reproduces a configuration's result (``lcpaq quantize --pipeline``)."""
     analysis = [scheme_pass(config), calibrate_pass(config), hessian_pass(config), ilp_pass(config, budgets, table)]
-    return Pipeline(prepare_phase(target) + analysis + rewrite_passes(config))
+    return Pipeline(prepare_phase(target) + capability_phase(target) + analysis + rewrite_passes(config))
 
 
 @dataclass
@@ -94,7 +95,7 @@ class SearchHarness:
         b = self.bundle
         self.ctx = PassContext(self.target, b.example_inputs, b.calib_batches, self.progress, self.seed, b.calib_labels)
         gm = self.captured if self.captured is not None else capture(b.model, b.example_inputs, b.name)
-        self.base = Pipeline(prepare_phase(self.target))(gm, self.ctx).graph_module
+        self.base = Pipeline(prepare_phase(self.target) + capability_phase(self.target))(gm, self.ctx).graph_module
         self.reference = reference_outputs(b.model, b.eval_batches)
         self.proxy_reference = reference_outputs(b.model, b.calib_batches[: self.proxy_batches])
         self.stages["prepare"] = time.perf_counter() - start
