@@ -17,6 +17,7 @@ _DEBUG_HELP = "on failure, print the full traceback; show TVM's native logs (hid
 
 
 def build_parser() -> argparse.ArgumentParser:
+    host_target = default_target_name()  # the default --target of quantize, build and profile
     parser = argparse.ArgumentParser(prog="lcpaq", description="Hardware-aware mixed-precision quantization compiler.")
     parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -25,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Capture a model, cost and calibrate it, fake-quantize it and report quality.")
     q.add_argument("--model", default="resnet-digits", metavar="SPEC",
                    help="built-in name (resnet-digits, resnet18, resnet50, mobilenetv2, minilm) or path/to/file.py:function")
-    q.add_argument("--target", default=default_target_name(), metavar="NAME",
+    q.add_argument("--target", default=host_target, metavar="NAME",
                    help="hardware target name or .toml file (see `lcpaq targets`; default: this host's, %(default)s)")
     q.add_argument("--bits", default="w8a8", metavar="wNaM", help="uniform precision of the primary configuration, without --budget (default w8a8)")
     q.add_argument("--compare", action="append", default=[], metavar="wNaM[,wNaM]",
@@ -66,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Quantize (uniform --bits, or --budget by ILP, or a --pipeline), lower to integer "
                                    "ops, compile with TVM for the target and write a shared library.")
     b.add_argument("--model", default="resnet-digits", metavar="SPEC", help="built-in name or path/to/file.py:function")
-    b.add_argument("--target", default=default_target_name(), metavar="NAME", help="a target this machine reaches (default %(default)s)")
+    b.add_argument("--target", default=host_target, metavar="NAME", help="a target this machine reaches (default %(default)s)")
     b.add_argument("-o", "--output", required=True, metavar="FILE", help="shared library to write, e.g. model.so")
     b.add_argument("--bits", default="w8a8", metavar="wNaM", help="uniform precision, without --budget (default w8a8)")
     b.add_argument("--budget", action="append", default=[], metavar="KEY=VALUE", help="mixed precision by ILP, as for quantize")
@@ -86,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the target computes (int8 through TVM's VNNI kernels), batch 1, and write a JSON latency table.")
     p.add_argument("--model", default="resnet-digits", metavar="SPEC",
                    help="built-in name (resnet-digits, resnet18, resnet50, mobilenetv2, minilm) or path/to/file.py:function")
-    p.add_argument("--target", default=default_target_name(), metavar="NAME", help="a target this machine reaches (default %(default)s)")
+    p.add_argument("--target", default=host_target, metavar="NAME", help="a target this machine reaches (default %(default)s)")
     p.add_argument("--out", required=True, metavar="FILE", help="latency table to write (JSON, written atomically)")
     p.add_argument("--trials", type=int, default=0, metavar="N",
                    help="MetaSchedule trials per kernel; 0 (default) times the untuned hand schedules. Tuning "

@@ -28,12 +28,9 @@ import tvm
 from tvm import te
 
 from lcpaq.backends.common.op_args import conv_out_size
+from lcpaq.backends.common.relax_lower import round_up
 from lcpaq.backends.x86.int8 import Requant, _bias_eff, _channel_params, kernel_hw, pad_nhwc, requant_compute, schedule_qconv2d, vnni_col_tile
 from lcpaq.backends.x86.vnni import DEPTH, LANES, build, to_tvm
-
-
-def _round_up(n: int, m: int) -> int:
-    return -(-n // m) * m
 
 
 @dataclass(frozen=True)
@@ -55,7 +52,7 @@ class GroupPlan:
     @property
     def out_channels(self) -> int:
         """Output channels the kernel computes (the regrouped outputs, padded to 16)."""
-        return _round_up(self.groups * self.og_p, LANES)
+        return round_up(self.groups * self.og_p, LANES)
 
     @property
     def in_channels(self) -> int:
@@ -87,7 +84,7 @@ def group_plan(in_channels: int, out_channels: int, groups: int) -> GroupPlan:
     if og % LANES == 0 or LANES % og == 0:
         og_p = og
     elif og > LANES:
-        og_p = _round_up(og, LANES)
+        og_p = round_up(og, LANES)
     else:
         og_p = 1 << (og - 1).bit_length()  # the next power of two divides 16
     per_block = max(1, LANES // og_p)  # groups per block: the window is cg_p * per_block
