@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lcpaq.backends.common import gemm_te
 from lcpaq.backends.common import integer_ref as ir
 from lcpaq.backends.x86 import int8 as t8
 from lcpaq.backends.x86 import tune as tt
@@ -39,9 +40,9 @@ def bench_dense(trials: int, gen: torch.Generator) -> dict[str, float]:
     w = torch.randint(-127, 128, (n, k), generator=gen).to(torch.int8)
     b = torch.randint(-5000, 5000, (n,), generator=gen, dtype=torch.int32)
     mult, shift = torch.randint(2**30, 2**31 - 1, (n,), generator=gen), torch.full((n,), 40)
-    params = t8._channel_params(t8._bias_eff(w, 3, b), mult, shift, n, n)
+    params = [to_tvm(a) for a in gemm_te.channel_params(gemm_te.bias_eff(w, 3, b), mult, shift, n, n)]
     y8 = to_tvm(np.zeros((m, n), np.uint8))
-    int8_args = [to_tvm(x, "uint8"), to_tvm(pack_weight(w)), *params, to_tvm(t8.Requant(3).qp(3)), y8]
+    int8_args = [to_tvm(x, "uint8"), to_tvm(pack_weight(w)), *params, to_tvm(gemm_te.Requant(3).qp(3)), y8]
     int8 = tt.tune(t8.qdense_func(m, n, k), trials, int8=True, target=TARGET)
     int8(*int8_args)
     if not torch.equal(torch.from_numpy(y8.numpy()), ir.dense(x, 3, w, b, mult, shift, 3)):
@@ -57,9 +58,9 @@ def bench_conv(trials: int, gen: torch.Generator) -> dict[str, float]:
     x = torch.randint(0, 256, shape, generator=gen, dtype=torch.int32)
     w = torch.randint(-127, 128, (o, c, kk, kk), generator=gen).to(torch.int8)
     mult, shift = torch.randint(2**30, 2**31 - 1, (o,), generator=gen), torch.full((o,), 41)
-    params = t8._channel_params(t8._bias_eff(w, 5, None), mult, shift, o, o)
+    params = [to_tvm(a) for a in gemm_te.channel_params(gemm_te.bias_eff(w, 5, None), mult, shift, o, o)]
     y8 = to_tvm(np.zeros((bsz, h, w_, o), np.uint8))
-    int8_args = [to_tvm(x, "uint8"), to_tvm(t8.pack_conv_weight(w)), *params, to_tvm(t8.Requant(7).qp(5)), y8]
+    int8_args = [to_tvm(x, "uint8"), to_tvm(t8.pack_conv_weight(w)), *params, to_tvm(gemm_te.Requant(7).qp(5)), y8]
     int8 = tt.tune(t8.qconv2d_func(shape, o, kk, 1, 1), trials, int8=True, target=TARGET)
     int8(*int8_args)
     want = ir.conv2d(x.permute(0, 3, 1, 2), 5, w, None, mult, shift, 7, padding=1)

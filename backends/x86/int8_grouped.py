@@ -29,7 +29,8 @@ from tvm import te
 
 from lcpaq.backends.common.op_args import conv_out_size
 from lcpaq.backends.common.relax_lower import round_up
-from lcpaq.backends.x86.int8 import Requant, _bias_eff, _channel_params, kernel_hw, pad_nhwc, requant_compute, schedule_qconv2d, vnni_col_tile
+from lcpaq.backends.common.gemm_te import Requant, bias_eff, channel_params, kernel_hw, pad_nhwc, requant_compute
+from lcpaq.backends.x86.int8 import schedule_qconv2d, vnni_col_tile
 from lcpaq.backends.x86.vnni import DEPTH, LANES, build, to_tvm
 
 
@@ -113,18 +114,18 @@ def pack_grouped_weight(w_q: torch.Tensor, plan: GroupPlan) -> np.ndarray:
 
 
 def grouped_channel_params(w_q: torch.Tensor, x_zp: int, bias: Any, multiplier: Any, shift: Any, plan: GroupPlan) -> list[Any]:
-    """bias_eff, multiplier and shift (int32 TVM tensors) at the kernel's output channels;
+    """bias_eff, multiplier and shift (int32 arrays) at the kernel's output channels;
     padded outputs get zero bias and multiplier (their codes are dropped)."""
     o = w_q.shape[0]
     pos = out_positions(plan)
     out = []
-    for v, fill in ((_bias_eff(w_q, x_zp, bias), 0), (multiplier, 0), (shift, 1)):
+    for v, fill in ((bias_eff(w_q, x_zp, bias), 0), (multiplier, 0), (shift, 1)):
         t = torch.as_tensor(v, dtype=torch.int64).flatten()
         t = t.expand(o) if t.numel() == 1 else t
         full = torch.full((plan.out_channels,), fill, dtype=torch.int64)
         full[pos] = t
         out.append(full)
-    return _channel_params(out[0], out[1], out[2], plan.out_channels, plan.out_channels)
+    return channel_params(out[0], out[1], out[2], plan.out_channels, plan.out_channels)
 
 
 def qgrouped_func(
@@ -192,7 +193,7 @@ def qgrouped(
     kernel = build(schedule_qconv2d(func, vnni_col_tile(ow)).mod)
     out = to_tvm(np.zeros((b, oh, ow, plan.out_channels), out_dtype))
     params = grouped_channel_params(w_q, x_zp, bias, multiplier, shift, plan)
-    kernel(to_tvm(x), to_tvm(pack_grouped_weight(w_q, plan)), *params, to_tvm(Requant(out_zp, qmin, qmax, out_dtype).qp(x_zp)), out)
+    kernel(to_tvm(x), to_tvm(pack_grouped_weight(w_q, plan)), *map(to_tvm, params), to_tvm(Requant(out_zp, qmin, qmax, out_dtype).qp(x_zp)), out)
     y = torch.from_numpy(out.numpy())[..., out_positions(plan)]
     return y.permute(0, 3, 1, 2).contiguous()
 

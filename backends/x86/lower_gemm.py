@@ -1,6 +1,5 @@
-"""Relax lowerings of the integer graph's GEMM ops: conv (VNNI; depthwise on the AVX-512
-depthwise kernel; other grouped convs on the windowed VNNI conv), linear (VNNI dense, any rank)
-and activation x activation matmul.
+"""Relax lowerings of the integer graph's GEMM ops: conv (VNNI; depthwise on the vector
+depthwise kernel; other grouped convs on the windowed VNNI conv) and linear (VNNI dense, any rank).
 
 Weights are padded and packed on the host into the kernels' blocked layouts and bound as
 constants, with the input zero point folded into the bias (``bias - x_zp * sum(w)``). With
@@ -15,26 +14,26 @@ import torch
 import torch.fx as fx
 from tvm import relax
 
+from lcpaq.backends.common import gemm_te
 from lcpaq.backends.common import integer_ops as iops
 from lcpaq.backends.common.op_args import conv_out_size
 from lcpaq.backends.common.relax_lower import RelaxLowering, RVal, channels_of, codes, logical, nhwc, pad_last, round_up
-from lcpaq.backends.x86 import elementwise as ew
 from lcpaq.backends.x86 import int8 as t8
-from lcpaq.backends.x86 import int8_depthwise as dw
+from lcpaq.backends.common import cpu_depthwise as dw
 from lcpaq.backends.x86 import int8_grouped as gw
 from lcpaq.backends.x86.lowerings import LOWERINGS
 from lcpaq.backends.x86.vnni import DEPTH, LANES, pack_weight
 from lcpaq.ir.errors import LoweringError
 
 
-def _channel_vectors(bias_eff: torch.Tensor, mult: torch.Tensor, shift: torch.Tensor, n_pad: int) -> list[relax.Expr]:
-    return [relax.const(a.numpy()) for a in t8._channel_params(bias_eff, mult, shift, len(mult), n_pad)]
+def _channel_vectors(bias: torch.Tensor, mult: torch.Tensor, shift: torch.Tensor, n_pad: int) -> list[relax.Expr]:
+    return [relax.const(a) for a in gemm_te.channel_params(bias, mult, shift, len(mult), n_pad)]
 
 
-def _conv_params(lw: RelaxLowering, node: fx.Node) -> tuple[torch.Tensor, Any, Any, Any, int, int, str, "t8.Requant"]:
+def _conv_params(lw: RelaxLowering, node: fx.Node) -> tuple[torch.Tensor, Any, Any, Any, int, int, str, "gemm_te.Requant"]:
     w, bias, mult, shift = (lw.tensor(a) for a in node.args[1:5])
     kw = node.kwargs
-    rq = t8.Requant(int(kw["out_zp"]), int(kw["qmin"]), int(kw["qmax"]), kw.get("out_dtype", "uint8"))
+    rq = gemm_te.Requant(int(kw["out_zp"]), int(kw["qmin"]), int(kw["qmax"]), kw.get("out_dtype", "uint8"))
     return w, bias, mult, shift, int(kw["stride"]), int(kw["padding"]), rq.out_dtype, rq
 
 
@@ -67,7 +66,7 @@ def _qconv2d(lw: RelaxLowering, node: fx.Node) -> RVal:
         lambda f: sched(f, lambda g: t8.schedule_qconv2d(g, t8.vnni_col_tile(ow))),
     )
     x_zp = int(node.kwargs["x_zp"])
-    args = [x.expr, relax.const(t8.pack_conv_weight(w_p)), *_channel_vectors(t8._bias_eff(w, x_zp, bias), mult, shift, o16),
+    args = [x.expr, relax.const(t8.pack_conv_weight(w_p)), *_channel_vectors(gemm_te.bias_eff(w, x_zp, bias), mult, shift, o16),
             relax.const(rq.qp(x_zp))]
     return RVal(lw.call(gv, args, (b, oh, ow, o16), dtype), (b, o, oh, ow), dtype, o16)
 
@@ -83,11 +82,11 @@ def _qdepthwise(lw: RelaxLowering, node: fx.Node, x: RVal, w: torch.Tensor, bias
     w_p = torch.zeros(x.cp, 1, k, k, dtype=torch.int8)
     w_p[:c] = w.to(torch.int8)
     oh, ow = conv_out_size(h, k, stride, pad), conv_out_size(wd, k, stride, pad)
-    rq = t8.Requant(int(kw["out_zp"]), int(kw["qmin"]), int(kw["qmax"]), dtype)
+    rq = gemm_te.Requant(int(kw["out_zp"]), int(kw["qmin"]), int(kw["qmax"]), dtype)
     gv = lw.prim(("qdepthwise", (b, h, wd, x.cp), k, stride, pad, dtype),
                  lambda: dw.qdepthwise_func((b, h, wd, x.cp), k, stride, pad, dtype), dw.schedule_qdepthwise)
     args = [x.expr, relax.const(dw.pack_depthwise_weight(w_p)),
-            *_channel_vectors(t8._bias_eff(w, int(kw["x_zp"]), bias), mult, shift, x.cp), relax.const(rq.qp(int(kw["x_zp"])))]
+            *_channel_vectors(gemm_te.bias_eff(w, int(kw["x_zp"]), bias), mult, shift, x.cp), relax.const(rq.qp(int(kw["x_zp"])))]
     return RVal(lw.call(gv, args, (b, oh, ow, x.cp), dtype), (b, c, oh, ow), dtype, x.cp)
 
 
@@ -110,7 +109,7 @@ def _qgrouped(lw: RelaxLowering, node: fx.Node, x: RVal, groups: int) -> RVal:
                  lambda: gw.qgrouped_func((b, h, wd, x.cp), plan, (kh, kw), stride, pad, dtype),
                  lambda f: t8.schedule_qconv2d(f, t8.vnni_col_tile(ow)))
     x_zp = int(node.kwargs["x_zp"])
-    params = [relax.const(a.numpy()) for a in gw.grouped_channel_params(w, x_zp, bias, mult, shift, plan)]
+    params = [relax.const(a) for a in gw.grouped_channel_params(w, x_zp, bias, mult, shift, plan)]
     args = [x.expr, relax.const(gw.pack_grouped_weight(w, plan)), *params, relax.const(rq.qp(x_zp))]
     y = lw.call(gv, args, (b, oh, ow, n_out), dtype)
     if not plan.regroups_outputs:
@@ -143,11 +142,11 @@ def _qlinear(lw: RelaxLowering, node: fx.Node) -> RVal:
     expr = pad_last(lw, expr, (rows, stored), k4)  # padded features meet zero weights
     w_p = torch.zeros(n16, k4, dtype=torch.int8)
     w_p[:n, :k] = w.to(torch.int8)
-    rq = t8.Requant(int(kw["out_zp"]), int(kw["qmin"]), int(kw["qmax"]), dtype)
+    rq = gemm_te.Requant(int(kw["out_zp"]), int(kw["qmin"]), int(kw["qmax"]), dtype)
     tag = f"dense-m{m}-n{n16}-k{k4}-int8" + ("" if dtype == "uint8" else "-i32")
     sched = lw.kernel_schedule(tag)
     gv = lw.prim(("qdense", m, n16, k4, dtype), lambda: t8.qdense_func(m, n16, k4, dtype), lambda f: sched(f, t8.schedule_qdense))
-    args = [expr, relax.const(pack_weight(w_p)), *_channel_vectors(t8._bias_eff(w, int(kw["x_zp"]), bias), mult, shift, n16),
+    args = [expr, relax.const(pack_weight(w_p)), *_channel_vectors(gemm_te.bias_eff(w, int(kw["x_zp"]), bias), mult, shift, n16),
             relax.const(rq.qp(int(kw["x_zp"])))]
     y = lw.call(gv, args, (m, n16), dtype)
     if len(lead) != 1:
@@ -158,29 +157,3 @@ def _qlinear(lw: RelaxLowering, node: fx.Node) -> RVal:
         shape = (*lead, n)
         return RVal(y, shape, dtype, channels_of(shape), "NCHW")
     return RVal(y, (*lead, n), dtype, n16)
-
-
-def _broadcast(lw: RelaxLowering, v: RVal, batch: tuple[int, ...]) -> RVal:
-    shape = (*batch, *v.shape[-2:])
-    if shape == v.shape:
-        return v
-    return RVal(lw.bb.emit(relax.op.broadcast_to(v.expr, shape)), shape, v.dtype, channels_of(shape), "NCHW")
-
-
-@LOWERINGS.register(iops.qmatmul)
-def _qmatmul(lw: RelaxLowering, node: fx.Node) -> RVal:
-    """Activation x activation matmul of codes in their logical layout (plain int32 arithmetic)."""
-    a, b = (logical(lw, lw.env[arg]) for arg in node.args[:2])
-    if a.dtype != "uint8" or b.dtype != "uint8" or len(a.shape) < 2 or len(b.shape) < 2 or a.shape[-1] != b.shape[-2]:
-        raise LoweringError(f"{node.name}: matmul of {a.dtype} {a.shape} and {b.dtype} {b.shape} is not lowered (uint8 codes, 2-d or more)")
-    if a.shape[:-2] != b.shape[:-2]:  # batch broadcasting: materialize both operands at the common batch shape
-        batch = tuple(int(d) for d in torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
-        a, b = (_broadcast(lw, v, batch) for v in (a, b))
-    a_zp, b_zp, mult, shift = (int(v) for v in node.args[2:6])
-    kw = node.kwargs
-    out_zp, qmin, qmax, dtype = int(kw["out_zp"]), int(kw["qmin"]), int(kw["qmax"]), kw.get("out_dtype", "uint8")
-    shape = (*a.shape[:-1], b.shape[-1])
-    key = ("qmatmul", a.shape, b.shape, a_zp, b_zp, mult, shift, out_zp, qmin, qmax, dtype)
-    gv = lw.prim(key, lambda: ew.qmatmul_func(a.shape, b.shape, a_zp, b_zp, mult, shift, out_zp, qmin, qmax, dtype),
-                 ew.schedule_elementwise)
-    return RVal(lw.call(gv, [a.expr, b.expr], shape, dtype), shape, dtype, channels_of(shape), "NCHW")

@@ -25,6 +25,8 @@ from tvm.s_tir import TensorIntrin
 from tvm.target import codegen
 from tvm.script import tirx as T
 
+from lcpaq.backends.common import gemm_te
+
 #: Name under which the corrected intrinsic is registered.
 VNNI_INTRIN = "lcpaq_dot_16x4_vnni"
 #: Lanes (output channels) and reduction depth of one ``vpdpbusd``.
@@ -101,30 +103,19 @@ def host_target() -> tvm.target.Target:
     return resolve_tvm_target({"kind": "llvm", "mcpu": NATIVE_CPU})
 
 
+#: The VNNI instruction's blocking (16 output lanes x 4 reduction elements, u8 activations)
+#: for the generic GEMM kernels of :mod:`lcpaq.backends.common.gemm_te`.
+VNNI_BLOCKING = gemm_te.Blocking(LANES, DEPTH, "uint8")
+
+
 def pack_weight(w_q: torch.Tensor) -> np.ndarray:
     """``[N, K]`` int8 codes to the ``[N/16, K/4, 16, 4]`` layout; N and K must be multiples of 16 and 4."""
-    n, k = w_q.shape
-    if n % LANES or k % DEPTH:
-        raise ValueError(f"VNNI weights need N % 16 == 0 and K % 4 == 0, got N={n}, K={k}")
-    w = w_q.to(torch.int8).reshape(n // LANES, LANES, k // DEPTH, DEPTH).permute(0, 2, 1, 3)
-    return np.ascontiguousarray(w.numpy())
+    return gemm_te.pack_weight(w_q, VNNI_BLOCKING)
 
 
 def dense_compute(m: int, n: int, k: int) -> tuple[te.Tensor, te.Tensor, te.Tensor]:
     """TE of ``C[i, j] = sum_k int32(X[i, k]) * int32(W[j, k])`` with W packed; returns (X, W, C)."""
-    if n % LANES or k % DEPTH:
-        raise ValueError(f"VNNI dense needs N % 16 == 0 and K % 4 == 0, got N={n}, K={k}")
-    x = te.placeholder((m, k), "uint8", name="X")
-    w = te.placeholder((n // LANES, k // DEPTH, LANES, DEPTH), "int8", name="W")
-    r = te.reduce_axis((0, k), name="k")
-    c = te.compute(
-        (m, n),
-        lambda i, j: te.sum(
-            x[i, r].astype("int32") * w[j // LANES, r // DEPTH, j % LANES, r % DEPTH].astype("int32"), axis=r
-        ),
-        name="dense",
-    )
-    return x, w, c
+    return gemm_te.dense_compute(m, n, k, VNNI_BLOCKING)
 
 
 def tensorize_dense_block(sch: s_tir.Schedule, block: Any, row_tile: int = 4, epilogue: Any = None) -> None:

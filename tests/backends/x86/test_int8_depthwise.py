@@ -6,6 +6,7 @@ import torch
 
 
 from lcpaq.backends.common import integer_ref as ir
+from lcpaq.backends.common import cpu_depthwise as cd
 from lcpaq.backends.x86 import int8_depthwise as dw
 
 
@@ -68,10 +69,10 @@ def test_qdepthwise_kernel_is_vectorized_16_wide() -> None:
 
 def test_bad_shapes_are_rejected() -> None:
     with pytest.raises(ValueError, match="C % 16"):
-        dw.qdepthwise_func((1, 8, 8, 24), 3, 1, 1)
+        cd.qdepthwise_func((1, 8, 8, 24), 3, 1, 1)
     with pytest.raises(ValueError, match="square w"):
         dw.qdepthwise(torch.zeros(1, 8, 6, 6, dtype=torch.int32), 0, torch.zeros(8, 2, 3, 3, dtype=torch.int8), None, 1, 1, 0)
     with pytest.raises(ValueError, match="does not divide"):
-        dw.schedule_qdepthwise(dw.qdepthwise_func((1, 7, 7, 16), 3, 1, 1), tile=2)
+        cd.schedule_qdepthwise(cd.qdepthwise_func((1, 7, 7, 16), 3, 1, 1), tile=2)
     with pytest.raises(ValueError, match="out_dtype"):
-        dw.qdepthwise_func((1, 8, 8, 16), 3, 1, 1, out_dtype="int8")
+        cd.qdepthwise_func((1, 8, 8, 16), 3, 1, 1, out_dtype="float32")

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from lcpaq.backends.common import gemm_te
 from lcpaq.backends.common import integer_ref as ir
 from lcpaq.backends.x86 import int8 as t8
 from lcpaq.backends.x86 import tune as tt
@@ -58,8 +59,8 @@ def test_tuned_qdense_is_vnni_and_bit_exact() -> None:
     mult = torch.randint(2**30, 2**31 - 1, (n,), generator=gen)
     shift = torch.randint(36, 40, (n,), generator=gen)
     out = to_tvm(np.zeros((m, n), np.uint8))
-    params = t8._channel_params(t8._bias_eff(w, 0, b), mult, shift, n, n)
-    kernel(to_tvm(x, "uint8"), to_tvm(pack_weight(w)), *params, to_tvm(t8.Requant(10).qp(0)), out)
+    params = [to_tvm(a) for a in gemm_te.channel_params(gemm_te.bias_eff(w, 0, b), mult, shift, n, n)]
+    kernel(to_tvm(x, "uint8"), to_tvm(pack_weight(w)), *params, to_tvm(gemm_te.Requant(10).qp(0)), out)
     assert torch.equal(torch.from_numpy(out.numpy()), ir.dense(x, 0, w, b, mult, shift, 10))
 
 
@@ -74,8 +75,8 @@ def test_tuned_qconv2d_is_vnni_and_bit_exact() -> None:
     mult = torch.randint(2**30, 2**31 - 1, (o,), generator=gen)
     shift = torch.randint(38, 42, (o,), generator=gen)
     out = to_tvm(np.zeros((1, 8, 8, o), np.uint8))
-    params = t8._channel_params(t8._bias_eff(w, 7, None), mult, shift, o, o)
-    kernel(to_tvm(x, "uint8"), to_tvm(t8.pack_conv_weight(w)), *params, to_tvm(t8.Requant(20).qp(7)), out)
+    params = [to_tvm(a) for a in gemm_te.channel_params(gemm_te.bias_eff(w, 7, None), mult, shift, o, o)]
+    kernel(to_tvm(x, "uint8"), to_tvm(t8.pack_conv_weight(w)), *params, to_tvm(gemm_te.Requant(20).qp(7)), out)
     want = ir.conv2d(x.permute(0, 3, 1, 2), 7, w, None, mult, shift, 20, padding=1)
     assert torch.equal(torch.from_numpy(out.numpy()).permute(0, 3, 1, 2), want)
 

@@ -1,4 +1,4 @@
-"""The x86 backend's Relax compilation pipeline: TVM's CPU pipeline plus default schedules.
+"""The CPU families' Relax compilation pipeline: TVM's CPU pipeline plus default schedules.
 
 TVM's default CPU pipeline legalizes Relax ops (bias adds, ReLUs, layer norms, softmax, layout
 changes) into TIR and fuses them, but schedules nothing: each fused function runs as one serial,
@@ -17,7 +17,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu
 from tvm.s_tir import dlight as dl
 from tvm.s_tir.dlight.base import ScheduleRule
 
-from lcpaq.backends.x86.elementwise import schedule_blocks
+from lcpaq.backends.common.code_kernels import schedule_blocks
 
 
 class SpatialFallback(ScheduleRule):

@@ -1,5 +1,11 @@
-"""x86 lowerings of the integer graph's element-wise and pooling ops (kernels of
-:mod:`lcpaq.backends.x86.elementwise`), and of reshapes of padded codes."""
+"""Lowerings of the integer graph's element-wise, pooling and activation x activation matmul ops
+(kernels of :mod:`lcpaq.backends.common.code_kernels`) and of reshapes of padded codes, shared by
+the CPU families: :data:`CODES`, the parent of their tables.
+
+The family's :class:`~lcpaq.backends.common.backend.Conventions` say what the codes look like:
+activations are NHWC between kernels, in ``act_dtype`` codes (int32 into residual adds), channels
+padded to ``in_multiple`` (to ``out_multiple`` where a depthwise conv reads them, whose kernel
+takes a vector of channels at a time) and never sliced until the float output."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,19 +15,24 @@ from tvm import relax
 
 from lcpaq.backends.common import integer_ops as iops
 from lcpaq.backends.common.relax_lower import NotThisForm, RelaxLowering, RVal, channels_of, codes, logical, nhwc, round_up
-from lcpaq.backends.x86 import elementwise as ew
-from lcpaq.backends.x86.lowerings import LOWERINGS
-from lcpaq.backends.x86.vnni import DEPTH, LANES
+from lcpaq.backends.common import code_kernels as ck
+from lcpaq.backends.common.relax_frontend import COMMON
+from lcpaq.backends.common.relax_lower import LoweringTable
 from lcpaq.ir.errors import LoweringError
 
 aten = torch.ops.aten
 
+#: Lowerings of integer codes every CPU family shares; its parent is :data:`COMMON`.
+CODES = LoweringTable("integer-codes", parent=COMMON)
 
-@LOWERINGS.register(iops.quantize)
+
+@CODES.register(iops.quantize)
 def _quantize(lw: RelaxLowering, node: fx.Node) -> RVal:
     x = lw.env[node.args[0]]
-    if node.kwargs.get("out_dtype", "uint8") != "uint8":
-        raise LoweringError(f"{node.name}: the x86 kernels read uint8 activation codes, not {node.kwargs['out_dtype']}")
+    conv = lw.backend.conventions
+    code = conv.act_dtype
+    if node.kwargs.get("out_dtype", "uint8") != code:
+        raise LoweringError(f"{node.name}: backend {lw.backend.name!r} reads {code} activation codes, not {node.kwargs.get('out_dtype', 'uint8')}")
     inv, zp = float(node.args[1]), int(node.args[2])
     qmin, qmax = int(node.kwargs["qmin"]), int(node.kwargs["qmax"])
     if not x.shape:
@@ -31,24 +42,24 @@ def _quantize(lw: RelaxLowering, node: fx.Node) -> RVal:
     plain = len(x.shape) == 4 and all(u.target in (iops.qmatmul, iops.qlinear) for u in node.users)
     if plain and x.layout == "NHWC":
         x = RVal(lw.bb.emit(relax.op.permute_dims(x.expr, [0, 3, 1, 2])), x.shape, x.dtype, x.cp, "NCHW")
-    cp = x.shape[-1] if plain else round_up(x.channels, LANES if any(_depthwise(lw, u) for u in node.users) else DEPTH)
+    cp = x.shape[-1] if plain else round_up(x.channels, conv.out_multiple if any(_depthwise(lw, u) for u in node.users) else conv.in_multiple)
     nhwc = len(x.shape) == 4 and x.layout == "NHWC"
-    key = ("quantize", x.shape, inv, zp, qmin, qmax, cp, nhwc, plain)
-    gv = lw.prim(key, lambda: ew.quantize_func(x.shape, inv, zp, qmin, qmax, cp, nhwc, plain), ew.schedule_elementwise)
+    key = ("quantize", x.shape, inv, zp, qmin, qmax, cp, nhwc, plain, code)
+    gv = lw.prim(key, lambda: ck.quantize_func(x.shape, inv, zp, qmin, qmax, cp, nhwc, plain, code), ck.schedule_elementwise)
     if plain:
-        return RVal(lw.call(gv, [x.expr], x.shape, "uint8"), x.shape, "uint8", x.channels, "NCHW")
+        return RVal(lw.call(gv, [x.expr], x.shape, code), x.shape, code, x.channels, "NCHW")
     phys = (x.shape[0], x.shape[2], x.shape[3], cp) if len(x.shape) == 4 else (*x.shape[:-1], cp)
-    return RVal(lw.call(gv, [x.expr], phys, "uint8"), x.shape, "uint8", cp)
+    return RVal(lw.call(gv, [x.expr], phys, code), x.shape, code, cp)
 
 
 def _depthwise(lw: RelaxLowering, node: fx.Node) -> bool:
-    """A depthwise conv of the integer graph (its kernel reads channels 16 at a time)."""
+    """A depthwise conv of the integer graph (its kernel reads a vector of channels at a time)."""
     if node.target is not iops.qconv2d or int(node.kwargs.get("groups", 1)) == 1:
         return False
     return lw.tensor(node.args[1]).shape[1] == 1
 
 
-@LOWERINGS.register(iops.dequantize, iops.dequantize_channels)
+@CODES.register(iops.dequantize, iops.dequantize_channels)
 def _dequantize(lw: RelaxLowering, node: fx.Node) -> RVal:
     """Codes to float32; 4-d results stay NHWC unless they are a model output (NCHW)."""
     x = codes(lw, node)
@@ -60,12 +71,12 @@ def _dequantize(lw: RelaxLowering, node: fx.Node) -> RVal:
     if node.target is iops.dequantize:
         scale, zp = float(node.args[1]), int(node.args[2])
         key = ("dequantize", x.phys, x.dtype, c, scale, zp, nhwc, plain)
-        gv = lw.prim(key, lambda: ew.dequantize_func(x.phys, x.dtype, c, scale, zp, nhwc, plain), ew.schedule_elementwise)
+        gv = lw.prim(key, lambda: ck.dequantize_func(x.phys, x.dtype, c, scale, zp, nhwc, plain), ck.schedule_elementwise)
         args = [x.expr]
     else:
         scales = lw.tensor(node.args[1]).float().numpy()
         key = ("dequantize_channels", x.phys, x.dtype, c, nhwc, plain)
-        gv = lw.prim(key, lambda: ew.dequantize_func(x.phys, x.dtype, c, [1.0] * c, 0, nhwc, plain), ew.schedule_elementwise)
+        gv = lw.prim(key, lambda: ck.dequantize_func(x.phys, x.dtype, c, [1.0] * c, 0, nhwc, plain), ck.schedule_elementwise)
         args = [x.expr, relax.const(np.ascontiguousarray(scales))]
     if nhwc:
         b, _, h, w = x.shape
@@ -73,13 +84,13 @@ def _dequantize(lw: RelaxLowering, node: fx.Node) -> RVal:
     return RVal(lw.call(gv, args, x.shape, "float32"), x.shape, "float32", x.channels, "NCHW")
 
 
-@LOWERINGS.register(iops.requantize)
+@CODES.register(iops.requantize)
 def _requantize(lw: RelaxLowering, node: fx.Node) -> RVal:
     x = codes(lw, node)
     x_zp, mult, shift, out_zp = (int(a) for a in node.args[1:5])
     qmin, qmax, dtype = int(node.kwargs["qmin"]), int(node.kwargs["qmax"]), node.kwargs.get("out_dtype", "uint8")
     key = ("requantize", x.phys, x.dtype, x_zp, mult, shift, out_zp, qmin, qmax, dtype)
-    gv = lw.prim(key, lambda: ew.requantize_func(x.phys, x.dtype, x_zp, mult, shift, out_zp, qmin, qmax, dtype), ew.schedule_elementwise)
+    gv = lw.prim(key, lambda: ck.requantize_func(x.phys, x.dtype, x_zp, mult, shift, out_zp, qmin, qmax, dtype), ck.schedule_elementwise)
     return RVal(lw.call(gv, [x.expr], x.phys, dtype), x.shape, dtype, x.cp)
 
 
@@ -100,7 +111,7 @@ def _common_layout(lw: RelaxLowering, a: RVal, b: RVal) -> tuple[RVal, RVal]:
     return out[0], out[1]
 
 
-@LOWERINGS.register(iops.qadd)
+@CODES.register(iops.qadd)
 def _qadd(lw: RelaxLowering, node: fx.Node) -> RVal:
     a, b = codes(lw, node, 0), codes(lw, node, 1)
     if a.phys != b.phys or a.layout != b.layout:
@@ -109,37 +120,37 @@ def _qadd(lw: RelaxLowering, node: fx.Node) -> RVal:
     out_zp, qmin, qmax = int(node.args[8]), int(node.kwargs["qmin"]), int(node.kwargs["qmax"])
     dtype = node.kwargs.get("out_dtype", "uint8")
     key = ("qadd", a.phys, a.dtype, b.dtype, pa, pb, out_zp, qmin, qmax, dtype)
-    gv = lw.prim(key, lambda: ew.qadd_func(a.phys, a.dtype, b.dtype, pa, pb, out_zp, qmin, qmax, dtype), ew.schedule_elementwise)
+    gv = lw.prim(key, lambda: ck.qadd_func(a.phys, a.dtype, b.dtype, pa, pb, out_zp, qmin, qmax, dtype), ck.schedule_elementwise)
     return RVal(lw.call(gv, [a.expr, b.expr], a.phys, dtype), a.shape, dtype, a.cp)
 
 
-@LOWERINGS.register(iops.clamp)
+@CODES.register(iops.clamp)
 def _clamp(lw: RelaxLowering, node: fx.Node) -> RVal:
     x = codes(lw, node)
     qmin, qmax = int(node.args[1]), int(node.args[2])
-    gv = lw.prim(("clamp", x.phys, x.dtype, qmin, qmax), lambda: ew.clamp_func(x.phys, x.dtype, qmin, qmax), ew.schedule_elementwise)
+    gv = lw.prim(("clamp", x.phys, x.dtype, qmin, qmax), lambda: ck.clamp_func(x.phys, x.dtype, qmin, qmax), ck.schedule_elementwise)
     return RVal(lw.call(gv, [x.expr], x.phys, x.dtype), x.shape, x.dtype, x.cp)
 
 
-@LOWERINGS.register(iops.max_pool2d)
+@CODES.register(iops.max_pool2d)
 def _max_pool(lw: RelaxLowering, node: fx.Node) -> RVal:
     x = nhwc(lw, codes(lw, node))
     k, s, p = (int(a) for a in node.args[1:4])
     b, c, h, w = x.shape
     oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-    gv = lw.prim(("max_pool", x.phys, x.dtype, k, s, p), lambda: ew.max_pool2d_func(x.phys, x.dtype, k, s, p), ew.schedule_elementwise)
+    gv = lw.prim(("max_pool", x.phys, x.dtype, k, s, p), lambda: ck.max_pool2d_func(x.phys, x.dtype, k, s, p), ck.schedule_elementwise)
     return RVal(lw.call(gv, [x.expr], (b, oh, ow, x.cp), x.dtype), (b, c, oh, ow), x.dtype, x.cp)
 
 
-@LOWERINGS.register(iops.global_avg_pool)
+@CODES.register(iops.global_avg_pool)
 def _global_pool(lw: RelaxLowering, node: fx.Node) -> RVal:
     x = nhwc(lw, codes(lw, node))
     b, c = x.shape[:2]
-    gv = lw.prim(("global_avg_pool", x.phys, x.dtype), lambda: ew.global_avg_pool_func(x.phys, x.dtype), ew.schedule_elementwise)
+    gv = lw.prim(("global_avg_pool", x.phys, x.dtype), lambda: ck.global_avg_pool_func(x.phys, x.dtype), ck.schedule_elementwise)
     return RVal(lw.call(gv, [x.expr], (b, 1, 1, x.cp), x.dtype), (b, c, 1, 1), x.dtype, x.cp)
 
 
-@LOWERINGS.register(aten.flatten.using_ints, aten.view.default, aten.reshape.default)
+@CODES.register(aten.flatten.using_ints, aten.view.default, aten.reshape.default)
 def _flatten(lw: RelaxLowering, node: fx.Node) -> RVal:
     """Reshapes of codes: [B, C, 1, 1] -> [B, C] keeps the padding; any other reshape of padded
     codes drops it first (the result is in its logical layout). Float values: TVM's frontend."""
@@ -152,3 +163,30 @@ def _flatten(lw: RelaxLowering, node: fx.Node) -> RVal:
         raise NotThisForm(f"reshape of {x.dtype} values is TVM's frontend reshape")
     v = logical(lw, x)
     return RVal(lw.bb.emit(relax.op.reshape(v.expr, out_shape)), out_shape, x.dtype, channels_of(out_shape), "NCHW")
+
+
+def _broadcast(lw: RelaxLowering, v: RVal, batch: tuple[int, ...]) -> RVal:
+    shape = (*batch, *v.shape[-2:])
+    if shape == v.shape:
+        return v
+    return RVal(lw.bb.emit(relax.op.broadcast_to(v.expr, shape)), shape, v.dtype, channels_of(shape), "NCHW")
+
+
+@CODES.register(iops.qmatmul)
+def _qmatmul(lw: RelaxLowering, node: fx.Node) -> RVal:
+    """Activation x activation matmul of codes in their logical layout (plain int32 arithmetic)."""
+    a, b = (logical(lw, lw.env[arg]) for arg in node.args[:2])
+    code = lw.backend.conventions.act_dtype
+    if a.dtype != code or b.dtype != code or len(a.shape) < 2 or len(b.shape) < 2 or a.shape[-1] != b.shape[-2]:
+        raise LoweringError(f"{node.name}: matmul of {a.dtype} {a.shape} and {b.dtype} {b.shape} is not lowered ({code} codes, 2-d or more)")
+    if a.shape[:-2] != b.shape[:-2]:  # batch broadcasting: materialize both operands at the common batch shape
+        batch = tuple(int(d) for d in torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
+        a, b = (_broadcast(lw, v, batch) for v in (a, b))
+    a_zp, b_zp, mult, shift = (int(v) for v in node.args[2:6])
+    kw = node.kwargs
+    out_zp, qmin, qmax, dtype = int(kw["out_zp"]), int(kw["qmin"]), int(kw["qmax"]), kw.get("out_dtype", "uint8")
+    shape = (*a.shape[:-1], b.shape[-1])
+    key = ("qmatmul", a.shape, b.shape, a_zp, b_zp, mult, shift, out_zp, qmin, qmax, dtype, code)
+    gv = lw.prim(key, lambda: ck.qmatmul_func(a.shape, b.shape, a_zp, b_zp, mult, shift, out_zp, qmin, qmax, dtype, code),
+                 ck.schedule_elementwise)
+    return RVal(lw.call(gv, [a.expr, b.expr], shape, dtype), shape, dtype, channels_of(shape), "NCHW")

@@ -1,4 +1,4 @@
-"""TVM kernels of the integer graph's non-GEMM ops, on NHWC activations, with one hand schedule.
+"""TVM kernels of the integer graph's non-GEMM ops, on NHWC activations, with one hand CPU schedule.
 
 Each function returns an unscheduled PrimFunc whose semantics are those of the op of the same
 name in :mod:`lcpaq.backends.common.integer_ops` (bit-exact), with 4-d tensors in NHWC layout and the
@@ -32,9 +32,10 @@ def _clamp(v: Any, lo: int, hi: int) -> Any:
 
 
 def quantize_func(
-    in_shape: Shape, inv_scale: float, zp: int, qmin: int, qmax: int, cp: int, nhwc_in: bool = False, plain: bool = False
+    in_shape: Shape, inv_scale: float, zp: int, qmin: int, qmax: int, cp: int, nhwc_in: bool = False, plain: bool = False,
+    code_dtype: str = "uint8",
 ) -> tvm.tirx.PrimFunc:
-    """float32 NCHW (NHWC with ``nhwc_in``) to uint8 NHWC with ``cp`` channels, or, for any other
+    """float32 NCHW (NHWC with ``nhwc_in``) to ``code_dtype`` NHWC with ``cp`` channels, or, for any other
     rank (or ``plain``: 4-d kept in its own layout), the last dimension padded to ``cp``; padded
     channels get code ``zp``. ``in_shape`` is the logical (NCHW) shape."""
     stored = (in_shape[0], in_shape[2], in_shape[3], in_shape[1]) if nhwc_in and len(in_shape) == 4 else tuple(in_shape)
@@ -44,14 +45,14 @@ def quantize_func(
 
     def code(*idx: Any) -> Any:
         q = tir.round(x(*idx) * inv).astype("int64") + tir.const(zp, "int64")
-        return _clamp(q, qmin, qmax).astype("uint8")
+        return _clamp(q, qmin, qmax).astype(code_dtype)
 
     if len(in_shape) == 4 and not plain:
         b, _, h, w = in_shape
         y = te.compute(
             (b, h, w, cp),
             lambda n, i, j, ch: tir.if_then_else(
-                ch < c, code(n, i, j, tir.min(ch, c - 1)) if nhwc_in else code(n, tir.min(ch, c - 1), i, j), tir.const(zp, "uint8")
+                ch < c, code(n, i, j, tir.min(ch, c - 1)) if nhwc_in else code(n, tir.min(ch, c - 1), i, j), tir.const(zp, code_dtype)
             ),
             name="quantize",
         )
@@ -59,7 +60,7 @@ def quantize_func(
         c = in_shape[-1]
         y = te.compute(
             (*in_shape[:-1], cp),
-            lambda *i: tir.if_then_else(i[-1] < c, code(*i[:-1], tir.min(i[-1], c - 1)), tir.const(zp, "uint8")),
+            lambda *i: tir.if_then_else(i[-1] < c, code(*i[:-1], tir.min(i[-1], c - 1)), tir.const(zp, code_dtype)),
             name="quantize",
         )
     return te.create_prim_func([x, y])
@@ -123,13 +124,13 @@ def qadd_func(shape: Shape, a_dtype: str, b_dtype: str, a: tuple[int, int, int],
 
 
 def qmatmul_func(a_shape: Shape, b_shape: Shape, a_zp: int, b_zp: int, mult: int, shift: int, out_zp: int,
-                 qmin: int, qmax: int, out_dtype: str) -> tvm.tirx.PrimFunc:
-    """uint8 codes ``[..., M, K] x [..., K, N]`` (equal batch dimensions): int32
+                 qmin: int, qmax: int, out_dtype: str, code_dtype: str = "uint8") -> tvm.tirx.PrimFunc:
+    """``code_dtype`` codes ``[..., M, K] x [..., K, N]`` (equal batch dimensions): int32
     ``sum_k (a - a_zp)(b - b_zp)``, then ``clamp(dyadic(acc) + out_zp)``."""
     *batch, m, k = a_shape
     n = b_shape[-1]
-    xa = te.placeholder(tuple(a_shape), "uint8", name="A")
-    xb = te.placeholder(tuple(b_shape), "uint8", name="B")
+    xa = te.placeholder(tuple(a_shape), code_dtype, name="A")
+    xb = te.placeholder(tuple(b_shape), code_dtype, name="B")
     r = te.reduce_axis((0, k), name="k")
     za, zb = tir.const(a_zp, "int32"), tir.const(b_zp, "int32")
     acc = te.compute(
