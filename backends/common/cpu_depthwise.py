@@ -18,7 +18,6 @@ channels computed per vector (16 fills an AVX-512 register of int32; on NEON, LL
 """
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +25,7 @@ import tvm
 from tvm import s_tir, te
 
 from lcpaq.backends.common.op_args import conv_out_size
+from lcpaq.backends.common.gemm_schedule import col_tile
 from lcpaq.backends.common.gemm_te import pad_nhwc, requant_compute
 
 #: Channels per vector by default (an AVX-512 register of int32).
@@ -68,11 +68,6 @@ def qdepthwise_func(
     return te.create_prim_func([x, wt, bias, mult, shift, qp, y])
 
 
-def col_tile(width: int, most: int = MAX_COL_TILE) -> int:
-    """The largest divisor of ``width`` up to ``most``: output columns sharing each weight vector."""
-    return max(d for d in range(1, most + 1) if width % d == 0)
-
-
 def schedule_qdepthwise(func: tvm.tirx.PrimFunc, tile: int | None = None, lanes: int = LANES) -> s_tir.Schedule:
     """Hand schedule of :func:`qdepthwise_func`: ``(n, oh) parallel, ow / tile, c / lanes,
     kh, kw (unrolled), tile columns (unrolled), ``lanes`` channels vectorized (int32 lanes)``; the
@@ -85,7 +80,7 @@ def schedule_qdepthwise(func: tvm.tirx.PrimFunc, tile: int | None = None, lanes:
     block = sch.get_sblock("dwconv")
     n, oh, ow, c, rh, rw = sch.get_loops(block)
     width = int(sch.get(ow).extent)
-    tile = col_tile(width) if tile is None else tile
+    tile = col_tile(width, MAX_COL_TILE) if tile is None else tile
     if width % tile:
         raise ValueError(f"column tile {tile} does not divide the output width {width}")
     owo, owi = sch.split(ow, [None, tile])
@@ -109,4 +104,4 @@ def pack_depthwise_weight(w_q: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(w_q.to(torch.int8)[:, 0].permute(1, 2, 0).numpy())
 
 
-__all__ = ["col_tile", "pack_depthwise_weight", "qdepthwise_func", "schedule_qdepthwise"]
+__all__ = ["pack_depthwise_weight", "qdepthwise_func", "schedule_qdepthwise"]

@@ -9,10 +9,10 @@ import torch.fx as fx
 import tvm
 
 from lcpaq.backends.common.backend import Backend, Conventions, Device, LayerTimer, register_backend
+from lcpaq.backends.common import integer_layers
 from lcpaq.backends.common.cpu_pipeline import compile_module
 from lcpaq.backends.common.relax_lower import LoweringTable
 from lcpaq.backends.common.tuning import cached_schedule, faster_schedule, tuning_dir
-from lcpaq.backends.x86 import integer_layers
 from lcpaq.backends.x86.lowerings import LOWERINGS
 from lcpaq.backends.x86.timing import X86LayerTimer
 from lcpaq.backends.x86.tune import kernel_ms, tuning_rules

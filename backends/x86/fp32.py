@@ -8,6 +8,7 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, te
 
+from lcpaq.backends.common.gemm_schedule import col_tile
 from lcpaq.backends.common.op_args import conv_out_size
 from lcpaq.backends.x86.vnni import LANES
 
@@ -36,10 +37,8 @@ def fp32_conv_func(shape: tuple[int, int, int, int], out_channels: int, kernel: 
     return te.create_prim_func([x, wt, y])
 
 
-def col_tile(width: int) -> int:
-    """Output columns computed together (each loaded weight vector is reused across them): the
-    largest divisor of ``width`` up to 8, so a tile's accumulators fit in registers."""
-    return max(d for d in range(1, 9) if width % d == 0)
+#: Most output columns an fp32 conv tile computes together.
+MAX_COL_TILE = 8
 
 
 def schedule_fp32_conv(func: tvm.tirx.PrimFunc) -> s_tir.Schedule:
@@ -48,7 +47,7 @@ def schedule_fp32_conv(func: tvm.tirx.PrimFunc) -> s_tir.Schedule:
     sch = s_tir.Schedule(func)
     block = sch.get_sblock("conv")
     n, oh, ow, o, rh, rw, rc = sch.get_loops(block)
-    tile = col_tile(int(sch.get(ow).extent))
+    tile = col_tile(int(sch.get(ow).extent), MAX_COL_TILE)
     owo, owi = sch.split(ow, [None, tile])
     oo, oi = sch.split(o, [None, LANES])
     sch.reorder(n, oh, owo, oo, rh, rw, rc, owi, oi)

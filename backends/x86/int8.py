@@ -21,10 +21,10 @@ import torch
 import tvm
 from tvm import s_tir
 
-from lcpaq.backends.common import gemm_te
+from lcpaq.backends.common import gemm_schedule, gemm_te
 from lcpaq.backends.common.gemm_te import Requant, bias_eff, channel_params, pad_dim
 from lcpaq.backends.common.op_args import conv_out_size
-from lcpaq.backends.x86.vnni import DEPTH, LANES, VNNI_BLOCKING, VNNI_INTRIN, Kernel, build, pack_weight, tensorize_dense_block, to_tvm
+from lcpaq.backends.x86.vnni import DEPTH, LANES, VNNI_BLOCKING, VNNI_INTRIN, Kernel, build, pack_weight, to_tvm
 
 
 def qdense_func(m: int, n: int, k: int, out_dtype: str = "uint8") -> tvm.tirx.PrimFunc:
@@ -34,9 +34,7 @@ def qdense_func(m: int, n: int, k: int, out_dtype: str = "uint8") -> tvm.tirx.Pr
 
 def schedule_qdense(func: tvm.tirx.PrimFunc) -> s_tir.Schedule:
     """Untuned VNNI schedule of :func:`qdense_func`: tensorized core, epilogue fused per tile."""
-    sch = s_tir.Schedule(func)
-    tensorize_dense_block(sch, sch.get_sblock("dense"), epilogue=sch.get_sblock("requant"))
-    return sch
+    return gemm_schedule.schedule_qdense(func, VNNI_BLOCKING, VNNI_INTRIN)
 
 
 def qconv2d_func(
@@ -56,30 +54,13 @@ MAX_COL_TILE = 7
 
 def vnni_col_tile(width: int) -> int:
     """Output columns per VNNI conv tile: the largest divisor of ``width`` up to :data:`MAX_COL_TILE`."""
-    return max(d for d in range(1, MAX_COL_TILE + 1) if width % d == 0)
+    return gemm_schedule.col_tile(width, MAX_COL_TILE)
 
 
 def schedule_qconv2d(func: tvm.tirx.PrimFunc, col_tile: int = 4) -> s_tir.Schedule:
     """Untuned VNNI schedule of :func:`qconv2d_func`: ``(n, oh) parallel, ow/tile, o/16, kh, kw,
     c/4, tile of ow, [16 x 4 -> vpdpbusd]``; padding computed per output row, epilogue fused."""
-    sch = s_tir.Schedule(func)
-    block = sch.get_sblock("conv")
-    n, oh, ow, o, rh, rw, rc = sch.get_loops(block)
-    width = int(sch.get(ow).extent)
-    col_tile = col_tile if width % col_tile == 0 else 1
-    owo, owi = sch.split(ow, [None, col_tile])
-    oo, oi = sch.split(o, [None, LANES])
-    rco, rci = sch.split(rc, [None, DEPTH])
-    sch.reorder(n, oh, owo, oo, rh, rw, rco, owi, oi, rci)
-    sch.parallel(sch.fuse(n, oh))
-    epilogue = sch.get_sblock("requant")
-    sch.reverse_compute_at(epilogue, oo)
-    sch.vectorize(sch.get_loops(epilogue)[-1])
-    pad = sch.get_sblock("pad")
-    sch.parallel(sch.fuse(*sch.get_loops(pad)[:2]))
-    sch.decompose_reduction(block, rh)
-    sch.tensorize(oi, VNNI_INTRIN)
-    return sch
+    return gemm_schedule.schedule_qconv2d(func, VNNI_BLOCKING, VNNI_INTRIN, col_tile)
 
 
 def qdense(

@@ -25,7 +25,7 @@ from tvm.s_tir import TensorIntrin
 from tvm.target import codegen
 from tvm.script import tirx as T
 
-from lcpaq.backends.common import gemm_te
+from lcpaq.backends.common import gemm_schedule, gemm_te
 
 #: Name under which the corrected intrinsic is registered.
 VNNI_INTRIN = "lcpaq_dot_16x4_vnni"
@@ -119,26 +119,9 @@ def dense_compute(m: int, n: int, k: int) -> tuple[te.Tensor, te.Tensor, te.Tens
 
 
 def tensorize_dense_block(sch: s_tir.Schedule, block: Any, row_tile: int = 4, epilogue: Any = None) -> None:
-    """Tile a ``[i, j, k]`` u8 x s8 dense block, tensorize its 16x4 core with :data:`VNNI_INTRIN`
-    and parallelise the outer loops. An elementwise ``epilogue`` block reading the result is
-    computed inside each ``(i_o, j_o)`` tile and vectorized (it must be placed before tensorize).
-
-    Loop order: ``(i_o, j_o) parallel, k_o, i_i, [16 x 4 -> vpdpbusd]``. ``row_tile`` rows share
-    each loaded weight block (it must divide M; 1 always does)."""
-    i, j, k = sch.get_loops(block)
-    m = int(sch.get(i).extent)
-    row_tile = row_tile if m % row_tile == 0 else 1
-    io, ii = sch.split(i, [None, row_tile])
-    jo, ji = sch.split(j, [None, LANES])
-    ko, ki = sch.split(k, [None, DEPTH])
-    sch.reorder(io, jo, ko, ii, ji, ki)
-    fused = sch.fuse(io, jo)
-    sch.parallel(fused)
-    if epilogue is not None:
-        sch.reverse_compute_at(epilogue, fused)
-        sch.vectorize(sch.get_loops(epilogue)[-1])
-    sch.decompose_reduction(block, ko)
-    sch.tensorize(ji, VNNI_INTRIN)
+    """:func:`lcpaq.backends.common.gemm_schedule.tensorize_dense_block` with the VNNI blocking
+    and :data:`VNNI_INTRIN`: ``(i_o, j_o) parallel, k_o, i_i, [16 x 4 -> vpdpbusd]``."""
+    gemm_schedule.tensorize_dense_block(sch, block, VNNI_BLOCKING, VNNI_INTRIN, row_tile, epilogue)
 
 
 @dataclass

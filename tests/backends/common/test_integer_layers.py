@@ -1,4 +1,4 @@
-"""has_integer_kernel: which layers the x86 backend runs on integer kernels, checked against
+"""has_integer_kernel: which layers the CPU families run on integer kernels, checked against
 what a build actually does with each layer."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from torch import nn
 
 from lcpaq.backends.common import integer_ops as iops
 from lcpaq.backends.common.integerize import integerize
-from lcpaq.backends.x86.integer_layers import has_integer_kernel
+from lcpaq.backends.common.integer_layers import has_integer_kernel
 from lcpaq.ir import capture, find_layers
 from tests.backends._nets import quantized
 
@@ -42,3 +42,24 @@ def test_predicate_names_the_layers_a_build_runs_in_integer() -> None:
     ig = integerize(quantized(model, x))
     integer = [n for n in ig.graph.nodes if n.target in (iops.qconv2d, iops.qlinear, iops.qmatmul)]
     assert len(integer) == sum(got.values())
+
+
+class _Groups(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dense = nn.Conv2d(8, 8, 3, padding=1)
+        self.depthwise = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=4)
+        self.depthwise_wide = nn.Conv2d(8, 8, (1, 3), padding=1, groups=8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.depthwise_wide(self.grouped(self.depthwise(self.dense(x))))
+
+
+def test_a_family_without_a_grouped_kernel_keeps_dense_and_square_depthwise_convs() -> None:
+    model = _Groups().eval()
+    gm = capture(model, (torch.randn(1, 8, 6, 6, generator=torch.Generator().manual_seed(1)),))
+    layers = find_layers(gm)
+    assert {layer.name: has_integer_kernel(gm, layer, grouped_convs=False) for layer in layers} == {
+        "dense": True, "depthwise": True, "grouped": False, "depthwise_wide": False}
+    assert all(has_integer_kernel(gm, layer) for layer in layers)

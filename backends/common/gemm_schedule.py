@@ -1,0 +1,73 @@
+"""Hand schedules of the blocked GEMM kernels of :mod:`lcpaq.backends.common.gemm_te` for a CPU
+with a dot-product tensor intrinsic: the inner ``lanes x depth`` block tensorized with the
+family's intrinsic (x86 ``vpdpbusd``, Arm ``sdot``), the outer loops parallel, the
+requantization epilogue fused per tile and vectorized."""
+from __future__ import annotations
+
+from typing import Any
+
+import tvm
+from tvm import s_tir
+
+from lcpaq.backends.common.gemm_te import Blocking
+
+
+def tensorize_dense_block(sch: s_tir.Schedule, block: Any, blocking: Blocking, intrin: str, row_tile: int = 4,
+                          epilogue: Any = None) -> None:
+    """Tile a ``[i, j, k]`` dense block, tensorize its ``lanes x depth`` core with ``intrin`` and
+    parallelise the outer loops. An elementwise ``epilogue`` block reading the result is
+    computed inside each ``(i_o, j_o)`` tile and vectorized (it must be placed before tensorize).
+
+    Loop order: ``(i_o, j_o) parallel, k_o, i_i, [lanes x depth -> intrinsic]``. ``row_tile``
+    rows share each loaded weight block (it must divide M; 1 always does)."""
+    i, j, k = sch.get_loops(block)
+    m = int(sch.get(i).extent)
+    row_tile = row_tile if m % row_tile == 0 else 1
+    io, ii = sch.split(i, [None, row_tile])
+    jo, ji = sch.split(j, [None, blocking.lanes])
+    ko, ki = sch.split(k, [None, blocking.depth])
+    sch.reorder(io, jo, ko, ii, ji, ki)
+    fused = sch.fuse(io, jo)
+    sch.parallel(fused)
+    if epilogue is not None:
+        sch.reverse_compute_at(epilogue, fused)
+        sch.vectorize(sch.get_loops(epilogue)[-1])
+    sch.decompose_reduction(block, ko)
+    sch.tensorize(ji, intrin)
+
+
+def schedule_qdense(func: tvm.tirx.PrimFunc, blocking: Blocking, intrin: str) -> s_tir.Schedule:
+    """Schedule of :func:`gemm_te.qdense_func`: tensorized core, epilogue fused per tile."""
+    sch = s_tir.Schedule(func)
+    tensorize_dense_block(sch, sch.get_sblock("dense"), blocking, intrin, epilogue=sch.get_sblock("requant"))
+    return sch
+
+
+def schedule_qconv2d(func: tvm.tirx.PrimFunc, blocking: Blocking, intrin: str, col_tile: int = 4) -> s_tir.Schedule:
+    """Schedule of :func:`gemm_te.qconv2d_func`: ``(n, oh) parallel, ow/tile, o/lanes, kh, kw,
+    c/depth, tile of ow, [lanes x depth -> intrinsic]``; padding computed per output row,
+    epilogue fused. ``col_tile`` output columns share each loaded weight block."""
+    sch = s_tir.Schedule(func)
+    block = sch.get_sblock("conv")
+    n, oh, ow, o, rh, rw, rc = sch.get_loops(block)
+    width = int(sch.get(ow).extent)
+    col_tile = col_tile if width % col_tile == 0 else 1
+    owo, owi = sch.split(ow, [None, col_tile])
+    oo, oi = sch.split(o, [None, blocking.lanes])
+    rco, rci = sch.split(rc, [None, blocking.depth])
+    sch.reorder(n, oh, owo, oo, rh, rw, rco, owi, oi, rci)
+    sch.parallel(sch.fuse(n, oh))
+    epilogue = sch.get_sblock("requant")
+    sch.reverse_compute_at(epilogue, oo)
+    sch.vectorize(sch.get_loops(epilogue)[-1])
+    pad = sch.get_sblock("pad")
+    sch.parallel(sch.fuse(*sch.get_loops(pad)[:2]))
+    sch.decompose_reduction(block, rh)
+    sch.tensorize(oi, intrin)
+    return sch
+
+
+def col_tile(width: int, most: int) -> int:
+    """Output columns computed together (each loaded weight vector is reused across them, so a
+    tile's accumulators must fit in registers): the largest divisor of ``width`` up to ``most``."""
+    return max(d for d in range(1, most + 1) if width % d == 0)
