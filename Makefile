@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench-assignment bench-search coverage install clean
+.PHONY: demo test test-slow bench-assignment bench-search coverage install clean arm-board arm-board-stop
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,14 @@ coverage: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# The emulated AArch64 board (qemu-user, TVM RPC on 127.0.0.1) that the ARM backend's tests run on:
+# built once into ~/.cache/lcpaq/arm-board ($$LCPAQ_ARM_BOARD_DIR), then started. ARM_BOARD_ARGS: e.g. --port 9100 --cpu max
+arm-board: $(STAMP)
+	$(PY) -m lcpaq.tools.arm_board setup && $(PY) -m lcpaq.tools.arm_board start $(ARM_BOARD_ARGS)
+
+arm-board-stop: $(STAMP)
+	$(PY) -m lcpaq.tools.arm_board stop
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

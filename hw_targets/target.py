@@ -3,12 +3,13 @@ dataclass. Passes ask a Target what it can run; they never branch on its name.""
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from lcpaq.ir.errors import ConfigError, CorruptFileError
 from lcpaq.ir.meta import FLOAT_BITS, BitAssignment, check_bits
+from lcpaq.hw_targets.remote import RemoteDevice
 
 TARGET_DIR = Path(__file__).parent
 OP_KINDS = ("conv", "linear", "matmul", "embedding")
@@ -26,7 +27,8 @@ class Target:
     ``/proc/cpuinfo``) a local device must have; see :mod:`lcpaq.hw_targets.host`.
     ``backend``: the backend family that builds for the target (``x86-vnni``...; see
     :mod:`lcpaq.backends.common.backend`), None for a simulation-only target. ``tvm_target`` is the
-    target's TVM configuration as written (``mcpu = "native"`` is resolved by the backend)."""
+    target's TVM configuration as written (``mcpu = "native"`` is resolved by the backend).
+    ``device``: ``local`` (this machine) or ``rpc`` (a board reached over TVM RPC: ``remote``)."""
 
     name: str
     description: str
@@ -39,6 +41,8 @@ class Target:
     required_features: tuple[str, ...] = ()
     backend: str | None = None
     source: str = field(default="", compare=False)
+    #: The board a ``device = "rpc"`` target is reached on in this run (``--rpc``/``--tracker``).
+    remote: RemoteDevice | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         for kind in _REQUIRED_KINDS:
@@ -46,6 +50,15 @@ class Target:
                 raise ValueError(f"target {self.name!r} lists no native precisions for {kind!r}")
         for bits in (*self.storage_weight_bits, *self.act_bits, *(b for v in self.native_weight_bits.values() for b in v)):
             check_bits(bits)
+
+    def reached_over(self, remote: RemoteDevice | None) -> "Target":
+        """This target with its device reached over ``remote`` (None: as it was); a local
+        target refuses a remote (its device is this machine)."""
+        if remote is None:
+            return self
+        if self.device != "rpc":
+            raise ConfigError(f"target {self.name!r} runs on this machine; --rpc and --tracker are for targets reached over RPC")
+        return replace(self, remote=remote)
 
     def weight_bits(self, kind: str) -> tuple[int, ...]:
         """Every weight width a layer of this op kind may get (native and storage-only)."""

@@ -123,3 +123,22 @@ def read_only_dir(tmp_path: Path) -> Iterator[Path]:
     yield path if mounted else Path("/sys")
     if mounted:
         subprocess.run(["umount", str(path)], check=True)
+
+
+NO_BOARD = "no emulated ARM board: run `make arm-board`"
+
+
+@pytest.fixture(scope="session")
+def arm_board() -> Iterator[str]:
+    """``127.0.0.1:PORT`` of the emulated AArch64 board's TVM RPC server (``make arm-board``):
+    started if it is set up but not running (and then stopped at the end of the session).
+    Without a board the test is skipped with the command that sets it up, or fails where
+    ``LCPAQ_REQUIRE_ARM_BOARD=1`` (CI)."""
+    from lcpaq.tools.arm_board import board_for_session
+
+    with board_for_session() as address:
+        if address is None:
+            if os.environ.get("LCPAQ_REQUIRE_ARM_BOARD") == "1":
+                pytest.fail(f"{NO_BOARD} (LCPAQ_REQUIRE_ARM_BOARD=1)")
+            pytest.skip(NO_BOARD)
+        yield address

@@ -162,6 +162,10 @@ def quantize(
     if build is None:
         build = runs_here(tgt)
     budgets = budget_options(budget)
+    if budgets.get("latency") and not table:
+        board = " --rpc HOST:PORT (a real board: timings under emulation are never written into a table)" if tgt.device == "rpc" else ""
+        raise ConfigError(f"a latency budget needs a latency table measured on {tgt.name}'s device: run "
+                          f"`lcpaq profile --model M --target {tgt.name}{board} --out table.json` and give it with --latency-table")
     if budgets:
         ILPAssign(**budgets, table=table)  # checks every budget now, before any heavy work
     configs = ([] if budgets else [parse_bits(bits)]) + [parse_bits(b) for b in compare]

@@ -26,7 +26,7 @@ from lcpaq.ir.fileio import atomic_directory
 
 SUITE = "bookworm"  # Debian 12: Python 3.11, glibc 2.36
 GLIBC_MINOR = 36
-FORMAT = 1  # bump when the board's layout changes: older boards are then rebuilt
+FORMAT = 2  # bump when the board's layout changes: older boards are then rebuilt
 DEB_PACKAGES = ("python3", "libstdc++6", "libgcc-s1")
 #: The wheels of the board, at the host's versions. TVM's RPC server needs the last two
 #: (tvm.exec.popen_worker imports cloudpickle, PopenWorker.kill imports psutil).
@@ -37,8 +37,7 @@ FALLBACK_VERSIONS = {"apache-tvm": "0.27.0.post1", "apache-tvm-ffi": "0.1.14.pos
 SKIPPED_MEMBERS = ("tvm/lib/libtvm_compiler.so", "tvm/lib/libtvm_runtime_cuda.so", "tvm/3rdparty/",
                    "tvm/src/", "tvm/include/", "tvm/web/")
 #: Host tools and the Debian packages that provide them.
-HOST_TOOLS = {"qemu-aarch64-static": "qemu-user-static", "aarch64-linux-gnu-g++": "g++-aarch64-linux-gnu",
-              "apt-get": "apt", "dpkg-deb": "dpkg"}
+HOST_TOOLS = {"qemu-aarch64-static": "qemu-user-static", "aarch64-linux-gnu-g++": "g++-aarch64-linux-gnu"}
 STAMP = "board.json"
 ROOTFS = "rootfs"
 SITE = "usr/lib/python3/dist-packages"
@@ -51,12 +50,34 @@ WRAPPER = """#!/bin/sh
 # The emulated AArch64 board's python (written by lcpaq.tools.arm_board setup).
 board=$(cd "$(dirname "$0")/.." && pwd -P)
 root="$board/{rootfs}"
-export LCPAQ_ARM_BOARD_PYTHON="$board/bin/python" TVM_USE_RUNTIME_LIB=1 PYTHONNOUSERSITE=1
+export LCPAQ_ARM_BOARD_PYTHON="$board/bin/python" LCPAQ_ARM_BOARD_CPU="${{LCPAQ_ARM_BOARD_CPU:-{cpu}}}"
+export TVM_USE_RUNTIME_LIB=1 PYTHONNOUSERSITE=1
 unset PYTHONPATH PYTHONHOME PYTHONSTARTUP TVM_LIBRARY_PATH LD_LIBRARY_PATH LD_PRELOAD
-exec {qemu} -L "$root" -cpu "${{LCPAQ_ARM_BOARD_CPU:-{cpu}}}" "$root/usr/bin/{python}" "$@"
+exec "{qemu}" -L "$root" -cpu "$LCPAQ_ARM_BOARD_CPU" "$root/usr/bin/{python}" "$@"
 """
 #: A .pth file in the board's site-packages: its import line runs at every board python's start.
 HOOK = 'import os, sys; sys.executable = os.environ.get("LCPAQ_ARM_BOARD_PYTHON") or sys.executable\n'
+#: A module TVM runs at every ``import tvm`` on the board (a ``tvm.backends`` entry point): it
+#: loads the runtime's extra library, which runtime-only TVM leaves out (random_fill, sort, ...),
+#: and answers ``lcpaq.board.emulation`` (lcpaq.backends.common.remote) with what emulates the board.
+TVM_PLUGIN = """\"\"\"lcpaq's emulated AArch64 board, registered at `import tvm` (written by lcpaq.tools.arm_board setup).\"\"\"
+import ctypes
+import os
+from pathlib import Path
+
+import tvm_ffi
+
+EXTRA = Path(__file__).parent / "tvm" / "lib" / "libtvm_runtime_extra.so"
+
+
+def register():
+    if EXTRA.exists():
+        ctypes.CDLL(str(EXTRA), ctypes.RTLD_LOCAL)
+    emulation = "qemu-aarch64 -cpu " + os.environ.get("LCPAQ_ARM_BOARD_CPU", "unknown")
+    tvm_ffi.register_global_func("lcpaq.board.emulation", lambda: emulation, override=True)
+"""
+PLUGIN_DIST = {"METADATA": "Metadata-Version: 2.1\nName: lcpaq-arm-board\nVersion: 1.0\n",
+               "entry_points.txt": "[tvm.backends]\nlcpaq_arm_board = lcpaq_arm_board:register\n"}
 
 
 class BoardError(LcpaqError):
@@ -86,10 +107,12 @@ def install_command(packages: list[str]) -> str:
 
 def ensure_host_tools(say: Callable[[str], None]) -> None:
     """Install the missing host tools with apt-get as root; otherwise name the command to run."""
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        raise BoardError("the ARM board is built with apt-get and dpkg-deb: it needs a Debian or Ubuntu host")
     missing = sorted({pkg for tool, pkg in HOST_TOOLS.items() if shutil.which(tool) is None})
     if not missing:
         return
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+    if os.geteuid() != 0:
         raise BoardError(f"the ARM board needs {', '.join(missing)}: run `sudo sh -c '{install_command(missing)}'`")
     say(f"installing {' '.join(missing)} with apt-get")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
@@ -161,6 +184,10 @@ def build_board(board: Path, say: Callable[[str], None]) -> None:
             for wheel in wheels:
                 _unpack_wheel(wheel, root / SITE)
             (root / SITE / "lcpaq_arm_board.pth").write_text(HOOK)
+            (root / SITE / "lcpaq_arm_board.py").write_text(TVM_PLUGIN)
+            (root / SITE / "lcpaq_arm_board-1.0.dist-info").mkdir()
+            for name, text in PLUGIN_DIST.items():
+                (root / SITE / "lcpaq_arm_board-1.0.dist-info" / name).write_text(text)
             (tmp / "bin").mkdir()
             qemu = shutil.which("qemu-aarch64-static") or "/usr/bin/qemu-aarch64-static"
             (tmp / "bin" / "python").write_text(wrapper_text(os.path.realpath(qemu), python))
@@ -221,9 +248,10 @@ def _unpack_wheel(wheel: Path, site: Path) -> None:
 
 def _smoke_test(board: Path, say: Callable[[str], None]) -> None:
     say("checking the board's python under qemu")
-    probe = "import platform, sys, tvm; print(platform.machine(), tvm.__version__, sys.executable)"
+    probe = ("import platform, sys, tvm; print(platform.machine(), tvm.__version__, "
+             "tvm.get_global_func('tvm.contrib.random.random_fill', allow_missing=True) is not None, sys.executable)")
     out = _run([str(board / "bin" / "python"), "-c", probe], "the board's python").split()
-    if out[:1] != ["aarch64"] or out[-1:] != [str(board / "bin" / "python")]:
+    if out[:1] != ["aarch64"] or out[2:] != ["True", str(board / "bin" / "python")]:
         raise BoardError(f"the board's python is not set up right: it printed {' '.join(out)!r}")
 
 

@@ -16,6 +16,14 @@ from lcpaq.ir.errors import LOGGER, LcpaqError, one_line
 _DEBUG_HELP = "on failure, print the full traceback; show TVM's native logs (hidden otherwise)"
 
 
+def _add_remote(p: argparse.ArgumentParser) -> None:
+    """--rpc / --tracker / --key: the board a target of device "rpc" runs on (TVM RPC)."""
+    g = p.add_argument_group("board (targets reached over TVM RPC, e.g. arm-a76)")
+    g.add_argument("--rpc", metavar="HOST:PORT", help="a TVM RPC server on the board (an emulated board here: `make arm-board`)")
+    g.add_argument("--tracker", metavar="HOST:PORT", help="a TVM RPC tracker of a device farm (with --key)")
+    g.add_argument("--key", metavar="NAME", help="the device key the boards registered with the tracker")
+
+
 def build_parser() -> argparse.ArgumentParser:
     host_target = default_target_name()  # the default --target of quantize, build and profile
     parser = argparse.ArgumentParser(prog="lcpaq", description="Hardware-aware mixed-precision quantization compiler.")
@@ -57,10 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="progress bars on stderr (default: when stderr is a terminal)")
     q.add_argument("--build", action=argparse.BooleanOptionalAction, default=None,
                    help="compile each configuration with TVM, check it against the integer reference and measure its "
-                        "latency (default: when the target is this machine)")
+                        "latency (default: when the target is this machine, or its board is given)")
     q.add_argument("--build-trials", type=int, default=0, metavar="N",
                    help="MetaSchedule trials per conv/dense kernel when building (default 0: hand schedules)")
     q.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
+    _add_remote(q)
     q.set_defaults(handler="quantize_command")
 
     b = sub.add_parser("build", help="quantize a model and export the deployable library for the target",
@@ -80,11 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty())
     b.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
+    _add_remote(b)
     b.set_defaults(handler="build_command")
 
-    p = sub.add_parser("profile", help="measure per-layer latency on this host and write a latency table",
-                       description="Time every quantizable layer of a model on this machine at fp32 and at each precision "
-                                   "the target computes (int8 through TVM's VNNI kernels), batch 1, and write a JSON latency table.")
+    p = sub.add_parser("profile", help="measure per-layer latency on the target's device and write a latency table",
+                       description="Time every quantizable layer of a model on the target's device (this machine, or a "
+                                   "board over --rpc/--tracker) at fp32 and at each precision the target computes, batch 1, "
+                                   "and write a JSON latency table. Emulated boards are refused: their timings predict nothing.")
     p.add_argument("--model", default="resnet-digits", metavar="SPEC",
                    help="built-in name (resnet-digits, resnet18, resnet50, mobilenetv2, minilm) or path/to/file.py:function")
     p.add_argument("--target", default=host_target, metavar="NAME", help="a target this machine reaches (default %(default)s)")
@@ -96,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
                    help="progress bar on stderr (default: when stderr is a terminal)")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
+    _add_remote(p)
     p.set_defaults(handler="profile_command")
 
     sub.add_parser("targets", help="list hardware targets and their precisions").set_defaults(handler="targets_command")

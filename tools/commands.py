@@ -10,7 +10,8 @@ import lcpaq.backends.common.capability  # noqa: F401  (registers the executable
 from lcpaq.backends.common.backend import backend_for
 from lcpaq.backends.common.deploy import deploy
 from lcpaq.hw_targets.host import host_features, host_support
-from lcpaq.hw_targets.target import OP_KINDS, available_targets, load_target
+from lcpaq.hw_targets.remote import remote_from_options
+from lcpaq.hw_targets.target import OP_KINDS, Target, available_targets, load_target
 from lcpaq.ir.errors import ConfigError
 from lcpaq.ir.fileio import check_writable
 from lcpaq.passes import registered_passes
@@ -22,10 +23,15 @@ from lcpaq.tools.profile import profile
 from lcpaq.tools.report import summary
 
 
+def target_of(args: argparse.Namespace) -> Target:
+    """The --target, reached over the board that --rpc or --tracker/--key name (if any)."""
+    return load_target(args.target).reached_over(remote_from_options(args.rpc, args.tracker, args.key))
+
+
 def quantize_command(args: argparse.Namespace) -> int:
     compare = [c for item in args.compare for c in item.split(",") if c]
     result = quantize(
-        model=args.model, target=args.target, bits=args.bits, compare=compare, budget=args.budget,
+        model=args.model, target=target_of(args), bits=args.bits, compare=compare, budget=args.budget,
         calibration=args.calibration, probes=args.probes, search=args.search, trials=args.trials, proxy=args.proxy,
         space=args.space, space_set=args.space_set, distill=args.distill, latency_table=args.latency_table,
         pipeline=args.pipeline, out=args.out, dump_graphs=args.dump_graphs, progress=args.progress, seed=args.seed,
@@ -46,12 +52,14 @@ def build_command(args: argparse.Namespace) -> int:
 
     check_writable(out, "-o")  # before any work, as the device below
 
-    target = load_target(args.target)
-    backend_for(target).check_available(target)  # before any work: the device must be reachable
+    target = target_of(args)
+    backend = backend_for(target)
+    if target.device == "local" or target.remote is not None:
+        backend.check_available(target)  # before any work: the device must be reachable (a board target builds without one)
 
     bundle = load_bundle(args.model, args.progress)
     result = quantize(
-        model=bundle, target=args.target, bits=args.bits, budget=args.budget, calibration=args.calibration,
+        model=bundle, target=target, bits=args.bits, budget=args.budget, calibration=args.calibration,
         probes=args.probes, latency_table=args.latency_table, pipeline=args.pipeline, progress=args.progress,
         seed=args.seed, build=False,
     )
@@ -62,7 +70,8 @@ def build_command(args: argparse.Namespace) -> int:
     if not entry["built"]:
         raise ConfigError(f"cannot build {primary.label} for {target.name}: {entry['reason']}")
     print("\n".join(deployment_lines({"target": target.name, "deployment": {primary.label: entry}})))
-    print(f"wrote {out} ({input_signature(bundle.example_inputs)}; load with tvm.runtime.load_module and "
+    where = "on this machine" if target.device == "local" else f"on the board ({target.tvm_target.get('mtriple', target.name)})"
+    print(f"wrote {out} ({input_signature(bundle.example_inputs)}; {where}: load with tvm.runtime.load_module and "
           "relax.VirtualMachine, call 'main')")
     return 0
 
@@ -107,7 +116,7 @@ def profile_command(args: argparse.Namespace) -> int:
 
     check_writable(out, "--out")
 
-    target = load_target(args.target)
+    target = target_of(args)
     backend_for(target).check_available(target)  # the device before the model, as profile() does
     bundle = load_bundle(args.model, args.progress)
     table = profile(bundle, target, trials=args.trials, repeats=args.repeats, progress=args.progress)

@@ -18,13 +18,19 @@ def deployment_lines(report: dict[str, Any]) -> list[str]:
         if not d.get("built"):
             lines.append(f"  {label:<24} not built: {d['reason']}")
             continue
+        if d.get("ran") is False:
+            lines.append(f"  {label:<24} built, not run: {d['not_run']}; {d['kernels']} kernels")
+            continue
         pred = f", predicted {d['predicted_ms']:.3f} ms (x{d['measured_over_predicted']:.2f})" if "predicted_ms" in d else ""
+        where = f" on {d['device']}" if d.get("device", "this machine") != "this machine" else ""
+        if d.get("emulation"):
+            where += f" (EMULATED: {d['emulation']}; not the board's speed)"
         exact = (
             "bit-exact vs integer reference" if d["bit_exact_vs_integer_reference"]
             else f"max diff {d['max_diff_vs_integer_reference']:.1e} vs integer reference (float ops round differently)"
         )
         lines.append(
-            f"  {label:<24} {d['latency_ms']:.3f} ms measured{pred}; {exact}; "
+            f"  {label:<24} {d['latency_ms']:.3f} ms measured{where}{pred}; {exact}; "
             f"SQNR vs fp32 {d['sqnr_vs_fp32_db']:.1f} dB on the example input; {d['kernels']} kernels"
         )
         floats = d.get("float_nodes") or {}

@@ -275,12 +275,18 @@ def _deployment_markdown(report: dict[str, Any]) -> list[str]:
         if not d.get("built"):
             rows.append([label, "-", "-", "-", "-", "-", f"not built: {d['reason']}"])
             continue
+        if d.get("ran") is False:
+            rows.append([label, "-", "-", "-", "-", "-", f"{d['kernels']} (built, not run: {d['not_run']})"])
+            continue
         pred = f"{d['predicted_ms']:.3f}" if "predicted_ms" in d else "-"
         ratio = f"{d['measured_over_predicted']:.2f}" if "measured_over_predicted" in d else "-"
         exact = "yes" if d["bit_exact_vs_integer_reference"] else "no"
-        rows.append([label, f"{d['latency_ms']:.3f}", pred, ratio, exact, f"{d['sqnr_vs_fp32_db']:.1f}", str(d["kernels"])])
+        measured = f"{d['latency_ms']:.3f}" + (" (emulated)" if d.get("emulation") else "")
+        rows.append([label, measured, pred, ratio, exact, f"{d['sqnr_vs_fp32_db']:.1f}", str(d["kernels"])])
     head = ["configuration", "measured ms", "predicted ms", "measured / predicted", "bit-exact", "SQNR vs fp32 dB (example input)", "kernels"]
-    return [f"## Deployment on {report['target']} (TVM, batch 1)", "", *_table(head, rows, "lrrrlrr"), ""]
+    emulated = sorted({d["emulation"] for d in dep.values() if d.get("emulation")})
+    note = [f"Timings marked emulated ran on {', '.join(emulated)}: they check the build, not the board's speed.", ""] if emulated else []
+    return [f"## Deployment on {report['target']} (TVM, batch 1)", "", *_table(head, rows, "lrrrlrr"), "", *note]
 
 
 def _deployment(report: dict[str, Any]) -> list[str]:

@@ -60,16 +60,30 @@ class Conventions:
 @dataclass
 class Device:
     """A device reached by a backend: ``dev`` is the TVM device its arrays live on; ``remote``
-    the RPC session when the device is another machine (None: this one)."""
+    the RPC session when the device is another machine (None: this one); ``emulation`` what
+    emulates that machine (None: real hardware), for labelling its timings."""
 
     dev: Any
     remote: Any = None
+    emulation: str | None = None
 
     def tensor(self, array: Any) -> Any:
         import numpy as np
         import tvm
 
         return tvm.runtime.tensor(np.ascontiguousarray(array), self.dev)
+
+    def module(self, executable: Any, export: Callable[[Any, str], None]) -> Any:
+        """``executable`` where this device can run it: itself here, or exported with ``export``
+        (the backend's), uploaded and loaded on the remote machine."""
+        if self.remote is None:
+            return executable
+        from lcpaq.backends.common.remote import load_remote
+
+        return load_remote(self.remote, executable, export)
+
+    def describe(self) -> str:
+        return "this machine" if self.remote is None else ("an emulated board" if self.emulation else "the board")
 
 
 class Backend(ABC):
@@ -87,20 +101,43 @@ class Backend(ABC):
     def tvm_target(self, target: Target) -> "tvm.target.Target":
         """The resolved TVM target to compile for (host CPU names resolved, core counts set)."""
 
-    def check_available(self, target: Target) -> None:
-        """Raise ConfigError (one line) unless ``target``'s device can be reached from here."""
+    def unavailable(self, target: Target) -> str | None:
+        """Why ``target``'s device cannot be reached from here (one line), None when it can be
+        tried: a local device whose CPU lacks the target's features, or an RPC target with no
+        board given."""
         if target.device == "local":
             support = host_support(target)
-            if not support.ok:
-                raise ConfigError(f"target {target.name!r} cannot run on this machine: {support}")
-            return
-        raise ConfigError(
-            f"target {target.name!r} is reached over {target.device!r}, which backend {self.name!r} does not support yet"
-        )
+            return None if support.ok else f"target {target.name!r} cannot run on this machine: {support}"
+        if target.device == "rpc":
+            if target.remote is None:
+                return (f"target {target.name!r} runs on a board reached over RPC: give --rpc HOST:PORT or "
+                        "--tracker HOST:PORT --key NAME (an emulated board on this machine: `make arm-board`)")
+            return None
+        return f"target {target.name!r} is reached over {target.device!r}, which backend {self.name!r} does not support"
 
-    @abstractmethod
+    def check_available(self, target: Target) -> None:
+        """Raise ConfigError (one line) unless ``target``'s device can be reached from here."""
+        reason = self.unavailable(target)
+        if reason:
+            raise ConfigError(reason)
+
     def device(self, target: Target) -> Device:
-        """The device models are run and timed on (after :meth:`check_available`)."""
+        """The device models are run and timed on: this machine's CPU, or the board's over RPC
+        (connected now; ConfigError naming the address if it cannot be)."""
+        import tvm
+
+        self.check_available(target)
+        if target.remote is None:
+            return Device(tvm.cpu(0))
+        from lcpaq.backends.common.remote import connect, emulation
+
+        session = connect(target.remote)
+        return Device(session.cpu(0), session, emulation(target.remote, session))
+
+    def export(self, executable: Any, path: str) -> None:
+        """Write ``executable`` as a shared library the device loads (default: this machine's
+        compiler; cross-compiling families link with their toolchain)."""
+        executable.export_library(path)
 
     # -- what executes -------------------------------------------------------------------------
     def executes(self, kind: str, bits: BitAssignment) -> bool:
@@ -152,7 +189,9 @@ class Backend(ABC):
 
     def device_name(self, target: Target) -> str:
         """The device, in words, for latency tables and reports."""
-        return f"{host_cpu_name()} ({os.cpu_count()} logical CPUs)" if target.device == "local" else target.device
+        if target.device == "local":
+            return f"{host_cpu_name()} ({os.cpu_count()} logical CPUs)"
+        return f"{target.description} over RPC ({target.remote})" if target.remote else target.device
 
 
 def describe_layer(gm: "fx.GraphModule", layer: Any) -> str:
@@ -168,7 +207,10 @@ def describe_layer(gm: "fx.GraphModule", layer: Any) -> str:
 
 
 class LayerTimer(ABC):
-    """Times single layers for :func:`lcpaq.backends.common.profile.profile_model`."""
+    """Times single layers for :func:`lcpaq.backends.common.profile.profile_model`. ``emulation``
+    says what emulates the device it times on (None: real hardware)."""
+
+    emulation: str | None = None
 
     @abstractmethod
     def measure(self, gm: "fx.GraphModule", layer: Any) -> dict[str, float]:

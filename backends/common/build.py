@@ -23,7 +23,7 @@ import torch.fx as fx
 import tvm
 from tvm import relax
 
-from lcpaq.backends.common.backend import Device, backend_for
+from lcpaq.backends.common.backend import Backend, Device, backend_for
 from lcpaq.backends.common.integerize import integerize
 from lcpaq.backends.common.relax_lower import lower_to_relax
 from lcpaq.hw_targets.target import Target
@@ -68,10 +68,12 @@ def _as_numpy(x: Any) -> np.ndarray:
 
 @dataclass
 class BuiltModel:
-    """A compiled model: ``executable`` holds the Relax VM bytecode and the kernels."""
+    """A compiled model: ``executable`` holds the Relax VM bytecode and the kernels. ``device``
+    is where it runs (None: built only, ``not_run`` says why: a board target with no board given);
+    ``backend`` exports it (cross-compiling families link with their toolchain)."""
 
     executable: Any
-    device: Device
+    device: Device | None
     input_shapes: list[tuple[int, ...]]
     target: str
     kernels: int
@@ -79,18 +81,34 @@ class BuiltModel:
     input_dtypes: list[str] | None = None
     schedule_choices: dict[str, str] | None = None  # tuned builds: kernel tag -> "tuned" or "hand" (faster)
     float_fallbacks: dict[str, str] | None = None  # node (of the captured graph) that runs in float -> why
+    backend: Backend | None = None
+    not_run: str | None = None
+    module: Any = None  # the loaded library, where it was loaded rather than built
 
     def __post_init__(self) -> None:
         self._vm: relax.VirtualMachine | None = None
 
     @property
     def vm(self) -> relax.VirtualMachine:
+        if self.device is None:
+            raise ConfigError(f"built for {self.target}, not run: {self.not_run or 'no device'}")
         if self._vm is None:
-            self._vm = relax.VirtualMachine(self.executable, self.device.dev)
+            if self.module is None:
+                with native_stderr_quiet():
+                    self.module = self.device.module(self.executable, self._export_to)
+            self._vm = relax.VirtualMachine(self.module, self.device.dev)
         return self._vm
+
+    def _export_to(self, executable: Any, path: str) -> None:
+        if self.backend is None:
+            executable.export_library(path)
+        else:
+            self.backend.export(executable, path)
 
     def inputs(self, *xs: Any) -> list[Any]:
         """TVM tensors of ``xs``, checked against the built shapes (one line on a mismatch)."""
+        if self.device is None:
+            raise ConfigError(f"built for {self.target}, not run: {self.not_run or 'no device'}")
         if len(xs) != len(self.input_shapes):
             raise ConfigError(f"the model was built for {len(self.input_shapes)} inputs, got {len(xs)}")
         out = []
@@ -104,7 +122,12 @@ class BuiltModel:
 
     def run(self, *xs: Any) -> np.ndarray | tuple[np.ndarray, ...]:
         """Outputs as numpy arrays (one array for a single output)."""
-        out = self.vm["main"](*self.inputs(*xs))
+        if self.device.remote is not None:  # over RPC the outputs come back one by one (a tuple stays remote)
+            self.vm.set_input("main", *self.inputs(*xs))
+            self.vm.invoke_stateful("main")
+            out = self.vm.get_outputs("main")
+        else:
+            out = self.vm["main"](*self.inputs(*xs))
         arrays = tuple(o.numpy() for o in out) if not hasattr(out, "numpy") else (out.numpy(),)
         return arrays[0] if len(arrays) == 1 else arrays
 
@@ -122,7 +145,7 @@ class BuiltModel:
         os.close(fd)
         try:
             with native_stderr_quiet():
-                self.executable.export_library(tmp)
+                self._export_to(self.executable, tmp)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -139,10 +162,12 @@ def build_model(
     ``trials`` > 0 tunes the backend's tunable kernels with MetaSchedule (records reused from
     the tuning cache). Guarantees: the executable computes the integer graph of ``gm``
     bit-exactly where it has no float op (see ``tests/backends/test_build.py``). Raises
-    ConfigError if the target has no backend or its device cannot be reached, LoweringError
-    naming the node for an op that has no lowering."""
+    ConfigError if the target has no backend or its device cannot be reached (a board target
+    with no board given is built and not run: ``BuiltModel.not_run``), LoweringError naming the
+    node for an op that has no lowering."""
     backend = backend_for(target)
-    device = backend.device(target)
+    not_run = backend.unavailable(target) if target.device != "local" else None
+    device = None if not_run else backend.device(target)
     tvm_target = backend.tvm_target(target)
     arrays = [_as_numpy(x) for x in example_inputs]
     shapes = [tuple(a.shape) for a in arrays]
@@ -156,7 +181,7 @@ def build_model(
         mod = lower_to_relax(ig, shapes, backend, tvm_target, trials, dtypes, choices, fallbacks)
         kernels = sum(1 for gv in mod.functions if gv.name_hint.startswith("lcpaq_"))
         executable = backend.compile(mod, tvm_target)
-    return BuiltModel(executable, device, shapes, target.name, kernels, ig, dtypes, choices, fallbacks)
+    return BuiltModel(executable, device, shapes, target.name, kernels, ig, dtypes, choices, fallbacks, backend, not_run)
 
 
 def load_library(path: str | Path, target: Target, input_shapes: Sequence[Sequence[int]],
@@ -166,10 +191,16 @@ def load_library(path: str | Path, target: Target, input_shapes: Sequence[Sequen
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"no built model at {path}")
+    backend = backend_for(target)
+    device = backend.device(target)
     try:
         with native_stderr_quiet():
-            lib = tvm.runtime.load_module(str(path))
+            if device.remote is None:
+                lib = tvm.runtime.load_module(str(path))
+            else:  # uploaded as it is: a library built for the board does not load here
+                device.remote.upload(str(path))
+                lib = device.remote.load_module(path.name)
     except Exception as exc:  # noqa: BLE001 (TVM raises its own error types)
         raise CorruptFileError(f"built model {path} cannot be loaded: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
-    device = backend_for(target).device(target)
-    return BuiltModel(lib, device, [tuple(s) for s in input_shapes], target.name, 0, None, list(input_dtypes) if input_dtypes else None)
+    dtypes = list(input_dtypes) if input_dtypes else None
+    return BuiltModel(None, device, [tuple(s) for s in input_shapes], target.name, 0, None, dtypes, backend=backend, module=lib)

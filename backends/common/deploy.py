@@ -36,7 +36,9 @@ def deploy(
 ) -> dict[str, Any]:
     """Build ``gm`` (batch 1), check it bit-exactly against its integer reference, compare its
     output with the fp32 model, measure its latency and, with a latency table, set the measured
-    latency beside the table's prediction. With ``library``, export the shared library there.
+    latency beside the table's prediction (not under emulation). With ``library``, export the
+    shared library there. A board target with no board given is built and exported only
+    (``"ran": False`` and why).
     Any failure is ``{"built": False, "reason": one line}``; an interrupt still propagates."""
     try:
         return _deploy(gm, example_inputs, fp32_model, target, table, trials, library, repeats)
@@ -60,6 +62,11 @@ def _deploy(
 ) -> dict[str, Any]:
     inputs = [x[:1] for x in example_inputs]
     built = build_model(gm, inputs, target, trials=trials)
+    if built.device is None:  # a board target with no board given: built (and exported) only
+        entry = {"built": True, "ran": False, "not_run": built.not_run, "kernels": built.kernels, "float_nodes": built.float_fallbacks}
+        if library is not None:
+            entry["library"] = str(built.export(library))
+        return entry
     y = np.asarray(built.run(*inputs))
     with torch.no_grad():
         ref_int = first_output(built.integer_graph(*inputs)).numpy()
@@ -67,6 +74,9 @@ def _deploy(
     latency = measure_latency(built, inputs, repeats=repeats)
     entry: dict[str, Any] = {
         "built": True,
+        "ran": True,
+        "device": built.device.describe(),
+        "emulation": built.device.emulation,
         "kernels": built.kernels,
         "tuning_trials": trials,
         "tuned_schedules_kept": sum(v == "tuned" for v in (built.schedule_choices or {}).values()),
@@ -78,7 +88,7 @@ def _deploy(
         "latency_p90_ms": round(latency.p90 * 1e3, 4),
         "float_nodes": built.float_fallbacks,
     }
-    if table is not None:
+    if table is not None and built.device.emulation is None:  # an emulator's time predicts nothing
         try:
             predicted = table.total(assignment_of(gm))
         except LcpaqError as exc:

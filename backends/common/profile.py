@@ -39,7 +39,7 @@ def precision_keys(target: Target, kind: str) -> list[str]:
 
 def profile_model(
     gm: fx.GraphModule, target: Target, model_name: str = "", trials: int = 0, repeats: int = 10, number: int = 5,
-    progress: bool = True, seed: int = 0,
+    progress: bool = True, seed: int = 0, allow_emulated: bool = False,
 ) -> LatencyTable:
     """Time every quantizable layer of a costed graph (``lcpaq.shape`` and ``lcpaq.cost``
     annotations, from ``prepare_phase``) on the target's device, at batch 1.
@@ -48,8 +48,9 @@ def profile_model(
     precision the target computes for its kind (:func:`precision_keys`), each a positive number
     of seconds (median of ``repeats`` runs of ``number`` calls); how each was obtained is in the
     table's ``notes``. ``fixed_seconds`` is 0.0 (see :func:`with_fixed_seconds`). Raises
-    ConfigError if the target has no backend or its device cannot be reached,
-    PassContractError if the graph is not annotated."""
+    ConfigError if the target has no backend or its device cannot be reached, or is emulated
+    (an emulator's timings predict nothing; ``allow_emulated`` times it anyway, for checking the
+    mechanics, and the table says so), PassContractError if the graph is not annotated."""
     backend = backend_for(target)
     backend.check_available(target)
     layers = find_layers(gm)
@@ -59,6 +60,11 @@ def profile_model(
     if repeats < 1 or number < 1:
         raise ConfigError(f"repeats and number must be >= 1, got {repeats} and {number}")
     timer = backend.layer_timer(target, trials, repeats, number, seed)
+    if timer.emulation and not allow_emulated:
+        raise ConfigError(
+            f"the board of target {target.name!r} is emulated ({timer.emulation}): its timings say nothing about a board's "
+            "speed, so lcpaq writes none into a latency table; profile on a real board (--rpc HOST:PORT or --tracker/--key)"
+        )
     entries: dict[str, dict[str, float]] = {}
     reused: set[str] = set()
     bar = tqdm(layers, desc="profile", unit="layer", disable=not progress)
@@ -71,7 +77,8 @@ def profile_model(
                 reused.add(key)
             row[key] = float(f"{measured.get(key, measured['fp32']):.4g}")  # 4 digits: timing noise is larger
         entries[layer.name] = row
-    notes = [*timer.notes(), "fixed_seconds (everything but the quantizable layers) is 0.0 here; "
+    emulated = [f"EMULATED ({timer.emulation}): these timings do not predict a real board"] if timer.emulation else []
+    notes = [*emulated, *timer.notes(), "fixed_seconds (everything but the quantizable layers) is 0.0 here; "
              "`lcpaq profile` measures it on a whole-model build"]
     if hasattr(os, "getloadavg"):
         notes.append(f"load average (1 min) when profiling ended: {os.getloadavg()[0]:.2f} on {os.cpu_count()} logical CPUs")

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import torch.fx as fx
 import tvm
 
-from lcpaq.backends.common.backend import Backend, Conventions, Device, LayerTimer, register_backend
+from lcpaq.backends.common.backend import Backend, Conventions, LayerTimer, register_backend
 from lcpaq.backends.common import integer_layers
 from lcpaq.backends.common.cpu_pipeline import compile_module
 from lcpaq.backends.common.relax_lower import LoweringTable
@@ -32,10 +32,6 @@ class X86VnniBackend(Backend):
 
     def tvm_target(self, target: Target) -> tvm.target.Target:
         return resolve_tvm_target(target.tvm_target)
-
-    def device(self, target: Target) -> Device:
-        self.check_available(target)
-        return Device(tvm.cpu(0))
 
     @property
     def lowerings(self) -> LoweringTable:

@@ -8,20 +8,23 @@ import torch
 
 from lcpaq.backends.common.backend import Backend, available_backends, backend_for, runs_here
 from lcpaq.backends.common.build import build_model
+from lcpaq.backends.arm.backend import ArmDotprodBackend
 from lcpaq.backends.x86.backend import X86VnniBackend
 from lcpaq.hw_targets import available_targets, load_target
+from lcpaq.hw_targets.remote import RemoteDevice
 from lcpaq.ir.errors import ConfigError
 from lcpaq.ir.meta import BitAssignment
 from lcpaq.ir.metrics import first_output
 from tests.backends._nets import TinyResNet, quantized
 
 #: Target files whose family has no backend yet, with the issue that brings it.
-NOT_YET = {"arm-a76": "arm-dotprod", "nvidia-sm90": "cuda-tensorcore"}
+NOT_YET = {"nvidia-sm90": "cuda-tensorcore"}
 
 
-def test_registry_finds_the_x86_family_by_name() -> None:
-    assert available_backends() == ["x86-vnni"]
+def test_registry_finds_each_family_by_name() -> None:
+    assert available_backends() == ["arm-dotprod", "x86-vnni"]
     assert isinstance(backend_for(load_target("x86-host")), X86VnniBackend)
+    assert isinstance(backend_for(load_target("arm-a76")), ArmDotprodBackend)
 
 
 @pytest.mark.parametrize("name", available_targets())
@@ -73,12 +76,22 @@ def test_a_new_x86_target_is_a_data_file_alone(tmp_path) -> None:
         assert np.array_equal(built.run(x[:1]), first_output(built.integer_graph(x[:1])).numpy())
 
 
-def test_remote_devices_are_refused_in_one_line(tmp_path) -> None:
+def test_a_board_target_without_a_board_says_how_to_give_one(tmp_path) -> None:
     toml = tmp_path / "far.toml"
     toml.write_text(open(load_target("x86-host").source).read().replace('kind = "local"', 'kind = "rpc"'))
-    with pytest.raises(ConfigError, match="target 'x86-host' is reached over 'rpc', which backend 'x86-vnni' does not support yet"):
-        backend_for(load_target(str(toml))).check_available(load_target(str(toml)))
-    assert not runs_here(load_target(str(toml)))
+    far = load_target(str(toml))
+    assert not runs_here(far)
+    with pytest.raises(ConfigError, match=r"target 'x86-host' runs on a board reached over RPC: give --rpc HOST:PORT or --tracker"):
+        backend_for(far).check_available(far)
+    with pytest.raises(ConfigError, match="runs on this machine; --rpc and --tracker are for targets reached over RPC"):
+        load_target("x86-host").reached_over(RemoteDevice(rpc="127.0.0.1:9090"))
+
+
+def test_a_board_that_does_not_answer_is_one_line_naming_it() -> None:
+    target = load_target("arm-a76").reached_over(RemoteDevice(rpc="127.0.0.1:1"))
+    assert runs_here(target)  # given: tried when used
+    with pytest.raises(ConfigError, match=r"cannot reach the RPC server 127.0.0.1:1: .*\(an emulated board on this machine: `make arm-board`\)"):
+        backend_for(target).device(target)
 
 
 def test_layer_precisions_are_what_the_backend_executes_and_the_target_offers() -> None:

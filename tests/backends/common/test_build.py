@@ -182,7 +182,7 @@ def test_float_op_between_int8_layers_goes_through_tvm_frontend() -> None:
 def test_targets_without_a_backend_here_are_refused(model_and_input) -> None:
     model, x = model_and_input
     gm = quantized(model, x)
-    with pytest.raises(ConfigError, match="target 'arm-a76' needs backend 'arm-dotprod', which is not implemented"):
-        build_model(gm, (x[:1],), load_target("arm-a76"))
+    with pytest.raises(ConfigError, match="target 'nvidia-sm90' needs backend 'cuda-tensorcore', which is not implemented"):
+        build_model(gm, (x[:1],), load_target("nvidia-sm90"))
     with pytest.raises(ConfigError, match="target 'sim' is simulation only"):
         build_model(gm, (x[:1],), load_target("sim"))

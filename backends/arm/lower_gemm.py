@@ -1,0 +1,31 @@
+"""Arm lowerings of the integer graph's conv and linear: dense convs and linears on the sdot
+kernels, square depthwise convs on the vector depthwise kernel (both through
+:mod:`lcpaq.backends.common.lower_blocked`). Other grouped convs have no Arm kernel: the backend
+says so before assignment (``has_integer_kernel``), so they stay float."""
+from __future__ import annotations
+
+import torch.fx as fx
+
+from lcpaq.backends.arm.dotprod import KERNELS
+from lcpaq.backends.arm.lowerings import LOWERINGS
+from lcpaq.backends.common import integer_ops as iops
+from lcpaq.backends.common import lower_blocked as lb
+from lcpaq.backends.common.relax_lower import RelaxLowering, RVal, codes
+from lcpaq.ir.errors import LoweringError
+
+
+@LOWERINGS.register(iops.qconv2d)
+def _qconv2d(lw: RelaxLowering, node: fx.Node) -> RVal:
+    x = codes(lw, node)
+    lb.check_codes(lw, node, x, "conv")
+    groups = int(node.kwargs.get("groups", 1))
+    if groups == 1:
+        return lb.lower_conv(lw, node, x, KERNELS)
+    if lb.is_depthwise(x, lw.tensor(node.args[1]), groups):
+        return lb.lower_depthwise(lw, node, x, KERNELS)
+    raise LoweringError(f"{node.name}: backend 'arm-dotprod' has no kernel for a grouped conv (groups={groups}); keep it in float")
+
+
+@LOWERINGS.register(iops.qlinear)
+def _qlinear(lw: RelaxLowering, node: fx.Node) -> RVal:
+    return lb.lower_linear(lw, node, KERNELS)
