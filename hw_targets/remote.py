@@ -28,12 +28,12 @@ class RemoteDevice:
     def __post_init__(self) -> None:
         if self.rpc and (self.tracker or self.key):
             raise ConfigError("give either --rpc HOST:PORT or --tracker HOST:PORT --key NAME, not both")
+        if self.key and not self.tracker:
+            raise ConfigError("--key needs --tracker HOST:PORT")
         if not self.rpc and not self.tracker:
             raise ConfigError("a remote device needs --rpc HOST:PORT or --tracker HOST:PORT --key NAME")
         if self.tracker and not self.key:
             raise ConfigError("--tracker needs --key NAME (the device key the boards registered with)")
-        if self.key and not self.tracker:
-            raise ConfigError("--key needs --tracker HOST:PORT")
         parse_address(self.rpc or self.tracker or "", "--rpc" if self.rpc else "--tracker")
 
     @property

@@ -13,7 +13,7 @@ import torch
 import torch.fx as fx
 
 import lcpaq.passes  # noqa: F401  (registers the passes)
-from lcpaq.backends.common.backend import runs_here
+from lcpaq.backends.common.backend import backend_for, runs_here
 from lcpaq.backends.common.capability import capability_phase
 from lcpaq.hw_targets.host import default_target_name
 from lcpaq.hw_targets.target import OP_KINDS, Target, load_target
@@ -161,11 +161,14 @@ def quantize(
         raise ConfigError(f"--build-trials must be >= 0, got {build_trials}")
     if build is None:
         build = runs_here(tgt)
+    if build and tgt.remote is not None:
+        backend_for(tgt).device(tgt)  # the board answers now, before any work (ConfigError naming it otherwise)
     budgets = budget_options(budget)
     if budgets.get("latency") and not table:
-        board = " --rpc HOST:PORT (a real board: timings under emulation are never written into a table)" if tgt.device == "rpc" else ""
+        board = " --rpc HOST:PORT" if tgt.device == "rpc" else ""
+        real = " on a real board (timings under emulation are never written into a table)" if tgt.device == "rpc" else ""
         raise ConfigError(f"a latency budget needs a latency table measured on {tgt.name}'s device: run "
-                          f"`lcpaq profile --model M --target {tgt.name}{board} --out table.json` and give it with --latency-table")
+                          f"`lcpaq profile --model M --target {tgt.name}{board} --out table.json`{real} and give it with --latency-table")
     if budgets:
         ILPAssign(**budgets, table=table)  # checks every budget now, before any heavy work
     configs = ([] if budgets else [parse_bits(bits)]) + [parse_bits(b) for b in compare]

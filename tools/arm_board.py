@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from lcpaq.ir.errors import LcpaqError
-from lcpaq.tools.arm_board_setup import (DEFAULT_CPU, ROOTFS, STAMP, BoardError, build_board,
+from lcpaq.tools.arm_board_setup import (DEFAULT_CPU, ROOTFS, SERVER_MODULE, STAMP, BoardError, build_board,
                                          ensure_host_tools, install_command, recipe)
 
 HOST = "127.0.0.1"
@@ -94,7 +94,7 @@ def start(port: int | None = None, cpu: str = DEFAULT_CPU, tracker: str | None =
     if port is None or not _port_free(port):
         raise BoardError(f"port {port} on {HOST} is in use: pick another with --port" if port else
                          f"no free port in {PORTS.start}..{PORTS.stop - 1} on {HOST}: pick one with --port")
-    cmd = [str(board / "bin" / "python"), "-m", "tvm.exec.rpc_server", "--host", HOST, "--port", str(port),
+    cmd = [str(board / "bin" / "python"), "-m", SERVER_MODULE, "--host", HOST, "--port", str(port),
            "--port-end", str(port + 1)]
     cmd += ["--tracker", tracker, "--key", key] if tracker else (["--key", key] if key else [])
     log = board / SERVER_LOG

@@ -26,7 +26,7 @@ from lcpaq.ir.fileio import atomic_directory
 
 SUITE = "bookworm"  # Debian 12: Python 3.11, glibc 2.36
 GLIBC_MINOR = 36
-FORMAT = 2  # bump when the board's layout changes: older boards are then rebuilt
+FORMAT = 3  # bump when the board's layout changes: older boards are then rebuilt
 DEB_PACKAGES = ("python3", "libstdc++6", "libgcc-s1")
 #: The wheels of the board, at the host's versions. TVM's RPC server needs the last two
 #: (tvm.exec.popen_worker imports cloudpickle, PopenWorker.kill imports psutil).
@@ -75,6 +75,28 @@ def register():
         ctypes.CDLL(str(EXTRA), ctypes.RTLD_LOCAL)
     emulation = "qemu-aarch64 -cpu " + os.environ.get("LCPAQ_ARM_BOARD_CPU", "unknown")
     tvm_ffi.register_global_func("lcpaq.board.emulation", lambda: emulation, override=True)
+"""
+#: The board's RPC server: TVM's, kept listening when a session's process dies (a kernel that
+#: crashes, an instruction the emulated CPU lacks); TVM's own listen loop raises then and stops.
+SERVER_MODULE = "lcpaq_board_server"
+SERVER = """\"\"\"TVM's RPC server for lcpaq's emulated board (written by lcpaq.tools.arm_board setup).\"\"\"
+import logging
+import runpy
+
+import tvm.rpc.server as server
+
+_serving = server._serving
+
+
+def _guarded(*args, **kwargs):
+    try:
+        _serving(*args, **kwargs)
+    except RuntimeError as exc:  # the session's process died: log it, keep serving
+        logging.warning("session ended abnormally: %s", exc)
+
+
+server._serving = _guarded
+runpy.run_module("tvm.exec.rpc_server", run_name="__main__", alter_sys=True)
 """
 PLUGIN_DIST = {"METADATA": "Metadata-Version: 2.1\nName: lcpaq-arm-board\nVersion: 1.0\n",
                "entry_points.txt": "[tvm.backends]\nlcpaq_arm_board = lcpaq_arm_board:register\n"}
@@ -185,6 +207,7 @@ def build_board(board: Path, say: Callable[[str], None]) -> None:
                 _unpack_wheel(wheel, root / SITE)
             (root / SITE / "lcpaq_arm_board.pth").write_text(HOOK)
             (root / SITE / "lcpaq_arm_board.py").write_text(TVM_PLUGIN)
+            (root / SITE / f"{SERVER_MODULE}.py").write_text(SERVER)
             (root / SITE / "lcpaq_arm_board-1.0.dist-info").mkdir()
             for name, text in PLUGIN_DIST.items():
                 (root / SITE / "lcpaq_arm_board-1.0.dist-info" / name).write_text(text)

@@ -55,7 +55,7 @@ def build_command(args: argparse.Namespace) -> int:
     target = target_of(args)
     backend = backend_for(target)
     if target.device == "local" or target.remote is not None:
-        backend.check_available(target)  # before any work: the device must be reachable (a board target builds without one)
+        backend.device(target)  # before any work: the device must be reachable (a board target builds without one)
 
     bundle = load_bundle(args.model, args.progress)
     result = quantize(
@@ -117,7 +117,7 @@ def profile_command(args: argparse.Namespace) -> int:
     check_writable(out, "--out")
 
     target = target_of(args)
-    backend_for(target).check_available(target)  # the device before the model, as profile() does
+    backend_for(target).device(target)  # the device before the model, as profile() does
     bundle = load_bundle(args.model, args.progress)
     table = profile(bundle, target, trials=args.trials, repeats=args.repeats, progress=args.progress)
     table.save(out)

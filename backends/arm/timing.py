@@ -70,7 +70,7 @@ class ArmLayerTimer(LayerTimer):
     def _relax_seconds(self, op: Any, x_shape: tuple[int, ...]) -> float:
         """Seconds of one float Relax op applied to a random ``x_shape`` input."""
         bb = relax.BlockBuilder()
-        x = relax.Var("x", relax.TensorStructInfo(x_shape, "float32"))
+        x = relax.Var("x", relax.TensorType(x_shape, "float32"))
         with bb.function("main", [x]):
             with bb.dataflow():
                 out = bb.emit_output(op(x))

@@ -123,16 +123,16 @@ class Backend(ABC):
 
     def device(self, target: Target) -> Device:
         """The device models are run and timed on: this machine's CPU, or the board's over RPC
-        (connected now; ConfigError naming the address if it cannot be)."""
+        (connected now, or the session this process already holds to it: a board serves one
+        session at a time; ConfigError naming the address if it cannot be reached)."""
         import tvm
 
         self.check_available(target)
         if target.remote is None:
             return Device(tvm.cpu(0))
-        from lcpaq.backends.common.remote import connect, emulation
+        from lcpaq.backends.common.remote import board_device
 
-        session = connect(target.remote)
-        return Device(session.cpu(0), session, emulation(target.remote, session))
+        return board_device(target.remote)
 
     def export(self, executable: Any, path: str) -> None:
         """Write ``executable`` as a shared library the device loads (default: this machine's

@@ -122,12 +122,13 @@ class BuiltModel:
 
     def run(self, *xs: Any) -> np.ndarray | tuple[np.ndarray, ...]:
         """Outputs as numpy arrays (one array for a single output)."""
+        args = self.inputs(*xs)  # (a model built only says so here)
         if self.device.remote is not None:  # over RPC the outputs come back one by one (a tuple stays remote)
-            self.vm.set_input("main", *self.inputs(*xs))
+            self.vm.set_input("main", *args)
             self.vm.invoke_stateful("main")
             out = self.vm.get_outputs("main")
         else:
-            out = self.vm["main"](*self.inputs(*xs))
+            out = self.vm["main"](*args)
         arrays = tuple(o.numpy() for o in out) if not hasattr(out, "numpy") else (out.numpy(),)
         return arrays[0] if len(arrays) == 1 else arrays
 

@@ -13,6 +13,8 @@ import os
 import platform
 import socket
 import tempfile
+import threading
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,8 +23,8 @@ from lcpaq.ir.errors import ConfigError
 
 #: Global function an emulated board's RPC server registers; it returns what emulates it.
 EMULATION_FUNC = "lcpaq.board.emulation"
-#: Seconds a tracker may take to hand out a board; an RPC session's idle limit.
-REQUEST_TIMEOUT_S = 120
+#: Seconds to wait for a board's server to take the session; an RPC session's limit (0: none).
+CONNECT_TIMEOUT_S = 120
 SESSION_TIMEOUT_S = 0
 
 
@@ -33,20 +35,59 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def connect(remote: RemoteDevice) -> Any:
-    """An RPC session on ``remote`` (one line naming the address on failure)."""
+def connect(remote: RemoteDevice, timeout_s: float | None = None) -> Any:
+    """An RPC session on ``remote`` (one line naming the address on failure). A board's server
+    serves one session at a time: one held elsewhere makes this wait, at most ``timeout_s``
+    (default ``$LCPAQ_RPC_TIMEOUT`` or :data:`CONNECT_TIMEOUT_S`), then it is an error."""
     from tvm import rpc
 
     host, port = remote.address
-    try:
-        if remote.rpc:
-            return rpc.connect(host, port, session_timeout=SESSION_TIMEOUT_S)
-        tracker = rpc.connect_tracker(host, port)
-        return tracker.request(remote.key, session_timeout=SESSION_TIMEOUT_S, max_retry=2)
-    except Exception as exc:  # noqa: BLE001 (TVM raises RuntimeError, TVMError, socket errors)
+    timeout_s = float(os.environ.get("LCPAQ_RPC_TIMEOUT", CONNECT_TIMEOUT_S)) if timeout_s is None else timeout_s
+    result: dict[str, Any] = {}
+
+    def attempt() -> None:
+        try:
+            if remote.rpc:
+                result["session"] = rpc.connect(host, port, session_timeout=SESSION_TIMEOUT_S)
+            else:
+                tracker = rpc.connect_tracker(host, port)
+                result["session"] = tracker.request(remote.key, session_timeout=SESSION_TIMEOUT_S, max_retry=2)
+        except Exception as exc:  # noqa: BLE001 (TVM raises RuntimeError, TVMError, socket errors)
+            result["error"] = exc
+
+    worker = threading.Thread(target=attempt, daemon=True)  # TVM's handshake has no timeout of its own
+    worker.start()
+    worker.join(timeout_s)
+    hint = " (an emulated board on this machine: `make arm-board`)" if _loopback(host) else ""
+    if worker.is_alive():
+        raise ConfigError(f"the {remote} did not answer within {timeout_s:.0f} s: a board serves one session at a "
+                          f"time; is another program using it?{hint}")
+    if "error" in result:
+        exc = result["error"]
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = " (an emulated board on this machine: `make arm-board`)" if _loopback(host) else ""
         raise ConfigError(f"cannot reach the {remote}: {first[:200]}{hint}") from exc
+    return result["session"]
+
+
+_SESSIONS: dict[RemoteDevice, Any] = {}
+
+
+def board_device(remote: RemoteDevice) -> Any:
+    """The :class:`~lcpaq.backends.common.backend.Device` of ``remote``: one session per board
+    for the whole process (a board serves one session at a time, so a second one would wait for
+    the first to close), connected on first use."""
+    from lcpaq.backends.common.backend import Device
+
+    device = _SESSIONS.get(remote)
+    if device is None:
+        session = connect(remote)
+        device = _SESSIONS[remote] = Device(session.cpu(0), session, emulation(remote, session))
+    return device
+
+
+def release(remote: RemoteDevice) -> None:
+    """Close this process's session to ``remote`` (the next use connects again)."""
+    _SESSIONS.pop(remote, None)
 
 
 def emulation(remote: RemoteDevice, session: Any, arch: str = "aarch64") -> str | None:
@@ -69,7 +110,9 @@ def load_remote(session: Any, executable: Any, export: Callable[[Any, str], None
     """``executable`` exported (by the backend's ``export``) into a temporary library, uploaded
     to the board and loaded there: the remote module."""
     with tempfile.TemporaryDirectory(prefix="lcpaq-rpc-") as tmp:
-        path = Path(tmp) / f"lcpaq_{os.getpid()}_{id(executable)}.so"
+        # a fresh name each time: the board keeps what it loaded mapped, and a library written
+        # over one it has loaded crashes it
+        path = Path(tmp) / f"lcpaq_{uuid.uuid4().hex}.so"
         export(executable, str(path))
         session.upload(str(path))
         return session.load_module(path.name)

@@ -307,6 +307,6 @@ def test_build_writes_library_and_reports_measured_latency(tmp_path, capsys) -> 
 def test_build_refuses_a_directory_and_other_targets(tmp_path, capsys) -> None:
     assert main(["build", "--model", "resnet-digits", "-o", str(tmp_path)]) == 2
     assert "is a directory" in capsys.readouterr().err
-    assert main(["build", "--model", "resnet-digits", "--target", "arm-a76", "-o", str(tmp_path / "m.so")]) == 2
-    assert "target 'arm-a76' needs backend 'arm-dotprod', which is not implemented" in capsys.readouterr().err
+    assert main(["build", "--model", "resnet-digits", "--target", "nvidia-sm90", "-o", str(tmp_path / "m.so")]) == 2
+    assert "target 'nvidia-sm90' needs backend 'cuda-tensorcore', which is not implemented" in capsys.readouterr().err
     assert not (tmp_path / "m.so").exists()
