@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import os
 import pkgutil
+import platform
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
@@ -132,7 +133,8 @@ class Backend(ABC):
             return Device(tvm.cpu(0))
         from lcpaq.backends.common.remote import board_device
 
-        return board_device(target.remote)
+        triple = str(target.tvm_target.get("mtriple") or platform.machine())
+        return board_device(target.remote, triple.split("-")[0].lower().replace("arm64", "aarch64"))
 
     def export(self, executable: Any, path: str) -> None:
         """Write ``executable`` as a shared library the device loads (default: this machine's

@@ -72,16 +72,16 @@ def connect(remote: RemoteDevice, timeout_s: float | None = None) -> Any:
 _SESSIONS: dict[RemoteDevice, Any] = {}
 
 
-def board_device(remote: RemoteDevice) -> Any:
-    """The :class:`~lcpaq.backends.common.backend.Device` of ``remote``: one session per board
-    for the whole process (a board serves one session at a time, so a second one would wait for
-    the first to close), connected on first use."""
+def board_device(remote: RemoteDevice, arch: str) -> Any:
+    """The :class:`~lcpaq.backends.common.backend.Device` of ``remote`` (a board of
+    architecture ``arch``): one session per board for the whole process (a board serves one
+    session at a time, so a second one would wait for the first to close), connected on first use."""
     from lcpaq.backends.common.backend import Device
 
     device = _SESSIONS.get(remote)
     if device is None:
         session = connect(remote)
-        device = _SESSIONS[remote] = Device(session.cpu(0), session, emulation(remote, session))
+        device = _SESSIONS[remote] = Device(session.cpu(0), session, emulation(remote, session, arch))
     return device
 
 
@@ -90,18 +90,19 @@ def release(remote: RemoteDevice) -> None:
     _SESSIONS.pop(remote, None)
 
 
-def emulation(remote: RemoteDevice, session: Any, arch: str = "aarch64") -> str | None:
+def emulation(remote: RemoteDevice, session: Any, arch: str) -> str | None:
     """What emulates the board (e.g. ``qemu-aarch64 -cpu cortex-a76``), None for real hardware.
 
-    Asked of the board first (:data:`EMULATION_FUNC`); a board of another architecture on this
-    machine's loopback is emulated whatever it says."""
+    Asked of the board first (:data:`EMULATION_FUNC`); a board of another architecture
+    (``arch``, the target's: ``aarch64``) on this machine's loopback is emulated whatever it says."""
     try:
         what = session.get_function(EMULATION_FUNC)()
         if what:
             return str(what)
     except Exception:  # noqa: BLE001 (not registered: a real board's plain TVM server)
         pass
-    if remote.rpc and _loopback(remote.address[0]) and platform.machine().lower() not in (arch, "arm64"):
+    here = platform.machine().lower().replace("arm64", "aarch64").replace("amd64", "x86_64")
+    if remote.rpc and _loopback(remote.address[0]) and arch != here:
         return f"emulated on this {platform.machine()} machine"
     return None
 

@@ -153,7 +153,10 @@ def test_interrupted_setup_leaves_what_was_there(empty_board: Path, monkeypatch:
 
 def test_a_cross_compiled_function_runs_on_the_board(arm_board: str) -> None:
     import tvm
-    from tvm import rpc, te
+    from tvm import te
+
+    from lcpaq.backends.common.remote import board_device
+    from lcpaq.hw_targets.remote import RemoteDevice
     from tvm.support import cc
 
     n = 64
@@ -162,8 +165,7 @@ def test_a_cross_compiled_function_runs_on_the_board(arm_board: str) -> None:
     target = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]})
     library = Path(os.environ["LCPAQ_CACHE_DIR"]) / "arm_board_add.so"
     tvm.compile(add, target=target).export_library(str(library), fcompile=cc.cross_compiler("aarch64-linux-gnu-g++"))
-    host, port = arm_board.rsplit(":", 1)
-    session = rpc.connect(host, int(port))
+    session = board_device(RemoteDevice(rpc=arm_board), "aarch64").remote  # the process's one session to the board
     assert session.get_function("lcpaq.board.emulation")().startswith("qemu-aarch64 -cpu ")
     session.upload(str(library))
     module, device = session.load_module(library.name), session.cpu(0)
