@@ -45,6 +45,15 @@ class MetaKey(Generic[T]):
     def has(self, owner: fx.Node | fx.GraphModule) -> bool:
         return self.name in owner.meta
 
+    def require(self, owner: fx.Node | fx.GraphModule, producer: str) -> T:
+        """The annotation; PassContractError naming the pass that writes it when it is missing."""
+        if self.name not in owner.meta:
+            from lcpaq.ir.errors import PassContractError
+
+            what = f"node {owner.name}" if isinstance(owner, fx.Node) else "the graph"
+            raise PassContractError(f"{what} has no {self.name} annotation; run {producer} first")
+        return owner.meta[self.name]
+
     def __str__(self) -> str:
         return self.name
 

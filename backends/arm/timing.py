@@ -26,7 +26,6 @@ from lcpaq.backends.common.op_args import conv_geometry, conv_out_size
 from lcpaq.backends.common.relax_lower import round_up
 from lcpaq.hw_targets.target import Target
 from lcpaq.ir.capture import get_attr
-from lcpaq.ir.errors import PassContractError
 from lcpaq.ir.layers import CONV_OPS, QuantLayer
 from lcpaq.ir.meta import SHAPE
 
@@ -35,10 +34,8 @@ INT8 = "w8a8"
 
 
 def _shape(node: fx.Node) -> tuple[int, ...]:
-    s = SHAPE.get(node)
-    if s is None:
-        raise PassContractError(f"node {node.name} has no lcpaq.shape annotation; run shape-prop first")
-    return (1, *s.shape[1:])
+    """The annotated shape at batch 1."""
+    return (1, *SHAPE.require(node, "shape-prop").shape[1:])
 
 
 class ArmLayerTimer(LayerTimer):

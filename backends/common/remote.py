@@ -43,6 +43,11 @@ def connect(remote: RemoteDevice, timeout_s: float | None = None) -> Any:
 
     host, port = remote.address
     timeout_s = float(os.environ.get("LCPAQ_RPC_TIMEOUT", CONNECT_TIMEOUT_S)) if timeout_s is None else timeout_s
+    hint = " (an emulated board on this machine: `make arm-board`)" if _loopback(host) else ""
+    try:  # nothing listening is said at once (TVM's own clients retry for a minute)
+        socket.create_connection((host, port), timeout=min(timeout_s, 10)).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot reach the {remote}: {exc.strerror or exc}{hint}") from exc
     result: dict[str, Any] = {}
 
     def attempt() -> None:
@@ -58,7 +63,6 @@ def connect(remote: RemoteDevice, timeout_s: float | None = None) -> Any:
     worker = threading.Thread(target=attempt, daemon=True)  # TVM's handshake has no timeout of its own
     worker.start()
     worker.join(timeout_s)
-    hint = " (an emulated board on this machine: `make arm-board`)" if _loopback(host) else ""
     if worker.is_alive():
         raise ConfigError(f"the {remote} did not answer within {timeout_s:.0f} s: a board serves one session at a "
                           f"time; is another program using it?{hint}")

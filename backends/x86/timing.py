@@ -36,7 +36,6 @@ from lcpaq.backends.x86.fp32 import fp32_conv_func, fp32_dense_func, schedule_fp
 from lcpaq.backends.x86.tune import tuning_rules
 from lcpaq.backends.x86.vnni import DEPTH, LANES, Kernel, build, pack_weight, to_tvm
 from lcpaq.ir.capture import get_attr
-from lcpaq.ir.errors import PassContractError
 from lcpaq.ir.layers import CONV_OPS, QuantLayer
 from lcpaq.ir.meta import SHAPE
 
@@ -45,10 +44,7 @@ INT8 = "w8a8"
 
 
 def _shape(node: fx.Node) -> tuple[int, ...]:
-    s = SHAPE.get(node)
-    if s is None:
-        raise PassContractError(f"node {node.name} has no lcpaq.shape annotation; run shape-prop first")
-    return s.shape
+    return SHAPE.require(node, "shape-prop").shape
 
 
 def conv_kind(gm: fx.GraphModule, layer: QuantLayer) -> tuple[str, dict[str, int]] | None:
@@ -209,9 +205,7 @@ class X86LayerTimer(LayerTimer):
             if isinstance(a, fx.Node):
                 if a.op == "get_attr":
                     return get_attr(gm, str(a.target))
-                s = SHAPE.get(a)
-                if s is None:
-                    raise PassContractError(f"node {a.name} has no lcpaq.shape annotation; run shape-prop first")
+                s = SHAPE.require(a, "shape-prop")
                 shape = (1, *s.shape[1:]) if s.shape else s.shape
                 dtype = getattr(torch, s.dtype)
                 return torch.randn(shape, generator=self.gen).to(dtype) if dtype.is_floating_point else torch.zeros(shape, dtype=dtype)

@@ -104,7 +104,7 @@ def test_report_records_a_failure_and_goes_on(monkeypatch, tmp_path) -> None:
     md, js = cov.write(report, tmp_path)
     assert json.loads(js.read_text())["models"][2]["model"] == "shared"
     text = md.read_text()
-    assert f"CPU: {cov.cpu_model()}" in text
+    assert f"Device: {cov.cpu_model()}" in text
     assert "| shared | yes | yes | yes | yes | yes | exact | " in text
     assert f"- broken, captured: {broken['failures']['captured']}" in text
 

@@ -39,7 +39,7 @@ def test_build_keeps_tvm_native_logs_off_the_terminal_and_prints_real_input_type
     quiet = _lcpaq("build", "--model", f"{model}:build", "-o", str(tmp_path / "a.so"), "--no-progress")
     assert quiet.returncode == 0, quiet.stderr
     assert quiet.stderr == ""  # neither "Fast mode segfaults ..." nor "Scope Saving" lines
-    assert f"wrote {tmp_path / 'a.so'} (input int64 1x6, input float32 1x6; load with" in quiet.stdout
+    assert f"wrote {tmp_path / 'a.so'} (input int64 1x6, input float32 1x6; on this machine: load with" in quiet.stdout
     assert "bit-exact vs integer reference" in quiet.stdout
     debug = _lcpaq("build", "--model", f"{model}:build", "-o", str(tmp_path / "b.so"), "--no-progress", "--debug")
     assert debug.returncode == 0, debug.stderr

@@ -175,7 +175,7 @@ def test_budget_gives_mixed_assignment_with_pareto_plots(capsys, tmp_path) -> No
 
 @pytest.mark.parametrize(("budget", "message"), [
     ("size=0.01x", "infeasible budget: size=0.01x asks size <="),
-    ("latency=2ms", "a latency budget needs a latency table: run `lcpaq profile"),
+    ("latency=2ms", "a latency budget needs a latency table measured on x86-host's device: run `lcpaq profile"),
     ("speed=2", "bad budget 'speed=2'"),
 ])
 def test_bad_budget_exit_2(capsys, tmp_path, budget, message) -> None:
@@ -284,7 +284,8 @@ def test_profile_writes_a_table(capsys, tmp_path) -> None:
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["--target", "arm-a76"], "target 'arm-a76' needs backend 'arm-dotprod', which is not implemented"),
+    (["--target", "arm-a76"], "target 'arm-a76' runs on a board reached over RPC: give --rpc HOST:PORT"),
+    (["--target", "nvidia-sm90"], "target 'nvidia-sm90' needs backend 'cuda-tensorcore', which is not implemented"),
     (["--target", "tpu"], "unknown target 'tpu'"),
     (["--trials", "-1"], "--trials must be >= 0"),
     (["--model", "missing/model.py:build"], "model file missing/model.py does not exist"),

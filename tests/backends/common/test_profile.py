@@ -44,7 +44,9 @@ def test_precision_keys_of_x86_host() -> None:
 
 def test_refuses_targets_that_cannot_run_here(tmp_path) -> None:
     gm = _costed(Tiny(), torch.randn(1, 64, 28, 28))
-    with pytest.raises(ConfigError, match="needs backend 'arm-dotprod', which is not implemented"):
+    with pytest.raises(ConfigError, match="needs backend 'cuda-tensorcore', which is not implemented"):
+        profile_model(gm, load_target("nvidia-sm90"), progress=False)
+    with pytest.raises(ConfigError, match="target 'arm-a76' runs on a board reached over RPC: give --rpc HOST:PORT"):
         profile_model(gm, load_target("arm-a76"), progress=False)
     odd = tmp_path / "x86-odd.toml"  # an x86 target whose CPU feature no real CPU has
     odd.write_text(X86_TOML.replace('requires = ["avx512f", "avx512_vnni"]', 'requires = ["avx512f", "lcpaq_no_such_flag"]'))
