@@ -102,6 +102,8 @@ def targets_command(args: argparse.Namespace) -> int:
         if t.device == "local":
             support = host_support(t, features)
             print(f"{'':<12} {'runs on' if support.ok else 'cannot run on'} this host: {support}")
+        elif t.device == "rpc" and t.backend is not None:
+            print(f"{'':<12} cross-compiled here; runs on a board given by --rpc HOST:PORT or --tracker HOST:PORT --key NAME")
     return 0
 
 

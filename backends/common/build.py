@@ -124,9 +124,14 @@ class BuiltModel:
         """Outputs as numpy arrays (one array for a single output)."""
         args = self.inputs(*xs)  # (a model built only says so here)
         if self.device.remote is not None:  # over RPC the outputs come back one by one (a tuple stays remote)
-            self.vm.set_input("main", *args)
-            self.vm.invoke_stateful("main")
-            out = self.vm.get_outputs("main")
+            from lcpaq.backends.common.remote import died
+
+            try:
+                self.vm.set_input("main", *args)
+                self.vm.invoke_stateful("main")
+                out = self.vm.get_outputs("main")
+            except Exception as exc:  # noqa: BLE001 (TVM's RPC errors)
+                raise (died(self.device, exc) or exc) from exc
         else:
             out = self.vm["main"](*args)
         arrays = tuple(o.numpy() for o in out) if not hasattr(out, "numpy") else (out.numpy(),)

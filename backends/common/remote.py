@@ -94,6 +94,18 @@ def release(remote: RemoteDevice) -> None:
     _SESSIONS.pop(remote, None)
 
 
+def died(device: Any, exc: BaseException) -> ConfigError | None:
+    """The one-line error for ``exc`` when it says the board's session process died (a crash,
+    or an instruction its CPU lacks: SIGILL); that session is forgotten. None for other errors."""
+    if "kShutdown" not in str(exc) and "Broken pipe" not in str(exc):
+        return None
+    for remote, held in list(_SESSIONS.items()):
+        if held is device:
+            del _SESSIONS[remote]
+    return ConfigError("the board's process died running the model: a crash, or an instruction its CPU lacks "
+                       "(SIGILL: do the target's mattr, e.g. +dotprod, match the board's CPU?); the board's server log says which")
+
+
 def emulation(remote: RemoteDevice, session: Any, arch: str) -> str | None:
     """What emulates the board (e.g. ``qemu-aarch64 -cpu cortex-a76``), None for real hardware.
 
