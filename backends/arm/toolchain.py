@@ -22,6 +22,7 @@ from lcpaq.ir.fileio import cache_dir
 
 CXX_ENV = "LCPAQ_AARCH64_CXX"
 DEBIAN_CXX = "aarch64-linux-gnu-g++"
+DEBIAN_PACKAGE = "g++-aarch64-linux-gnu"
 ZIG_TRIPLE = "aarch64-linux-gnu.2.28"
 
 
@@ -53,7 +54,7 @@ def aarch64_linker() -> str:
     if importlib.util.find_spec("ziglang") is not None:
         return _zig_wrapper()
     raise ConfigError(
-        f"no AArch64 linker on this machine: `apt-get install {DEBIAN_CXX.replace('-g++', '')}` "
+        f"no AArch64 linker on this machine: `apt-get install {DEBIAN_PACKAGE}` "
         f"(or `make arm-board`), `pip install ziglang`, or set ${CXX_ENV}"
     )
 
