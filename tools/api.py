@@ -161,6 +161,8 @@ def quantize(
         raise ConfigError(f"--build-trials must be >= 0, got {build_trials}")
     if build is None:
         build = runs_here(tgt)
+    if build:
+        backend_for(tgt).check_trials(build_trials)
     if build and tgt.remote is not None:
         backend_for(tgt).device(tgt)  # the board answers now, before any work (ConfigError naming it otherwise)
     budgets = budget_options(budget)

@@ -54,6 +54,7 @@ def build_command(args: argparse.Namespace) -> int:
 
     target = target_of(args)
     backend = backend_for(target)
+    backend.check_trials(args.trials)
     if target.device == "local" or target.remote is not None:
         backend.device(target)  # before any work: the device must be reachable (a board target builds without one)
 
@@ -119,6 +120,7 @@ def profile_command(args: argparse.Namespace) -> int:
     check_writable(out, "--out")
 
     target = target_of(args)
+    backend_for(target).check_trials(args.trials)
     backend_for(target).device(target)  # the device before the model, as profile() does
     bundle = load_bundle(args.model, args.progress)
     table = profile(bundle, target, trials=args.trials, repeats=args.repeats, progress=args.progress)

@@ -96,6 +96,9 @@ class Backend(ABC):
     #: Op kinds (``conv``, ``linear``, ``matmul``, ``embedding``) with an integer kernel, and the
     #: weight widths those kernels compute at.
     integer_kernels: ClassVar[dict[str, tuple[int, ...]]]
+    #: Whether the family tunes its kernels (``--trials``); one that does not builds with its
+    #: hand schedules only and refuses trials in one line.
+    tunable: ClassVar[bool] = False
 
     # -- the target ----------------------------------------------------------------------------
     @abstractmethod
@@ -177,6 +180,11 @@ class Backend(ABC):
     @abstractmethod
     def compile(self, mod: "tvm.IRModule", target: "tvm.target.Target") -> Any:
         """Compile a Relax module with the family's pipeline; returns the executable."""
+
+    def check_trials(self, trials: int) -> None:
+        """ConfigError (one line) for ``trials`` > 0 on a family that does not tune."""
+        if trials > 0 and not self.tunable:
+            raise ConfigError(f"backend {self.name!r} does not tune its kernels yet: it builds with its hand schedules (--trials 0)")
 
     def kernel_schedule(self, tag: str, trials: int, tvm_target: "tvm.target.Target",
                         choices: dict[str, str]) -> Callable[[Any, Callable[[Any], Any]], Any]:

@@ -172,6 +172,7 @@ def build_model(
     with no board given is built and not run: ``BuiltModel.not_run``), LoweringError naming the
     node for an op that has no lowering."""
     backend = backend_for(target)
+    backend.check_trials(trials)
     not_run = backend.unavailable(target) if target.device != "local" else None
     device = None if not_run else backend.device(target)
     tvm_target = backend.tvm_target(target)

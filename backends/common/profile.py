@@ -52,6 +52,7 @@ def profile_model(
     (an emulator's timings predict nothing; ``allow_emulated`` times it anyway, for checking the
     mechanics, and the table says so), PassContractError if the graph is not annotated."""
     backend = backend_for(target)
+    backend.check_trials(trials)
     backend.check_available(target)
     layers = find_layers(gm)
     missing = [layer.name for layer in layers if not COST.has(layer.node)]

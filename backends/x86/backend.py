@@ -26,6 +26,7 @@ class X86VnniBackend(Backend):
     name = "x86-vnni"
     conventions = Conventions(act_dtype="uint8", integer_bits=8, in_multiple=DEPTH, out_multiple=LANES)
     integer_kernels = {"conv": (8,), "linear": (8,), "matmul": (8,)}
+    tunable = True
 
     def has_integer_kernel(self, gm: fx.GraphModule, layer: QuantLayer) -> bool:
         return integer_layers.has_integer_kernel(gm, layer)

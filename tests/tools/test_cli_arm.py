@@ -155,3 +155,10 @@ def test_a_latency_budget_without_a_table_names_the_profile_command(capsys, tmp_
     _assert_one_line_error(*_run(capsys, *argv, "--budget", "latency=0.5x"), "a latency budget needs a latency table",
                            f"`lcpaq profile --model M --target {TARGET} --rpc HOST:PORT", "--latency-table")
     assert not out.exists()
+
+
+def test_tuning_trials_on_arm_are_refused_in_one_line(capsys, tmp_path) -> None:
+    out = tmp_path / "m.so"
+    code = main(["build", "--model", MODEL, "--target", TARGET, "--trials", "8", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "backend 'arm-dotprod' does not tune its kernels yet" in err and not out.exists()
