@@ -1,8 +1,8 @@
 """How built configurations read in the CLI and the report: one line each, and one more naming
-the nodes that ran in float and why, when there are any."""
+the nodes that ran in float and why, when there are any; and report.md's deployment table."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 #: Float nodes named on the terminal; report.json lists all of them.
 FLOAT_NODES_SHOWN = 3
@@ -39,3 +39,27 @@ def deployment_lines(report: dict[str, Any]) -> list[str]:
             more = f"; and {len(floats) - FLOAT_NODES_SHOWN} more (report.json)" if len(floats) > FLOAT_NODES_SHOWN else ""
             lines.append(f"  {'':<24} {len(floats)} nodes in float: {shown}{more}")
     return lines
+
+
+def deployment_markdown(report: dict[str, Any], table: Callable[[list[str], list[list[str]], str], list[str]]) -> list[str]:
+    """The report.md section: one row per configuration, rendered by ``table`` (header, rows, alignment)."""
+    dep = report.get("deployment")
+    if not dep:
+        return []
+    rows = []
+    for label, d in dep.items():
+        if not d.get("built"):
+            rows.append([label, "-", "-", "-", "-", "-", f"not built: {d['reason']}"])
+            continue
+        if d.get("ran") is False:
+            rows.append([label, "-", "-", "-", "-", "-", f"{d['kernels']} (built, not run: {d['not_run']})"])
+            continue
+        pred = f"{d['predicted_ms']:.3f}" if "predicted_ms" in d else "-"
+        ratio = f"{d['measured_over_predicted']:.2f}" if "measured_over_predicted" in d else "-"
+        exact = "yes" if d["bit_exact_vs_integer_reference"] else "no"
+        measured = f"{d['latency_ms']:.3f}" + (" (emulated)" if d.get("emulation") else "")
+        rows.append([label, measured, pred, ratio, exact, f"{d['sqnr_vs_fp32_db']:.1f}", str(d["kernels"])])
+    head = ["configuration", "measured ms", "predicted ms", "measured / predicted", "bit-exact", "SQNR vs fp32 dB (example input)", "kernels"]
+    emulated = sorted({d["emulation"] for d in dep.values() if d.get("emulation")})
+    note = [f"Timings marked emulated ran on {', '.join(emulated)}: they check the build, not the board's speed.", ""] if emulated else []
+    return [f"## Deployment on {report['target']} (TVM, batch 1)", "", *table(head, rows, "lrrrlrr"), "", *note]

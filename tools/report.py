@@ -17,6 +17,7 @@ from lcpaq.passes import cost_model
 from lcpaq.ir.meta import ASSIGNMENT, COST, FLOAT_LAYERS, MODEL_COST, PARETO, QSPEC, SENSITIVITY
 from lcpaq.ir.errors import OutputError
 from lcpaq.ir.fileio import atomic_directory, atomic_write_json, atomic_write_text, check_writable
+from lcpaq.tools.deployment import deployment_lines, deployment_markdown
 from lcpaq.tools.models.zoo import ModelBundle
 
 if TYPE_CHECKING:
@@ -266,32 +267,7 @@ def _float_summary(report: dict[str, Any]) -> list[str]:
     return [f"kept in float: {len(rows)} tensors, {_bytes(sum(r['bytes'] for r in rows))} (see report.md)"]
 
 
-def _deployment_markdown(report: dict[str, Any]) -> list[str]:
-    dep = report.get("deployment")
-    if not dep:
-        return []
-    rows = []
-    for label, d in dep.items():
-        if not d.get("built"):
-            rows.append([label, "-", "-", "-", "-", "-", f"not built: {d['reason']}"])
-            continue
-        if d.get("ran") is False:
-            rows.append([label, "-", "-", "-", "-", "-", f"{d['kernels']} (built, not run: {d['not_run']})"])
-            continue
-        pred = f"{d['predicted_ms']:.3f}" if "predicted_ms" in d else "-"
-        ratio = f"{d['measured_over_predicted']:.2f}" if "measured_over_predicted" in d else "-"
-        exact = "yes" if d["bit_exact_vs_integer_reference"] else "no"
-        measured = f"{d['latency_ms']:.3f}" + (" (emulated)" if d.get("emulation") else "")
-        rows.append([label, measured, pred, ratio, exact, f"{d['sqnr_vs_fp32_db']:.1f}", str(d["kernels"])])
-    head = ["configuration", "measured ms", "predicted ms", "measured / predicted", "bit-exact", "SQNR vs fp32 dB (example input)", "kernels"]
-    emulated = sorted({d["emulation"] for d in dep.values() if d.get("emulation")})
-    note = [f"Timings marked emulated ran on {', '.join(emulated)}: they check the build, not the board's speed.", ""] if emulated else []
-    return [f"## Deployment on {report['target']} (TVM, batch 1)", "", *_table(head, rows, "lrrrlrr"), "", *note]
-
-
 def _deployment(report: dict[str, Any]) -> list[str]:
-    from lcpaq.tools.deployment import deployment_lines
-
     lines = deployment_lines(report)
     return ["", *lines] if lines else []
 
@@ -379,7 +355,7 @@ def render_markdown(report: dict[str, Any], plots: list[str] = ()) -> str:
         "",
         *config_table(report),
         "",
-        *_deployment_markdown(report),
+        *deployment_markdown(report, _table),
         "## Layers (primary configuration)",
         "",
         *layer_table(report),

@@ -88,15 +88,20 @@ class BuiltModel:
     def __post_init__(self) -> None:
         self._vm: relax.VirtualMachine | None = None
 
-    @property
-    def vm(self) -> relax.VirtualMachine:
+    def _runs_on(self) -> Device:
+        """The device; ConfigError saying why for a model built only."""
         if self.device is None:
             raise ConfigError(f"built for {self.target}, not run: {self.not_run or 'no device'}")
+        return self.device
+
+    @property
+    def vm(self) -> relax.VirtualMachine:
+        device = self._runs_on()
         if self._vm is None:
             if self.module is None:
                 with native_stderr_quiet():
-                    self.module = self.device.module(self.executable, self._export_to)
-            self._vm = relax.VirtualMachine(self.module, self.device.dev)
+                    self.module = device.module(self.executable, self._export_to)
+            self._vm = relax.VirtualMachine(self.module, device.dev)
         return self._vm
 
     def _export_to(self, executable: Any, path: str) -> None:
@@ -107,8 +112,7 @@ class BuiltModel:
 
     def inputs(self, *xs: Any) -> list[Any]:
         """TVM tensors of ``xs``, checked against the built shapes (one line on a mismatch)."""
-        if self.device is None:
-            raise ConfigError(f"built for {self.target}, not run: {self.not_run or 'no device'}")
+        device = self._runs_on()
         if len(xs) != len(self.input_shapes):
             raise ConfigError(f"the model was built for {len(self.input_shapes)} inputs, got {len(xs)}")
         out = []
@@ -117,7 +121,7 @@ class BuiltModel:
             a = _as_numpy(x).astype(dtype, copy=False)
             if tuple(a.shape) != tuple(shape):
                 raise ConfigError(f"the model was built for input shape {tuple(shape)}, got {tuple(a.shape)}")
-            out.append(self.device.tensor(a))
+            out.append(device.tensor(a))
         return out
 
     def run(self, *xs: Any) -> np.ndarray | tuple[np.ndarray, ...]:
