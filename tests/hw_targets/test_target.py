@@ -10,7 +10,7 @@ ALL_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
 
 
 def test_builtin_targets_load() -> None:
-    assert available_targets() == ["arm-a76", "nvidia-sm90", "sim", "x86-host"]
+    assert available_targets() == ["arm-a76", "arm-neoverse-v2", "nvidia-sm90", "sim", "x86-host"]
     for name in available_targets():
         assert load_target(name).name == name
 
@@ -73,7 +73,7 @@ def test_check_refuses_what_target_lacks() -> None:
 
 
 def test_unknown_target_lists_the_known() -> None:
-    with pytest.raises(ConfigError, match="unknown target 'tpu'; built-in targets: arm-a76, nvidia-sm90, sim, x86-host"):
+    with pytest.raises(ConfigError, match="unknown target 'tpu'; built-in targets: arm-a76, arm-neoverse-v2, nvidia-sm90, sim, x86-host"):
         load_target("tpu")
 
 
