@@ -89,7 +89,7 @@ def _deploy(
         "latency_p90_ms": round(latency.p90 * 1e3, 4),
         "float_nodes": built.float_fallbacks,
     }
-    if table is not None and built.device.emulation is None:  # an emulator's time predicts nothing
+    if table is not None and not emulated:  # an emulator's time predicts nothing
         try:
             predicted = table.total(assignment_of(gm))
         except LcpaqError as exc:
