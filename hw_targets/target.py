@@ -28,7 +28,8 @@ class Target:
     ``backend``: the backend family that builds for the target (``x86-vnni``...; see
     :mod:`lcpaq.backends.common.backend`), None for a simulation-only target. ``tvm_target`` is the
     target's TVM configuration as written (``mcpu = "native"`` is resolved by the backend).
-    ``device``: ``local`` (this machine) or ``rpc`` (a board reached over TVM RPC: ``remote``)."""
+    ``device``: ``local`` (this machine's CPU), ``rpc`` (a board reached over TVM RPC: ``remote``)
+    or ``cuda`` (an NVIDIA GPU of the machine that runs the library; built anywhere nvcc is)."""
 
     name: str
     description: str

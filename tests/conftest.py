@@ -142,3 +142,20 @@ def arm_board() -> Iterator[str]:
                 pytest.fail(f"{NO_BOARD} (LCPAQ_REQUIRE_ARM_BOARD=1)")
             pytest.skip(NO_BOARD)
         yield address
+
+
+#: A target file of a family no backend implements (every built-in target's family is).
+UNIMPLEMENTED_TOML = """name = "npu-x"
+backend = "npu-magic"
+description = "an accelerator no lcpaq backend builds for"
+[precisions]
+native_weight_bits = { conv = [8], linear = [8], matmul = [8] }
+act_bits = [8]
+"""
+
+
+def unimplemented_target(tmp_dir: Path | None = None) -> "object":
+    """The target of :data:`UNIMPLEMENTED_TOML` (written into ``tmp_dir``, or a new temporary folder)."""
+    path = Path(tmp_dir or tempfile.mkdtemp()) / "npu-x.toml"
+    path.write_text(UNIMPLEMENTED_TOML)
+    return load_target(str(path))

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 import lcpaq.backends.common.capability  # noqa: F401  (registers the executable pass, listed by `lcpaq passes`)
-from lcpaq.backends.common.backend import backend_for
+from lcpaq.backends.common.backend import backend_for, runs_here
 from lcpaq.backends.common.deploy import deploy
 from lcpaq.hw_targets.host import host_features, host_support
 from lcpaq.hw_targets.remote import remote_from_options
@@ -71,7 +71,8 @@ def build_command(args: argparse.Namespace) -> int:
     if not entry["built"]:
         raise ConfigError(f"cannot build {primary.label} for {target.name}: {entry['reason']}")
     print("\n".join(deployment_lines({"target": target.name, "deployment": {primary.label: entry}})))
-    where = "on this machine" if target.device == "local" else f"on the board ({target.tvm_target.get('mtriple', target.name)})"
+    where = {"local": "on this machine", "cuda": f"on an NVIDIA GPU ({target.tvm_target.get('arch', target.name)}) with the TVM runtime"}.get(
+        target.device, f"on the board ({target.tvm_target.get('mtriple', target.name)})")
     print(f"wrote {out} ({input_signature(bundle.example_inputs)}; {where}: load with tvm.runtime.load_module and "
           "relax.VirtualMachine, call 'main')")
     return 0
@@ -105,6 +106,8 @@ def targets_command(args: argparse.Namespace) -> int:
             print(f"{'':<12} {'runs on' if support.ok else 'cannot run on'} this host: {support}")
         elif t.device == "rpc" and t.backend is not None:
             print(f"{'':<12} cross-compiled here; runs on a board given by --rpc HOST:PORT or --tracker HOST:PORT --key NAME")
+        elif t.device == "cuda":
+            print(f"{'':<12} compiled here with nvcc; runs on an NVIDIA GPU ({'this machine has one' if runs_here(t) else 'none here'})")
     return 0
 
 

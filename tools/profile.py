@@ -2,6 +2,8 @@
 target's device (:mod:`lcpaq.backends.common.profile`)."""
 from __future__ import annotations
 
+import torch.fx as fx
+
 import lcpaq.passes  # noqa: F401  (registers the passes)
 from lcpaq.backends.common.backend import backend_for
 from lcpaq.backends.common.profile import profile_model, with_fixed_seconds
@@ -22,8 +24,14 @@ def profile(
     tgt = target if isinstance(target, Target) else load_target(target or default_target_name())
     backend_for(tgt).check_available(tgt)
     bundle = model if isinstance(model, ModelBundle) else load_model(model, progress)
-    gm = capture(bundle.model, bundle.example_inputs, bundle.name)
-    ctx = PassContext(tgt, bundle.example_inputs, bundle.calib_batches)
-    gm = Pipeline(prepare_phase(tgt))(gm, ctx).graph_module
+    gm, ctx = prepared_graph(bundle, tgt)
     table = profile_model(gm, tgt, model_name=bundle.name, trials=trials, repeats=repeats, progress=progress)
     return with_fixed_seconds(table, gm, ctx, trials)
+
+
+def prepared_graph(bundle: ModelBundle, target: Target) -> tuple[fx.GraphModule, PassContext]:
+    """``bundle``'s model captured and costed for ``target`` (the graph a latency table is
+    measured on), with its pass context."""
+    gm = capture(bundle.model, bundle.example_inputs, bundle.name)
+    ctx = PassContext(target, bundle.example_inputs, bundle.calib_batches)
+    return Pipeline(prepare_phase(target))(gm, ctx).graph_module, ctx

@@ -181,6 +181,14 @@ class Backend(ABC):
     def compile(self, mod: "tvm.IRModule", target: "tvm.target.Target") -> Any:
         """Compile a Relax module with the family's pipeline; returns the executable."""
 
+    def code_schedule(self) -> Callable[[Any], Any] | None:
+        """How the code kernels (quantize, requantize, residual adds, pools, integer matmul) are
+        scheduled: the CPU families' vectorizing schedule (default), or None to leave them to the
+        family's pipeline (a GPU's dlight rules)."""
+        from lcpaq.backends.common.code_kernels import schedule_elementwise
+
+        return schedule_elementwise
+
     def check_trials(self, trials: int) -> None:
         """ConfigError (one line) for ``trials`` > 0 on a family that does not tune."""
         if trials > 0 and not self.tunable:

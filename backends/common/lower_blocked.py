@@ -90,9 +90,17 @@ def is_depthwise(x: RVal, w: torch.Tensor, groups: int) -> bool:
 def lower_depthwise(lw: RelaxLowering, node: fx.Node, x: RVal, kernels: BlockedKernels) -> RVal:
     """Depthwise conv (groups == C) on the vector kernel, ``depthwise_lanes`` channels a vector;
     stored channels padded to that first when they are not (e.g. 72 after a float op)."""
+    lanes = kernels.depthwise_lanes
+    return lower_depthwise_with(lw, node, x, lanes, lambda f: dw.schedule_qdepthwise(f, lanes=lanes))
+
+
+def lower_depthwise_with(lw: RelaxLowering, node: fx.Node, x: RVal, lanes: int,
+                         schedule: Callable[[tvm.tirx.PrimFunc], Any] | None) -> RVal:
+    """:func:`lower_depthwise` with the kernel's ``lanes`` and ``schedule`` given (None: the
+    family's pipeline schedules it)."""
     w, bias, mult, shift = (lw.tensor(a) for a in node.args[1:5])
     stride, pad, rq = int(node.kwargs["stride"]), int(node.kwargs["padding"]), requant_of(node)
-    lanes, code, dtype = kernels.depthwise_lanes, kernels.blocking.act_dtype, rq.out_dtype
+    code, dtype = lw.backend.conventions.act_dtype, rq.out_dtype
     c, k = w.shape[0], w.shape[2]
     x = nhwc(lw, x, lanes)
     b, _, h, wd = x.shape
@@ -101,7 +109,7 @@ def lower_depthwise(lw: RelaxLowering, node: fx.Node, x: RVal, kernels: BlockedK
     oh, ow = conv_out_size(h, k, stride, pad), conv_out_size(wd, k, stride, pad)
     gv = lw.prim(("qdepthwise", (b, h, wd, x.cp), k, stride, pad, dtype, code, lanes),
                  lambda: dw.qdepthwise_func((b, h, wd, x.cp), k, stride, pad, dtype, code, lanes),
-                 lambda f: dw.schedule_qdepthwise(f, lanes=lanes))
+                 schedule)
     x_zp = int(node.kwargs["x_zp"])
     args = [x.expr, relax.const(dw.pack_depthwise_weight(w_p)),
             *channel_vectors(gemm_te.bias_eff(w, x_zp, bias), mult, shift, x.cp), relax.const(rq.qp(x_zp, code))]

@@ -45,7 +45,7 @@ def _quantize(lw: RelaxLowering, node: fx.Node) -> RVal:
     cp = x.shape[-1] if plain else round_up(x.channels, conv.out_multiple if any(_depthwise(lw, u) for u in node.users) else conv.in_multiple)
     nhwc = len(x.shape) == 4 and x.layout == "NHWC"
     key = ("quantize", x.shape, inv, zp, qmin, qmax, cp, nhwc, plain, code)
-    gv = lw.prim(key, lambda: ck.quantize_func(x.shape, inv, zp, qmin, qmax, cp, nhwc, plain, code), ck.schedule_elementwise)
+    gv = lw.prim(key, lambda: ck.quantize_func(x.shape, inv, zp, qmin, qmax, cp, nhwc, plain, code), lw.code_schedule)
     if plain:
         return RVal(lw.call(gv, [x.expr], x.shape, code), x.shape, code, x.channels, "NCHW")
     phys = (x.shape[0], x.shape[2], x.shape[3], cp) if len(x.shape) == 4 else (*x.shape[:-1], cp)
@@ -71,12 +71,12 @@ def _dequantize(lw: RelaxLowering, node: fx.Node) -> RVal:
     if node.target is iops.dequantize:
         scale, zp = float(node.args[1]), int(node.args[2])
         key = ("dequantize", x.phys, x.dtype, c, scale, zp, nhwc, plain)
-        gv = lw.prim(key, lambda: ck.dequantize_func(x.phys, x.dtype, c, scale, zp, nhwc, plain), ck.schedule_elementwise)
+        gv = lw.prim(key, lambda: ck.dequantize_func(x.phys, x.dtype, c, scale, zp, nhwc, plain), lw.code_schedule)
         args = [x.expr]
     else:
         scales = lw.tensor(node.args[1]).float().numpy()
         key = ("dequantize_channels", x.phys, x.dtype, c, nhwc, plain)
-        gv = lw.prim(key, lambda: ck.dequantize_func(x.phys, x.dtype, c, [1.0] * c, 0, nhwc, plain), ck.schedule_elementwise)
+        gv = lw.prim(key, lambda: ck.dequantize_func(x.phys, x.dtype, c, [1.0] * c, 0, nhwc, plain), lw.code_schedule)
         args = [x.expr, relax.const(np.ascontiguousarray(scales))]
     if nhwc:
         b, _, h, w = x.shape
@@ -90,7 +90,7 @@ def _requantize(lw: RelaxLowering, node: fx.Node) -> RVal:
     x_zp, mult, shift, out_zp = (int(a) for a in node.args[1:5])
     qmin, qmax, dtype = int(node.kwargs["qmin"]), int(node.kwargs["qmax"]), node.kwargs.get("out_dtype", "uint8")
     key = ("requantize", x.phys, x.dtype, x_zp, mult, shift, out_zp, qmin, qmax, dtype)
-    gv = lw.prim(key, lambda: ck.requantize_func(x.phys, x.dtype, x_zp, mult, shift, out_zp, qmin, qmax, dtype), ck.schedule_elementwise)
+    gv = lw.prim(key, lambda: ck.requantize_func(x.phys, x.dtype, x_zp, mult, shift, out_zp, qmin, qmax, dtype), lw.code_schedule)
     return RVal(lw.call(gv, [x.expr], x.phys, dtype), x.shape, dtype, x.cp)
 
 
@@ -120,7 +120,7 @@ def _qadd(lw: RelaxLowering, node: fx.Node) -> RVal:
     out_zp, qmin, qmax = int(node.args[8]), int(node.kwargs["qmin"]), int(node.kwargs["qmax"])
     dtype = node.kwargs.get("out_dtype", "uint8")
     key = ("qadd", a.phys, a.dtype, b.dtype, pa, pb, out_zp, qmin, qmax, dtype)
-    gv = lw.prim(key, lambda: ck.qadd_func(a.phys, a.dtype, b.dtype, pa, pb, out_zp, qmin, qmax, dtype), ck.schedule_elementwise)
+    gv = lw.prim(key, lambda: ck.qadd_func(a.phys, a.dtype, b.dtype, pa, pb, out_zp, qmin, qmax, dtype), lw.code_schedule)
     return RVal(lw.call(gv, [a.expr, b.expr], a.phys, dtype), a.shape, dtype, a.cp)
 
 
@@ -128,7 +128,7 @@ def _qadd(lw: RelaxLowering, node: fx.Node) -> RVal:
 def _clamp(lw: RelaxLowering, node: fx.Node) -> RVal:
     x = codes(lw, node)
     qmin, qmax = int(node.args[1]), int(node.args[2])
-    gv = lw.prim(("clamp", x.phys, x.dtype, qmin, qmax), lambda: ck.clamp_func(x.phys, x.dtype, qmin, qmax), ck.schedule_elementwise)
+    gv = lw.prim(("clamp", x.phys, x.dtype, qmin, qmax), lambda: ck.clamp_func(x.phys, x.dtype, qmin, qmax), lw.code_schedule)
     return RVal(lw.call(gv, [x.expr], x.phys, x.dtype), x.shape, x.dtype, x.cp)
 
 
@@ -138,7 +138,7 @@ def _max_pool(lw: RelaxLowering, node: fx.Node) -> RVal:
     k, s, p = (int(a) for a in node.args[1:4])
     b, c, h, w = x.shape
     oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-    gv = lw.prim(("max_pool", x.phys, x.dtype, k, s, p), lambda: ck.max_pool2d_func(x.phys, x.dtype, k, s, p), ck.schedule_elementwise)
+    gv = lw.prim(("max_pool", x.phys, x.dtype, k, s, p), lambda: ck.max_pool2d_func(x.phys, x.dtype, k, s, p), lw.code_schedule)
     return RVal(lw.call(gv, [x.expr], (b, oh, ow, x.cp), x.dtype), (b, c, oh, ow), x.dtype, x.cp)
 
 
@@ -146,7 +146,7 @@ def _max_pool(lw: RelaxLowering, node: fx.Node) -> RVal:
 def _global_pool(lw: RelaxLowering, node: fx.Node) -> RVal:
     x = nhwc(lw, codes(lw, node))
     b, c = x.shape[:2]
-    gv = lw.prim(("global_avg_pool", x.phys, x.dtype), lambda: ck.global_avg_pool_func(x.phys, x.dtype), ck.schedule_elementwise)
+    gv = lw.prim(("global_avg_pool", x.phys, x.dtype), lambda: ck.global_avg_pool_func(x.phys, x.dtype), lw.code_schedule)
     return RVal(lw.call(gv, [x.expr], (b, 1, 1, x.cp), x.dtype), (b, c, 1, 1), x.dtype, x.cp)
 
 
@@ -188,5 +188,5 @@ def _qmatmul(lw: RelaxLowering, node: fx.Node) -> RVal:
     shape = (*a.shape[:-1], b.shape[-1])
     key = ("qmatmul", a.shape, b.shape, a_zp, b_zp, mult, shift, out_zp, qmin, qmax, dtype, code)
     gv = lw.prim(key, lambda: ck.qmatmul_func(a.shape, b.shape, a_zp, b_zp, mult, shift, out_zp, qmin, qmax, dtype, code),
-                 ck.schedule_elementwise)
+                 lw.code_schedule)
     return RVal(lw.call(gv, [a.expr, b.expr], shape, dtype), shape, dtype, channels_of(shape), "NCHW")

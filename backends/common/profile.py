@@ -12,12 +12,13 @@ import copy
 import dataclasses
 import datetime
 import os
+from typing import Any
 
 import torch.fx as fx
 import tvm
 from tqdm.auto import tqdm
 
-from lcpaq.backends.common.backend import backend_for
+from lcpaq.backends.common.backend import LayerTimer, backend_for
 from lcpaq.backends.common.build import build_model
 from lcpaq.backends.common.measure import measure_latency
 from lcpaq.hw_targets.latency_table import LatencyTable, precision_key
@@ -39,7 +40,7 @@ def precision_keys(target: Target, kind: str) -> list[str]:
 
 def profile_model(
     gm: fx.GraphModule, target: Target, model_name: str = "", trials: int = 0, repeats: int = 10, number: int = 5,
-    progress: bool = True, seed: int = 0, allow_emulated: bool = False,
+    progress: bool = True, seed: int = 0, allow_emulated: bool = False, timer: LayerTimer | None = None,
 ) -> LatencyTable:
     """Time every quantizable layer of a costed graph (``lcpaq.shape`` and ``lcpaq.cost``
     annotations, from ``prepare_phase``) on the target's device, at batch 1.
@@ -50,17 +51,19 @@ def profile_model(
     table's ``notes``. ``fixed_seconds`` is 0.0 (see :func:`with_fixed_seconds`). Raises
     ConfigError if the target has no backend or its device cannot be reached, or is emulated
     (an emulator's timings predict nothing; ``allow_emulated`` times it anyway, for checking the
-    mechanics, and the table says so), PassContractError if the graph is not annotated."""
+    mechanics, and the table says so), PassContractError if the graph is not annotated.
+    ``timer``: timings taken elsewhere (a :class:`RecordedTimer`) instead of the device's."""
     backend = backend_for(target)
     backend.check_trials(trials)
-    backend.check_available(target)
+    if timer is None:
+        backend.check_available(target)
     layers = find_layers(gm)
     missing = [layer.name for layer in layers if not COST.has(layer.node)]
     if missing:
         raise PassContractError(f"profile needs lcpaq.cost on every layer (missing on {', '.join(missing[:3])}); run the prepare phase first")
     if repeats < 1 or number < 1:
         raise ConfigError(f"repeats and number must be >= 1, got {repeats} and {number}")
-    timer = backend.layer_timer(target, trials, repeats, number, seed)
+    timer = timer or backend.layer_timer(target, trials, repeats, number, seed)
     if timer.emulation and not allow_emulated:
         raise ConfigError(
             f"the board of target {target.name!r} is emulated ({timer.emulation}): its timings say nothing about a board's "
@@ -92,22 +95,41 @@ def profile_model(
     )
 
 
-def with_fixed_seconds(table: LatencyTable, prepared: fx.GraphModule, ctx: PassContext, trials: int) -> LatencyTable:
+class RecordedTimer(LayerTimer):
+    """Layer timings measured elsewhere (a GPU machine without TVM: ``tools/gpu_bench.py``),
+    ``{layer: {precision key: seconds}}``, with how they were measured."""
+
+    def __init__(self, seconds: dict[str, dict[str, float]], notes: list[str], source: str) -> None:
+        self.seconds, self._notes, self.source = seconds, notes, source
+
+    def measure(self, gm: fx.GraphModule, layer: Any) -> dict[str, float]:
+        if layer.name not in self.seconds or "fp32" not in self.seconds[layer.name]:
+            raise ConfigError(f"{self.source} has no fp32 timing of layer {layer.name!r}: it was measured on another model")
+        return self.seconds[layer.name]
+
+    def notes(self) -> list[str]:
+        return self._notes
+
+
+def with_fixed_seconds(table: LatencyTable, prepared: fx.GraphModule, ctx: PassContext, trials: int,
+                       whole: float | None = None) -> LatencyTable:
     """``table`` with ``fixed_seconds`` measured: the whole model built at uniform W8A8 (the
     same kernels, ``trials``) minus the sum of its layers' entries at the precisions that build
     gave them (an embedding is weight-only, ``w8a32``), i.e. the time of everything that is not a
     quantizable layer (quantize, requantize, residual adds, pooling, layout), at least 0.
     ``prepared`` (the costed graph the table was measured on) is left as it is. A model the
-    backend cannot build keeps 0.0, with the reason in the notes."""
+    backend cannot build keeps 0.0, with the reason in the notes. ``whole``: the W8A8 model's
+    seconds measured elsewhere (nothing is built or timed here then)."""
     target = ctx.target
     passes = calibration_phase(target) + uniform_phase(target, 8, 8)
     gm = Pipeline(passes)(copy.deepcopy(prepared), ctx).graph_module
-    x = [t[:1] for t in ctx.example_inputs]
-    try:
-        built = build_model(gm, x, target, trials=trials)
-    except LcpaqError as exc:
-        return dataclasses.replace(table, notes=(*table.notes, f"fixed_seconds not measured: the W8A8 model does not build ({exc})"))
-    whole = measure_latency(built, x, repeats=20).median
+    if whole is None:
+        x = [t[:1] for t in ctx.example_inputs]
+        try:
+            built = build_model(gm, x, target, trials=trials)
+        except LcpaqError as exc:
+            return dataclasses.replace(table, notes=(*table.notes, f"fixed_seconds not measured: the W8A8 model does not build ({exc})"))
+        whole = measure_latency(built, x, repeats=20).median
     layers = table.total(assignment_of(gm)) - table.fixed_seconds
     fixed = max(0.0, whole - layers)
     note = (f"fixed_seconds = whole W8A8 build {whole * 1e3:.3f} ms - sum of its layers' entries {layers * 1e3:.3f} ms "

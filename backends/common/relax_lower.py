@@ -150,16 +150,21 @@ class RelaxLowering:
         self.scalars: dict[fx.Node, int] = {}  # symbolic sizes of the captured graph, fixed by the build
         self.schedule_choices: dict[str, str] = {}  # tuned kernels: whether the tuned or the hand schedule ran faster
         self.float_fallbacks: dict[str, str] = {}  # source node -> why it runs in float (see :meth:`lower`)
+        self.code_schedule = backend.code_schedule()  # of the code kernels (quantize, requantize, adds, pools...)
 
     def tensor(self, node: Any) -> torch.Tensor | None:
         return None if node is None else get_attr(self.ig, str(node.target))
 
-    def prim(self, key: tuple, make: Callable[[], tvm.tirx.PrimFunc], schedule: Callable[[tvm.tirx.PrimFunc], Any]) -> relax.GlobalVar:
-        """The module's function for ``key``, made, scheduled and added on first use."""
+    def prim(self, key: tuple, make: Callable[[], tvm.tirx.PrimFunc],
+             schedule: Callable[[tvm.tirx.PrimFunc], Any] | None) -> relax.GlobalVar:
+        """The module's function for ``key``, made, scheduled and added on first use; with no
+        ``schedule`` the family's pipeline schedules it (a GPU's dlight rules)."""
         if key not in self._funcs:
             name = f"lcpaq_{key[0]}_{len(self._funcs)}"
-            func = schedule(make()).mod["main"]
-            func = func.with_attrs({"global_symbol": name, "op_pattern": OPAQUE, SCHEDULED: True})
+            if schedule is None:
+                func = make().with_attrs({"global_symbol": name, "op_pattern": OPAQUE})
+            else:
+                func = schedule(make()).mod["main"].with_attrs({"global_symbol": name, "op_pattern": OPAQUE, SCHEDULED: True})
             self._funcs[key] = self.bb.add_func(func, name)
         return self._funcs[key]
 

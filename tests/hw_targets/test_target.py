@@ -10,7 +10,7 @@ ALL_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
 
 
 def test_builtin_targets_load() -> None:
-    assert available_targets() == ["arm-a76", "arm-neoverse-v2", "nvidia-sm90", "sim", "x86-host"]
+    assert available_targets() == ["arm-a76", "arm-neoverse-v2", "nvidia-sm75", "nvidia-sm90", "sim", "x86-host"]
     for name in available_targets():
         assert load_target(name).name == name
 
@@ -19,7 +19,8 @@ def test_builtin_targets_load() -> None:
     ("x86-host", "x86-vnni", "local", 25769803776, ("avx512f", "avx512_vnni"), {"kind": "llvm", "mcpu": "native"}),
     ("arm-a76", "arm-dotprod", "rpc", 4294967296, (),
      {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"]}),
-    ("nvidia-sm90", "cuda-tensorcore", "rpc", 85899345920, (), {"kind": "cuda", "arch": "sm_90"}),
+    ("nvidia-sm90", "cuda-tensorcore", "cuda", 85899345920, (), {"kind": "cuda", "arch": "sm_90"}),
+    ("nvidia-sm75", "cuda-tensorcore", "cuda", 17179869184, (), {"kind": "cuda", "arch": "sm_75"}),
     ("sim", None, "none", None, (), {}),
 ])
 def test_target_fields_as_written(name, backend, device, memory, requires, tvm) -> None:
@@ -73,7 +74,7 @@ def test_check_refuses_what_target_lacks() -> None:
 
 
 def test_unknown_target_lists_the_known() -> None:
-    with pytest.raises(ConfigError, match="unknown target 'tpu'; built-in targets: arm-a76, arm-neoverse-v2, nvidia-sm90, sim, x86-host"):
+    with pytest.raises(ConfigError, match="unknown target 'tpu'; built-in targets: arm-a76, arm-neoverse-v2, nvidia-sm75, nvidia-sm90, sim, x86-host"):
         load_target("tpu")
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from lcpaq.passes import Pipeline, parse_spec
 from lcpaq.tools.cli import main
+from tests.conftest import UNIMPLEMENTED_TOML
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -285,7 +286,7 @@ def test_profile_writes_a_table(capsys, tmp_path) -> None:
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--target", "arm-a76"], "target 'arm-a76' runs on a board reached over RPC: give --rpc HOST:PORT"),
-    (["--target", "nvidia-sm90"], "target 'nvidia-sm90' needs backend 'cuda-tensorcore', which is not implemented"),
+    (["--target", "nvidia-sm90"], "this machine has no CUDA GPU"),
     (["--target", "tpu"], "unknown target 'tpu'"),
     (["--trials", "-1"], "--trials must be >= 0"),
     (["--model", "missing/model.py:build"], "model file missing/model.py does not exist"),
@@ -308,6 +309,8 @@ def test_build_writes_library_and_reports_measured_latency(tmp_path, capsys) -> 
 def test_build_refuses_a_directory_and_other_targets(tmp_path, capsys) -> None:
     assert main(["build", "--model", "resnet-digits", "-o", str(tmp_path)]) == 2
     assert "is a directory" in capsys.readouterr().err
-    assert main(["build", "--model", "resnet-digits", "--target", "nvidia-sm90", "-o", str(tmp_path / "m.so")]) == 2
-    assert "target 'nvidia-sm90' needs backend 'cuda-tensorcore', which is not implemented" in capsys.readouterr().err
+    npu = tmp_path / "npu-x.toml"
+    npu.write_text(UNIMPLEMENTED_TOML)
+    assert main(["build", "--model", "resnet-digits", "--target", str(npu), "-o", str(tmp_path / "m.so")]) == 2
+    assert "target 'npu-x' needs backend 'npu-magic', which is not implemented" in capsys.readouterr().err
     assert not (tmp_path / "m.so").exists()

@@ -17,12 +17,8 @@ from lcpaq.ir.meta import BitAssignment
 from lcpaq.ir.metrics import first_output
 from tests.backends._nets import TinyResNet, quantized
 
-#: Target files whose family has no backend yet, with the issue that brings it.
-NOT_YET = {"nvidia-sm90": "cuda-tensorcore"}
-
-
 def test_registry_finds_each_family_by_name() -> None:
-    assert available_backends() == ["arm-dotprod", "x86-vnni"]
+    assert available_backends() == ["arm-dotprod", "cuda-tensorcore", "x86-vnni"]
     assert isinstance(backend_for(load_target("x86-host")), X86VnniBackend)
     assert isinstance(backend_for(load_target("arm-a76")), ArmDotprodBackend)
 
@@ -32,11 +28,6 @@ def test_every_native_precision_of_a_target_file_executes_at_that_precision(name
     target = load_target(name)
     if target.backend is None:  # simulation only: nothing is built, and building says so
         with pytest.raises(ConfigError, match="simulation only"):
-            backend_for(target)
-        return
-    if name in NOT_YET:
-        assert target.backend == NOT_YET[name]
-        with pytest.raises(ConfigError, match=f"needs backend '{NOT_YET[name]}', which is not implemented"):
             backend_for(target)
         return
     backend: Backend = backend_for(target)

@@ -10,6 +10,7 @@ from lcpaq.backends.common.measure import measure_latency
 from lcpaq.hw_targets import load_target
 from lcpaq.ir.metrics import first_output
 from lcpaq.ir.errors import ConfigError, CorruptFileError, LoweringError
+from tests.conftest import unimplemented_target
 from tests.backends._nets import TinyEncoder, TinyMobile, TinyResNet, mixed, quantized, sqnr
 
 SPECS = {
@@ -182,7 +183,7 @@ def test_float_op_between_int8_layers_goes_through_tvm_frontend() -> None:
 def test_targets_without_a_backend_here_are_refused(model_and_input) -> None:
     model, x = model_and_input
     gm = quantized(model, x)
-    with pytest.raises(ConfigError, match="target 'nvidia-sm90' needs backend 'cuda-tensorcore', which is not implemented"):
-        build_model(gm, (x[:1],), load_target("nvidia-sm90"))
+    with pytest.raises(ConfigError, match="target 'npu-x' needs backend 'npu-magic', which is not implemented"):
+        build_model(gm, (x[:1],), unimplemented_target())
     with pytest.raises(ConfigError, match="target 'sim' is simulation only"):
         build_model(gm, (x[:1],), load_target("sim"))

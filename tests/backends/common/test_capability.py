@@ -15,7 +15,7 @@ from lcpaq.ir.layers import is_quantizer
 from lcpaq.ir.meta import ASSIGNMENT, EXECUTABLE, FLOAT_LAYERS, PARETO, QSPEC, QUANTIZER, BitAssignment
 from lcpaq.passes import PassContext, Pipeline
 from lcpaq.passes.cost_model import reference_totals
-from tests.conftest import make_ctx
+from tests.conftest import make_ctx, unimplemented_target
 
 FP32 = BitAssignment(32, 32)
 X86_CONV = tuple(BitAssignment(w, 8) for w in range(2, 9))  # x86-host: weights 2-8 (2-7 unpacked), activations 8
@@ -115,7 +115,8 @@ def test_a_tied_table_keeps_its_head_in_float_too(x86) -> None:
 
 def test_the_pass_runs_where_a_backend_is_implemented() -> None:
     assert capability_phase(load_target("x86-host")) == [LayerPrecisions()] == capability_phase(load_target("arm-a76"))
-    assert capability_phase(load_target("sim")) == [] and capability_phase(load_target("nvidia-sm90")) == []
+    assert capability_phase(load_target("nvidia-sm90")) == [LayerPrecisions()]
+    assert capability_phase(load_target("sim")) == [] and capability_phase(unimplemented_target()) == []
     x = torch.randn(1, 3, 8, 8)
     with pytest.raises(ConfigError, match="pass 'executable': target 'sim' is simulation only"):
         Pipeline.from_spec("shape-prop,executable")(capture(Convs().eval(), (x,)), make_ctx(load_target("sim"), x))

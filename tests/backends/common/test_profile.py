@@ -14,6 +14,7 @@ from lcpaq.passes.pipeline import Pipeline, prepare_phase
 
 X86 = load_target("x86-host")
 X86_TOML = open(X86.source).read()
+from tests.conftest import unimplemented_target
 
 
 class Tiny(nn.Module):
@@ -44,7 +45,9 @@ def test_precision_keys_of_x86_host() -> None:
 
 def test_refuses_targets_that_cannot_run_here(tmp_path) -> None:
     gm = _costed(Tiny(), torch.randn(1, 64, 28, 28))
-    with pytest.raises(ConfigError, match="needs backend 'cuda-tensorcore', which is not implemented"):
+    with pytest.raises(ConfigError, match="needs backend 'npu-magic', which is not implemented"):
+        profile_model(gm, unimplemented_target(tmp_path), progress=False)
+    with pytest.raises(ConfigError, match="this machine has no CUDA GPU"):
         profile_model(gm, load_target("nvidia-sm90"), progress=False)
     with pytest.raises(ConfigError, match="target 'arm-a76' runs on a board reached over RPC: give --rpc HOST:PORT"):
         profile_model(gm, load_target("arm-a76"), progress=False)

@@ -1,0 +1,4 @@
+"""The NVIDIA GPU backend family (``cuda-tensorcore``): int8 tensor-core kernels through TVM CUDA."""
+from lcpaq.backends.cuda.backend import CudaTensorCoreBackend
+
+__all__ = ["CudaTensorCoreBackend"]
