@@ -211,8 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         for entry in data.get("models", []):
             r = run_model(torch, ffi, bundle, entry, args.device, args.repeats)
             results["models"].append(r)
+            predicted = f"  (table predicted {r['predicted_ms']:.3f} ms)" if "predicted_ms" in r else ""
             print(f"{r['model']:<12} {r['config']:<8} b{r['batch']:<3} {r['median_ms']:8.3f} ms  "
-                  f"{'bit-exact' if r['bit_exact'] else 'max diff %.3g' % r['max_abs_diff']}", flush=True)
+                  f"{'bit-exact' if r['bit_exact'] else 'max diff %.3g' % r['max_abs_diff']}{predicted}", flush=True)
             key = f"{r['model']}-b{r['batch']}"
             if key not in results["baselines"]:
                 results["baselines"][key] = base = torch_baselines(torch, r["model"], int(r["batch"]), args.device, args.repeats)

@@ -33,6 +33,7 @@ from lcpaq.hw_targets.target import Target, load_target
 from lcpaq.ir.errors import ConfigError, LcpaqError
 from lcpaq.ir.fileio import check_writable
 from lcpaq.ir.metrics import first_output
+from lcpaq.passes.cost_model import assignment_of, load_table
 from lcpaq.tools.api import load_bundle, quantize
 
 #: Distinct example rows stored per model (the bench tiles them to the batch).
@@ -84,18 +85,20 @@ def example_rows(bundle: Any, rows: int = ROWS) -> list[torch.Tensor]:
 
 
 def model_bundle(name: str, target: Target, batches: Sequence[int], mixed: str, dest: Path, progress: bool = True,
-                 profile: bool = False) -> dict[str, Any]:
+                 profile: bool = False, latency_table: str | None = None) -> dict[str, Any]:
     """Build ``name`` for ``target`` (W8A8 and, unless ``mixed`` is empty, the ILP's assignment
-    under that budget) at each batch size into ``dest``, and with ``profile`` its layer kernels
+    under that budget, with ``latency_table`` for a latency budget) at each batch size into
+    ``dest``, and with ``profile`` its layer kernels
     (:func:`layer_bundle`); returns the manifest (also written, last)."""
     bundle = load_bundle(name, progress)
+    table = load_table(latency_table, target) if latency_table else None
     dest.mkdir(parents=True, exist_ok=True)
     rows = example_rows(bundle)
     inputs = []
     for i, x in enumerate(rows):
         np.save(dest / f"input{i}.npy", x.numpy())
         inputs.append(f"input{i}.npy")
-    configs = [("w8a8", {"bits": "w8a8"})] + ([("mixed", {"budget": [mixed]})] if mixed else [])
+    configs = [("w8a8", {"bits": "w8a8"})] + ([("mixed", {"budget": [mixed], "latency_table": latency_table})] if mixed else [])
     entries = []
     bar = tqdm(total=len(configs) * len(batches), desc=f"bundle {name}", unit="build", disable=not progress)
     for label, options in configs:
@@ -110,6 +113,8 @@ def model_bundle(name: str, target: Target, batches: Sequence[int], mixed: str, 
             entries.append({"model": name, "config": label, "label": result.results[0].label, "batch": batch,
                             "library": lib.name, "inputs": inputs, "reference": f"{label}-reference.npy",
                             "kernels": built.kernels, "float_nodes": sorted(built.float_fallbacks)})
+            if table is not None and batch == 1:  # the table's prediction, to compare with the bench's time
+                entries[-1]["predicted_ms"] = round(table.total(assignment_of(gm)) * 1e3, 4)
             bar.update()
     bar.close()
     manifest = {"target": target.name, "model": name, "models": entries}
@@ -181,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="resnet18,mobilenetv2,minilm", help="comma-separated built-in models or path/to/file.py:fn")
     parser.add_argument("--batches", default="1,64")
     parser.add_argument("--mixed", default="size=0.2x", help="budget of the ILP-mixed build ('' for W8A8 only)")
+    parser.add_argument("--latency-table", default=None, help="latency table for a latency= --mixed budget")
     parser.add_argument("--profile", action="store_true", help="also the layer kernels, for a latency table")
     parser.add_argument("--table", type=Path, metavar="RESULTS", help="instead: write --model's latency table from gpu_bench's results")
     parser.add_argument("--out", type=Path, default=Path(".gpu_bundle"), help="bundle folder (with --table: the table's file)")
@@ -202,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         check_writable(args.out / "manifest.json", "--out")
         runtime_bundle(args.out / "runtime")
         for name in names:
-            model_bundle(name, target, batches, args.mixed, args.out / Path(name).stem.split(":")[0], args.progress, args.profile)
+            model_bundle(name, target, batches, args.mixed, args.out / Path(name).stem.split(":")[0], args.progress, args.profile,
+                         args.latency_table)
     except LcpaqError as exc:
         print(f"gpu_bundle: error: {exc}", file=sys.stderr)
         return 2

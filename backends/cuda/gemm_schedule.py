@@ -3,8 +3,9 @@
 A thread block computes a ``BM x BN`` tile of the output with ``warps_m x warps_n`` warps, each
 warp ``frags_m x frags_n`` 16 x 16 accumulator fragments. The reduction advances ``BK`` at a
 time: the block's activation and weight slices are copied to shared memory by all its threads
-(the activation slice is computed there directly for a conv: the im2col view is never stored),
-each warp loads its fragments and multiplies on the tensor cores. The accumulators go to shared
+(the activation slice is computed there directly for a conv: the im2col view is never stored;
+rows are padded by 16 bytes so that ldmatrix reads them from distinct banks), each warp loads
+its fragments and multiplies on the tensor cores. The accumulators go to shared
 memory and the block's threads requantize them to global memory, so a kernel writes its int8
 (or int32) codes once. :func:`tiles_for` picks the tile from the GEMM's shape.
 """
@@ -103,12 +104,17 @@ def schedule_gemm(func: tvm.tirx.PrimFunc, tiles: Tiles | None = None) -> s_tir.
         sch.compute_at(a_shared, r0)
         _cooperative_copy(sch, a_shared, t, 16)
     else:
+        a_shared = im2col
         sch.set_scope(im2col, 0, "shared")
         sch.compute_at(im2col, r0)
         _cooperative_copy(sch, im2col, t, 1)
     b_shared = sch.cache_read(gemm, 1, "shared")
     sch.compute_at(b_shared, r0)
     _cooperative_copy(sch, b_shared, t, 16)
+    # rows padded by 16 bytes: the 8 rows an ldmatrix reads fall in distinct shared-memory banks
+    bk = 16 * t.k_frags
+    for block in (a_shared, b_shared):
+        sch.storage_align(block, 0, axis=0, factor=bk, offset=16 % bk)
     a_frag = sch.cache_read(gemm, 0, "wmma.matrix_a")
     b_frag = sch.cache_read(gemm, 1, "wmma.matrix_b")
     sch.compute_at(a_frag, r1)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from lcpaq.hw_targets import load_target
 from lcpaq.hw_targets.latency_table import LatencyTable
 from lcpaq.tools import gpu_bundle
 from lcpaq.tools.cli import main
@@ -84,6 +85,11 @@ def test_table_from_bench_results_drives_a_latency_budget(cuda_bundle: Path, tmp
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "latency" in out
+    # the ILP's latency-budgeted build, bundled with the table's prediction beside it
+    manifest = gpu_bundle.model_bundle(MODEL, load_target("nvidia-sm90"), [1], "latency=1.2int8", tmp_path / "mixed", progress=False,
+                                       latency_table=str(table_path))
+    mixed = [e for e in manifest["models"] if e["config"] == "mixed"]
+    assert len(mixed) == 1 and 0 < mixed[0]["predicted_ms"] <= 1.2 * sum(r["w8a8"] for r in table.entries.values()) * 1e3 + table.fixed_seconds * 1e3 * 1.2
 
 
 def test_table_from_unreadable_results_is_one_line(tmp_path: Path, capsys) -> None:
