@@ -10,20 +10,13 @@ from lcpaq.backends.arm.dotprod import KERNELS
 from lcpaq.backends.arm.lowerings import LOWERINGS
 from lcpaq.backends.common import integer_ops as iops
 from lcpaq.backends.common import lower_blocked as lb
-from lcpaq.backends.common.relax_lower import RelaxLowering, RVal, codes
-from lcpaq.ir.errors import LoweringError
+from lcpaq.backends.common.relax_lower import RelaxLowering, RVal
 
 
 @LOWERINGS.register(iops.qconv2d)
 def _qconv2d(lw: RelaxLowering, node: fx.Node) -> RVal:
-    x = codes(lw, node)
-    lb.check_codes(lw, node, x, "conv")
-    groups = int(node.kwargs.get("groups", 1))
-    if groups == 1:
-        return lb.lower_conv(lw, node, x, KERNELS)
-    if lb.is_depthwise(x, lw.tensor(node.args[1]), groups):
-        return lb.lower_depthwise(lw, node, x, KERNELS)
-    raise LoweringError(f"{node.name}: backend 'arm-dotprod' has no kernel for a grouped conv (groups={groups}); keep it in float")
+    return lb.lower_qconv2d(lw, node, lambda lw_, n, x: lb.lower_conv(lw_, n, x, KERNELS),
+                            lambda lw_, n, x: lb.lower_depthwise(lw_, n, x, KERNELS))
 
 
 @LOWERINGS.register(iops.qlinear)

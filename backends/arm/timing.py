@@ -22,20 +22,14 @@ from lcpaq.backends.arm.dotprod import KERNELS, SDOT_BLOCKING
 from lcpaq.backends.common import cpu_depthwise as dw
 from lcpaq.backends.common import gemm_te
 from lcpaq.backends.common.backend import Backend, LayerTimer
-from lcpaq.backends.common.op_args import conv_geometry, conv_out_size
+from lcpaq.backends.common.layer_ops import batch1_shape as _shape
+from lcpaq.backends.common.layer_ops import by_form, float_op, one_op_module
+from lcpaq.backends.common.op_args import conv_out_size
 from lcpaq.backends.common.relax_lower import round_up
 from lcpaq.hw_targets.target import Target
-from lcpaq.ir.capture import get_attr
-from lcpaq.ir.layers import CONV_OPS, QuantLayer
-from lcpaq.ir.meta import SHAPE
+from lcpaq.ir.layers import QuantLayer
 
-aten = torch.ops.aten
 INT8 = "w8a8"
-
-
-def _shape(node: fx.Node) -> tuple[int, ...]:
-    """The annotated shape at batch 1."""
-    return (1, *SHAPE.require(node, "shape-prop").shape[1:])
 
 
 class ArmLayerTimer(LayerTimer):
@@ -66,13 +60,7 @@ class ArmLayerTimer(LayerTimer):
 
     def _relax_seconds(self, op: Any, x_shape: tuple[int, ...]) -> float:
         """Seconds of one float Relax op applied to a random ``x_shape`` input."""
-        bb = relax.BlockBuilder()
-        x = relax.Var("x", relax.TensorType(x_shape, "float32"))
-        with bb.function("main", [x]):
-            with bb.dataflow():
-                out = bb.emit_output(op(x))
-            bb.emit_func_output(out)
-        ex = self.backend.compile(bb.get(), self.tvm_target)
+        ex = self.backend.compile(one_op_module(op, x_shape), self.tvm_target)
         vm = relax.VirtualMachine(self.device.module(ex, self.backend.export), self.device.dev)
         args = self._remote([torch.randn(x_shape, generator=self.gen).numpy()])
         vm["main"](*args)
@@ -89,19 +77,14 @@ class ArmLayerTimer(LayerTimer):
 
     # -- layers ------------------------------------------------------------------------------------
     def measure(self, gm: fx.GraphModule, layer: QuantLayer) -> dict[str, float]:
-        node = layer.node
-        if layer.kind == "conv" and node.target in CONV_OPS and layer.weight is not None:
-            geo = conv_geometry(node)
-            w = get_attr(gm, layer.weight_name)
-            if geo is not None and w.dim() == 4 and w.shape[2] == w.shape[3] and geo["dilation"] == 1:
-                if geo["groups"] == 1:
-                    return self._conv(layer, w, geo)
-                if w.shape[1] == 1 and geo["groups"] == w.shape[0]:
-                    return self._depthwise(layer, w, geo)
-        if layer.kind == "linear" and node.target is aten.linear.default:
-            return self._linear(layer, get_attr(gm, layer.weight_name))
+        return by_form(gm, layer, self._conv, self._depthwise, self._linear, lambda: self._float_only(gm, layer))
+
+    def _float_only(self, gm: fx.GraphModule, layer: QuantLayer) -> dict[str, float]:
         self.float_only.append(layer.name)
-        return {"fp32": self._float_op(gm, layer)}
+        return {"fp32": self._relax_seconds(float_op(gm, layer, self._random), _shape(layer.act_inputs[0]))}
+
+    def _random(self, shape: tuple[int, ...]) -> np.ndarray:
+        return torch.randn(shape, generator=self.gen).numpy()
 
     def _conv(self, layer: QuantLayer, w: torch.Tensor, geo: dict[str, int]) -> dict[str, float]:
         x_shape = _shape(layer.act_inputs[0])
@@ -140,18 +123,6 @@ class ArmLayerTimer(LayerTimer):
         wt = relax.const(torch.randn(k, n, generator=self.gen).numpy())
         fp32 = self._relax_seconds(lambda x: relax.op.matmul(x, wt), x_shape)
         return {"fp32": fp32, INT8: self._kernel_seconds(sch, arrays)}
-
-    def _float_op(self, gm: fx.GraphModule, layer: QuantLayer) -> float:
-        """fp32 seconds of a layer with no integer kernel here: a conv of any geometry or a
-        linear-like matmul with its weight; anything else costs a zero-time entry and is noted."""
-        x_shape = _shape(layer.act_inputs[0])
-        if layer.kind == "conv" and layer.weight is not None and (geo := conv_geometry(layer.node)) is not None:
-            wf = relax.const(torch.randn(get_attr(gm, layer.weight_name).shape, generator=self.gen).numpy())
-            return self._relax_seconds(lambda x: relax.op.nn.conv2d(
-                x, wf, strides=geo["stride"], padding=geo["padding"], dilation=geo["dilation"], groups=geo["groups"]), x_shape)
-        out_shape = _shape(layer.node)
-        wt = relax.const(torch.randn(x_shape[-1], out_shape[-1], generator=self.gen).numpy())
-        return self._relax_seconds(lambda x: relax.op.matmul(x, wt), x_shape)
 
     def notes(self) -> list[str]:
         notes = [

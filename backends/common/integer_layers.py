@@ -49,4 +49,23 @@ def has_integer_kernel(gm: fx.GraphModule, layer: QuantLayer, grouped_convs: boo
     return False
 
 
-__all__ = ["has_integer_kernel"]
+def conv_kind(gm: fx.GraphModule, layer: QuantLayer) -> tuple[str, dict[str, int]] | None:
+    """The kernel form of a conv layer with a square kernel and no dilation, with its geometry:
+    ``("dense", geometry)`` (groups = 1: the families' GEMM kernels), ``("depthwise", geometry)``
+    (groups = channels, one input channel each), ``("grouped", geometry)`` (any other groups: a
+    family's grouped kernel if it has one); None for any other layer (the layer timers time it in
+    float)."""
+    if layer.kind != "conv" or layer.node.target not in CONV_OPS or layer.weight is None:
+        return None
+    geo = conv_geometry(layer.node)
+    weight = get_attr(gm, layer.weight_name)
+    if geo is None or weight.dim() != 4 or weight.shape[2] != weight.shape[3] or geo["dilation"] != 1:
+        return None
+    if geo["groups"] == 1:
+        return "dense", geo
+    if weight.shape[1] == 1 and geo["groups"] == weight.shape[0]:
+        return "depthwise", geo
+    return "grouped", geo
+
+
+__all__ = ["conv_kind", "has_integer_kernel"]

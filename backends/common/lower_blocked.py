@@ -116,11 +116,36 @@ def lower_depthwise_with(lw: RelaxLowering, node: fx.Node, x: RVal, lanes: int,
     return RVal(lw.call(gv, args, (b, oh, ow, x.cp), dtype), (b, c, oh, ow), dtype, x.cp)
 
 
-def lower_linear(lw: RelaxLowering, node: fx.Node, kernels: BlockedKernels) -> RVal:
-    """Linear over the last logical dimension on the blocked dense kernel; every leading
-    dimension is a row (a 4-d input, e.g. channels-last tokens after a permute, is read in its
-    logical layout)."""
-    bl = kernels.blocking
+def lower_qconv2d(lw: RelaxLowering, node: fx.Node, dense: Callable[[RelaxLowering, fx.Node, RVal], RVal],
+                  depthwise: Callable[[RelaxLowering, fx.Node, RVal], RVal]) -> RVal:
+    """A family's conv lowering with no grouped kernel: groups = 1 on ``dense``, square
+    depthwise on ``depthwise``; any other grouped conv is a LoweringError (the family's
+    ``has_integer_kernel`` keeps such layers float before assignment)."""
+    x = codes(lw, node)
+    check_codes(lw, node, x, "conv")
+    groups = int(node.kwargs.get("groups", 1))
+    if groups == 1:
+        return dense(lw, node, x)
+    if is_depthwise(x, lw.tensor(node.args[1]), groups):
+        return depthwise(lw, node, x)
+    raise LoweringError(f"{node.name}: backend {lw.backend.name!r} has no kernel for a grouped conv (groups={groups}); keep it in float")
+
+
+@dataclass(frozen=True)
+class LinearRows:
+    """A linear's input as a 2-d matrix: ``expr`` ``[rows, stored]`` codes, ``lead`` the
+    leading logical dimensions, ``four_d`` whether it came 4-d (read in its logical layout)."""
+
+    expr: relax.Expr
+    lead: tuple[int, ...]
+    rows: int
+    stored: int
+    four_d: bool
+
+
+def linear_rows(lw: RelaxLowering, node: fx.Node) -> LinearRows:
+    """The codes a linear multiplies, every leading dimension a row (a 4-d input, e.g.
+    channels-last tokens after a permute, is read in its logical layout)."""
     x = codes(lw, node)
     check_codes(lw, node, x, "linear")
     four_d = len(x.shape) == 4
@@ -129,12 +154,34 @@ def lower_linear(lw: RelaxLowering, node: fx.Node, kernels: BlockedKernels) -> R
     lead, stored = x.shape[:-1], (x.shape[-1] if four_d else x.cp)
     rows = int(np.prod(lead)) if lead else 1
     expr = x.expr if len(x.shape) == 2 else lw.bb.emit(relax.op.reshape(x.expr, (rows, stored)))
+    return LinearRows(expr, tuple(lead), rows, stored, four_d)
+
+
+def linear_result(lw: RelaxLowering, y: relax.Expr, rows: LinearRows, n: int, n_p: int, dtype: str) -> RVal:
+    """The ``[rows, n_p]`` output of a linear kernel in the input's leading shape: channels
+    padded to ``n_p``, or, for a 4-d input, sliced to ``n`` in its logical layout."""
+    lead = rows.lead
+    if len(lead) != 1:
+        y = lw.bb.emit(relax.op.reshape(y, (*lead, n_p)))
+    if rows.four_d:  # a 4-d value in its logical layout is stored unpadded
+        if n_p != n:
+            y = lw.bb.emit(relax.op.strided_slice(y, axes=[3], begin=[0], end=[n]))
+        shape = (*lead, n)
+        return RVal(y, shape, dtype, channels_of(shape), "NCHW")
+    return RVal(y, (*lead, n), dtype, n_p)
+
+
+def lower_linear(lw: RelaxLowering, node: fx.Node, kernels: BlockedKernels) -> RVal:
+    """Linear over the last logical dimension on the blocked dense kernel (:func:`linear_rows`)."""
+    bl = kernels.blocking
+    lin = linear_rows(lw, node)
+    rows, stored = lin.rows, lin.stored
     w, bias, mult, shift = (lw.tensor(a) for a in node.args[1:5])
     rq = requant_of(node)
     dtype = rq.out_dtype
     n, k = w.shape
     m, k_p, n_p = rows, round_up(stored, bl.depth), round_up(n, bl.lanes)
-    expr = pad_last(lw, expr, (rows, stored), k_p)  # padded features meet zero weights
+    expr = pad_last(lw, lin.expr, (rows, stored), k_p)  # padded features meet zero weights
     w_p = torch.zeros(n_p, k_p, dtype=torch.int8)
     w_p[:n, :k] = w.to(torch.int8)
     tag = f"dense-m{m}-n{n_p}-k{k_p}-int8" + ("" if dtype == bl.act_dtype else "-i32")
@@ -144,12 +191,4 @@ def lower_linear(lw: RelaxLowering, node: fx.Node, kernels: BlockedKernels) -> R
     x_zp = int(node.kwargs["x_zp"])
     args = [expr, relax.const(gemm_te.pack_weight(w_p, bl)), *channel_vectors(gemm_te.bias_eff(w, x_zp, bias), mult, shift, n_p),
             relax.const(rq.qp(x_zp, bl.act_dtype))]
-    y = lw.call(gv, args, (m, n_p), dtype)
-    if len(lead) != 1:
-        y = lw.bb.emit(relax.op.reshape(y, (*lead, n_p)))
-    if four_d:  # a 4-d value in its logical layout is stored unpadded
-        if n_p != n:
-            y = lw.bb.emit(relax.op.strided_slice(y, axes=[3], begin=[0], end=[n]))
-        shape = (*lead, n)
-        return RVal(y, shape, dtype, channels_of(shape), "NCHW")
-    return RVal(y, (*lead, n), dtype, n_p)
+    return linear_result(lw, lw.call(gv, args, (m, n_p), dtype), lin, n, n_p, dtype)

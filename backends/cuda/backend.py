@@ -66,8 +66,6 @@ class CudaTensorCoreBackend(Backend):
 
     @property
     def lowerings(self) -> LoweringTable:
-        from lcpaq.backends.cuda import lower_gemm  # noqa: F401 (registers the GEMM lowerings)
-
         return LOWERINGS
 
     def schedule_gemm(self, func: tvm.tirx.PrimFunc) -> Any:

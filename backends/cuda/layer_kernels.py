@@ -22,16 +22,14 @@ from tvm import relax
 from tvm.s_tir import dlight as dl
 
 from lcpaq.backends.common import cpu_depthwise as dw
-from lcpaq.backends.common.op_args import conv_geometry, conv_out_size
+from lcpaq.backends.common.layer_ops import batch1_shape, by_form, float_op, one_op_module
+from lcpaq.backends.common.op_args import conv_out_size
 from lcpaq.backends.common.relax_lower import round_up
 from lcpaq.backends.cuda import gemm, gemm_schedule
 from lcpaq.backends.cuda.fatbin import CudaExecutable
 from lcpaq.backends.cuda.lower_gemm import DEPTHWISE_LANES
-from lcpaq.ir.capture import get_attr
-from lcpaq.ir.layers import CONV_OPS, QuantLayer
-from lcpaq.ir.meta import SHAPE
+from lcpaq.ir.layers import QuantLayer
 
-aten = torch.ops.aten
 INT8 = "w8a8"
 Args = list[tuple[tuple[int, ...], str]]
 
@@ -46,8 +44,8 @@ class LayerKernel:
     args: Args
 
 
-def _shape(node: fx.Node) -> tuple[int, ...]:
-    return (1, *SHAPE.require(node, "shape-prop").shape[1:])
+def _zeros(shape: tuple[int, ...]) -> np.ndarray:
+    return np.zeros(shape, np.float32)  # a float layer's time does not depend on its weights
 
 
 def _requant_args(n: int) -> Args:
@@ -72,31 +70,19 @@ class LayerKernels:
         return LayerKernel(CudaExecutable.compile(tvm.compile(mod, target=self.target), self.arch), "kernel", args)
 
     def _float(self, op: Callable[[relax.Expr], relax.Expr], x_shape: tuple[int, ...]) -> LayerKernel:
-        bb = relax.BlockBuilder()
-        x = relax.Var("x", relax.TensorType(x_shape, "float32"))
-        with bb.function("main", [x]):
-            with bb.dataflow():
-                out = bb.emit_output(op(x))
-            bb.emit_func_output(out)
-        return LayerKernel(CudaExecutable.compile(tvm.compile(bb.get(), target=self.target), self.arch), "vm", [(x_shape, "float32")])
+        ex = tvm.compile(one_op_module(op, x_shape), target=self.target)
+        return LayerKernel(CudaExecutable.compile(ex, self.arch), "vm", [(x_shape, "float32")])
 
     def kernels(self, gm: fx.GraphModule, layer: QuantLayer) -> dict[str, LayerKernel]:
         """The layer's kernels by precision key: ``fp32`` always, ``w8a8`` where it has one."""
-        node = layer.node
-        if layer.kind == "conv" and node.target in CONV_OPS and layer.weight is not None:
-            geo, w = conv_geometry(node), get_attr(gm, layer.weight_name)
-            if geo is not None and w.dim() == 4 and w.shape[2] == w.shape[3] and geo["dilation"] == 1:
-                if geo["groups"] == 1:
-                    return self._conv(layer, w, geo)
-                if w.shape[1] == 1 and geo["groups"] == w.shape[0]:
-                    return self._depthwise(layer, w, geo)
-        if layer.kind == "linear" and node.target is aten.linear.default:
-            return self._linear(layer, get_attr(gm, layer.weight_name))
+        return by_form(gm, layer, self._conv, self._depthwise, self._linear, lambda: self._float_only(gm, layer))
+
+    def _float_only(self, gm: fx.GraphModule, layer: QuantLayer) -> dict[str, LayerKernel]:
         self.float_only.append(layer.name)
-        return {"fp32": self._float_op(gm, layer)}
+        return {"fp32": self._float(float_op(gm, layer, _zeros), batch1_shape(layer.act_inputs[0]))}
 
     def _conv(self, layer: QuantLayer, w: torch.Tensor, geo: dict[str, int]) -> dict[str, LayerKernel]:
-        x_shape = _shape(layer.act_inputs[0])
+        x_shape = batch1_shape(layer.act_inputs[0])
         _, c, h, w_ = x_shape
         o, k, s, p = w.shape[0], w.shape[2], geo["stride"], geo["padding"]
         c_p = round_up(c, 4)
@@ -110,7 +96,7 @@ class LayerKernels:
                 INT8: self._kernel(func, gemm_schedule.schedule_gemm, args)}
 
     def _depthwise(self, layer: QuantLayer, w: torch.Tensor, geo: dict[str, int]) -> dict[str, LayerKernel]:
-        x_shape = _shape(layer.act_inputs[0])
+        x_shape = batch1_shape(layer.act_inputs[0])
         _, c, h, w_ = x_shape
         k, s, p = w.shape[2], geo["stride"], geo["padding"]
         c_p = round_up(c, DEPTHWISE_LANES)
@@ -122,7 +108,7 @@ class LayerKernels:
                 INT8: self._kernel(func, None, args)}
 
     def _linear(self, layer: QuantLayer, w: torch.Tensor) -> dict[str, LayerKernel]:
-        x_shape = _shape(layer.act_inputs[0])
+        x_shape = batch1_shape(layer.act_inputs[0])
         n, k = w.shape
         m = max(1, int(np.prod(x_shape[:-1])))
         m_p, n_p, k_p = round_up(m, gemm_schedule.block_rows(m)), round_up(n, 16), round_up(k, 16)
@@ -130,17 +116,6 @@ class LayerKernels:
         wt = relax.const(np.zeros((k, n), np.float32))
         return {"fp32": self._float(lambda x: relax.op.matmul(x, wt), x_shape),
                 INT8: self._kernel(gemm.qdense_func(m_p, n_p, k_p, "int8"), gemm_schedule.schedule_gemm, args)}
-
-    def _float_op(self, gm: fx.GraphModule, layer: QuantLayer) -> LayerKernel:
-        """A layer with no integer kernel here: a conv of any geometry, else a matmul to its
-        output width."""
-        x_shape = _shape(layer.act_inputs[0])
-        if layer.kind == "conv" and layer.weight is not None and (geo := conv_geometry(layer.node)) is not None:
-            wf = relax.const(np.zeros(tuple(get_attr(gm, layer.weight_name).shape), np.float32))
-            return self._float(lambda x: relax.op.nn.conv2d(
-                x, wf, strides=geo["stride"], padding=geo["padding"], dilation=geo["dilation"], groups=geo["groups"]), x_shape)
-        wt = relax.const(np.zeros((x_shape[-1], _shape(layer.node)[-1]), np.float32))
-        return self._float(lambda x: relax.op.matmul(x, wt), x_shape)
 
     def notes(self) -> list[str]:
         notes = [

@@ -18,10 +18,9 @@ from lcpaq.backends.common import gemm_te
 from lcpaq.backends.common import integer_ops as iops
 from lcpaq.backends.common import lower_blocked as lb
 from lcpaq.backends.common.op_args import conv_out_size
-from lcpaq.backends.common.relax_lower import RelaxLowering, RVal, channels_of, codes, logical, nhwc, pad_last, round_up
+from lcpaq.backends.common.relax_lower import RelaxLowering, RVal, nhwc, pad_last, round_up
 from lcpaq.backends.cuda import gemm, gemm_schedule
 from lcpaq.backends.cuda.lowerings import LOWERINGS
-from lcpaq.ir.errors import LoweringError
 
 #: Channels a depthwise thread reads together (int8 x 4: one 32-bit load).
 DEPTHWISE_LANES = 4
@@ -67,47 +66,26 @@ def lower_conv(lw: RelaxLowering, node: fx.Node, x: RVal) -> RVal:
 
 
 def lower_linear(lw: RelaxLowering, node: fx.Node) -> RVal:
-    """Linear over the last logical dimension: every leading dimension is a row (a 4-d input is
-    read in its logical layout)."""
-    x = codes(lw, node)
-    lb.check_codes(lw, node, x, "linear")
-    four_d = len(x.shape) == 4
-    if four_d:
-        x = logical(lw, x)
-    lead, stored = x.shape[:-1], (x.shape[-1] if four_d else x.cp)
-    rows = int(np.prod(lead)) if lead else 1
+    """Linear over the last logical dimension (:func:`~lcpaq.backends.common.lower_blocked.linear_rows`)."""
+    lin = lb.linear_rows(lw, node)
+    rows, stored = lin.rows, lin.stored
     w = lw.tensor(node.args[1])
     dtype = lb.requant_of(node).out_dtype
     n, k = w.shape
     m_p, n_p, k_p = round_up(rows, gemm_schedule.block_rows(rows)), round_up(n, _FRAG), round_up(stored, _FRAG)
-    expr = x.expr if len(x.shape) == 2 else lw.bb.emit(relax.op.reshape(x.expr, (rows, stored)))
-    expr = pad_last(lw, expr, (rows, stored), k_p)  # padded features meet zero weights
+    expr = pad_last(lw, lin.expr, (rows, stored), k_p)  # padded features meet zero weights
     if m_p != rows:
         expr = lw.bb.emit(relax.op.nn.pad(expr, [0, m_p - rows, 0, 0]))
     gv = lw.prim(("qdense", m_p, n_p, k_p, dtype), lambda: gemm.qdense_func(m_p, n_p, k_p, dtype), lw.backend.schedule_gemm)
     y = lw.call(gv, [expr, *_gemm_args(lw, node, _weight_rows(w, n_p, k_p), w, n_p)], (m_p, n_p), dtype)
     if m_p != rows:
         y = lw.bb.emit(relax.op.strided_slice(y, axes=[0], begin=[0], end=[rows]))
-    if len(lead) != 1:
-        y = lw.bb.emit(relax.op.reshape(y, (*lead, n_p)))
-    if four_d:  # a 4-d value in its logical layout is stored unpadded
-        if n_p != n:
-            y = lw.bb.emit(relax.op.strided_slice(y, axes=[3], begin=[0], end=[n]))
-        shape = (*lead, n)
-        return RVal(y, shape, dtype, channels_of(shape), "NCHW")
-    return RVal(y, (*lead, n), dtype, n_p)
+    return lb.linear_result(lw, y, lin, n, n_p, dtype)
 
 
 @LOWERINGS.register(iops.qconv2d)
 def _qconv2d(lw: RelaxLowering, node: fx.Node) -> RVal:
-    x = codes(lw, node)
-    lb.check_codes(lw, node, x, "conv")
-    groups = int(node.kwargs.get("groups", 1))
-    if groups == 1:
-        return lower_conv(lw, node, x)
-    if lb.is_depthwise(x, lw.tensor(node.args[1]), groups):
-        return lb.lower_depthwise_with(lw, node, x, DEPTHWISE_LANES, None)
-    raise LoweringError(f"{node.name}: backend 'cuda-tensorcore' has no kernel for a grouped conv (groups={groups}); keep it in float")
+    return lb.lower_qconv2d(lw, node, lower_conv, lambda lw_, n, x: lb.lower_depthwise_with(lw_, n, x, DEPTHWISE_LANES, None))
 
 
 @LOWERINGS.register(iops.qlinear)

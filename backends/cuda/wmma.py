@@ -57,20 +57,26 @@ def _fill_impl(c: T.handle) -> None:
         T.evaluate(T.tvm_fill_fragment(C.data, 16, 16, 16, _fragment(C, d1), T.float32(0), dtype="void"))
 
 
-def _load(scope: str, layout: str) -> tuple[Any, Any]:
-    """Load intrinsic of a 16 x 16 int8 shared tile into a fragment of ``scope``, read ``layout``."""
+def _copy_desc(dtype: str, src: str, dst: str) -> Any:
+    """Description of a 16 x 16 ``dtype`` tile copied from scope ``src`` to scope ``dst``."""
 
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (16, 16), "int8", align=64, offset_factor=16, scope="shared")
-        C = T.match_buffer(c, (16, 16), "int8", align=64, offset_factor=16, scope=scope)
+        A = T.match_buffer(a, (16, 16), dtype, align=64, offset_factor=16, scope=src)
+        C = T.match_buffer(c, (16, 16), dtype, align=64, offset_factor=16, scope=dst)
         with T.sblock("root"):
             T.reads(A[0:16, 0:16])
             T.writes(C[0:16, 0:16])
             for i, j in T.grid(16, 16):
-                with T.sblock("load"):
+                with T.sblock("copy"):
                     vi, vj = T.axis.remap("SS", [i, j])
                     C[vi, vj] = A[vi, vj]
+
+    return desc
+
+
+def _load(scope: str, layout: str) -> tuple[Any, Any]:
+    """Load intrinsic of a 16 x 16 int8 shared tile into a fragment of ``scope``, read ``layout``."""
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, c: T.handle) -> None:
@@ -83,7 +89,7 @@ def _load(scope: str, layout: str) -> tuple[Any, Any]:
             T.evaluate(T.tvm_load_matrix_sync(C.data, 16, 16, 16, _fragment(C, d1), A.access_ptr("r", ptr_type="int8"), s1,
                                               layout, dtype="void"))
 
-    return desc, impl
+    return _copy_desc("int8", "shared", scope), impl
 
 
 @T.prim_func(s_tir=True)
@@ -114,19 +120,6 @@ def _sync_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
 
 
 @T.prim_func(s_tir=True)
-def _store_desc(a: T.handle, c: T.handle) -> None:
-    A = T.match_buffer(a, (16, 16), "int32", align=64, offset_factor=16, scope=_ACC)
-    C = T.match_buffer(c, (16, 16), "int32", align=64, offset_factor=16, scope="shared.dyn")
-    with T.sblock("root"):
-        T.reads(A[0:16, 0:16])
-        T.writes(C[0:16, 0:16])
-        for i, j in T.grid(16, 16):
-            with T.sblock("store"):
-                vi, vj = T.axis.remap("SS", [i, j])
-                C[vi, vj] = A[vi, vj]
-
-
-@T.prim_func(s_tir=True)
 def _store_impl(a: T.handle, c: T.handle) -> None:
     s1, s0, d1, d0 = T.int32(), T.int32(), T.int32(), T.int32()
     A = T.match_buffer(a, (16, 16), "int32", align=64, offset_factor=16, scope=_ACC, strides=[d1, d0])
@@ -141,7 +134,7 @@ def _store_impl(a: T.handle, c: T.handle) -> None:
 def _register() -> None:
     for name, pair in ((FILL_INTRIN, (_fill_desc, _fill_impl)), (LOAD_A_INTRIN, _load(_A, "row_major")),
                        (LOAD_B_INTRIN, _load(_B, "col_major")), (SYNC_INTRIN, (_sync_desc, _sync_impl)),
-                       (STORE_INTRIN, (_store_desc, _store_impl))):
+                       (STORE_INTRIN, (_copy_desc("int32", _ACC, "shared.dyn"), _store_impl))):
         if TensorIntrin.get(name, allow_missing=True) is None:
             TensorIntrin.register(name, *pair)
 

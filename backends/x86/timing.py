@@ -26,7 +26,8 @@ import tvm
 from tvm import s_tir
 
 from lcpaq.backends.common.backend import LayerTimer
-from lcpaq.backends.common.op_args import conv_geometry, conv_out_size
+from lcpaq.backends.common.integer_layers import conv_kind
+from lcpaq.backends.common.op_args import conv_out_size
 from lcpaq.backends.common.relax_lower import round_up
 from lcpaq.backends.common.tuning import cached_schedule, tuning_dir
 from lcpaq.backends.x86 import int8 as t8
@@ -36,7 +37,7 @@ from lcpaq.backends.x86.fp32 import fp32_conv_func, fp32_dense_func, schedule_fp
 from lcpaq.backends.x86.tune import tuning_rules
 from lcpaq.backends.x86.vnni import DEPTH, LANES, Kernel, build, pack_weight, to_tvm
 from lcpaq.ir.capture import get_attr
-from lcpaq.ir.layers import CONV_OPS, QuantLayer
+from lcpaq.ir.layers import QuantLayer
 from lcpaq.ir.meta import SHAPE
 
 aten = torch.ops.aten
@@ -45,23 +46,6 @@ INT8 = "w8a8"
 
 def _shape(node: fx.Node) -> tuple[int, ...]:
     return SHAPE.require(node, "shape-prop").shape
-
-
-def conv_kind(gm: fx.GraphModule, layer: QuantLayer) -> tuple[str, dict[str, int]] | None:
-    """``("dense", geometry)`` for a groups=1 conv the VNNI conv kernel runs, ``("depthwise",
-    geometry)`` for one the depthwise kernel runs, ``("grouped", geometry)`` for one the windowed
-    VNNI conv runs, None for any other layer."""
-    if layer.kind != "conv" or layer.node.target not in CONV_OPS or layer.weight is None:
-        return None
-    geo = conv_geometry(layer.node)
-    weight = get_attr(gm, layer.weight_name)
-    if geo is None or weight.dim() != 4 or weight.shape[2] != weight.shape[3] or geo["dilation"] != 1:
-        return None
-    if geo["groups"] == 1:
-        return "dense", geo
-    if weight.shape[1] == 1 and geo["groups"] == weight.shape[0]:
-        return "depthwise", geo
-    return "grouped", geo
 
 
 class X86LayerTimer(LayerTimer):
