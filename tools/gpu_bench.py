@@ -122,12 +122,18 @@ def time_call(torch: Any, fn: Callable[[], Any], device: str, repeats: int, warm
     return times
 
 
+def batch_inputs(bundle: Path, entry: dict[str, Any]) -> list[np.ndarray]:
+    """The bundle's stored input rows, tiled to the entry's batch."""
+    batch = int(entry["batch"])
+    inputs = [np.load(bundle / f) for f in entry["inputs"]]
+    return [np.concatenate([x] * -(-batch // len(x)))[:batch] for x in inputs]
+
+
 def run_model(torch: Any, ffi: Any, bundle: Path, entry: dict[str, Any], device: str, repeats: int) -> dict[str, Any]:
     """Load one built model, check it against its integer reference at its batch, and time it."""
     lib = Library(ffi, bundle / entry["library"], "vm", device)
     batch = int(entry["batch"])
-    inputs = [np.load(bundle / f) for f in entry["inputs"]]
-    inputs = [np.concatenate([x] * -(-batch // len(x)))[:batch] for x in inputs]  # the stored rows, tiled to the batch
+    inputs = batch_inputs(bundle, entry)
     reference = np.load(bundle / entry["reference"])
     reference = np.concatenate([reference] * -(-batch // len(reference)))[:batch]
     args = [_to_device(torch, ffi, x, device) for x in inputs]
@@ -153,23 +159,39 @@ def run_kernel(torch: Any, ffi: Any, bundle: Path, entry: dict[str, Any], device
     return {**entry, "median_ms": statistics.median(times) * 1e3, "min_ms": min(times) * 1e3}
 
 
-def torch_baselines(torch: Any, name: str, batch: int, device: str, repeats: int) -> dict[str, Any]:
-    """PyTorch fp16 eager and ``torch.compile`` on the same architecture (lcpaq's model code,
-    seeded weights; latency does not depend on the weights' values). Image models only."""
-    builders = _image_models()
-    if name not in builders or device != "cuda":
-        return {}
+def torch_model(torch: Any, name: str, bundle: Path, manifest: dict[str, Any]) -> Any:
+    """The same architecture for PyTorch, with seeded weights (latency does not depend on their
+    values): lcpaq's image models, or a Hugging Face transformer rebuilt from the bundled
+    configuration; None for another model."""
     torch.manual_seed(0)
-    model = builders[name]().eval().to(device).half()
-    x = torch.randn(batch, 3, 224, 224, device=device).half()
-    out = {}
+    if name in _image_models():
+        return _image_models()[name]()
+    if manifest.get("hf_config"):
+        from transformers import AutoConfig, AutoModel
+
+        return AutoModel.from_config(AutoConfig.from_pretrained(str(bundle / manifest["hf_config"])))
+    return None
+
+
+def torch_baselines(torch: Any, model: Any, inputs: list[np.ndarray], device: str, repeats: int) -> dict[str, Any]:
+    """PyTorch fp16 (on the GPU; fp32 on a CPU) eager and ``torch.compile`` on ``inputs`` (the
+    bundle's rows tiled to the batch; float inputs cast to the model's type)."""
+    if model is None:
+        return {}
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    model = model.eval().to(device, dtype)
+    args = [torch.from_numpy(x).to(device) for x in inputs]
+    args = [a.to(dtype) if a.is_floating_point() else a for a in args]
+    label = "fp16" if device == "cuda" else "fp32"
+    out: dict[str, Any] = {}
     with torch.inference_mode():
-        out["torch_fp16_eager_ms"] = statistics.median(time_call(torch, lambda: model(x), device, repeats)) * 1e3
-        try:
-            compiled = torch.compile(model)
-            out["torch_fp16_compile_ms"] = statistics.median(time_call(torch, lambda: compiled(x), device, repeats, warmup=10)) * 1e3
-        except Exception as exc:  # noqa: BLE001 (report, do not stop the run)
-            out["torch_fp16_compile_error"] = str(exc).splitlines()[0][:200]
+        out[f"torch_{label}_eager_ms"] = statistics.median(time_call(torch, lambda: model(*args), device, repeats)) * 1e3
+        if device == "cuda":
+            try:
+                compiled = torch.compile(model)
+                out[f"torch_{label}_compile_ms"] = statistics.median(time_call(torch, lambda: compiled(*args), device, repeats, warmup=10)) * 1e3
+            except Exception as exc:  # noqa: BLE001 (report, do not stop the run)
+                out[f"torch_{label}_compile_error"] = str(exc).splitlines()[0][:200]
     return out
 
 
@@ -185,9 +207,9 @@ def _image_models() -> dict[str, Callable[[], Any]]:
             pkg.__path__ = [str(ROOT)]
             sys.modules["lcpaq"] = pkg
     from lcpaq.tools.models.mobilenetv2 import mobilenetv2
-    from lcpaq.tools.models.resnet import resnet18
+    from lcpaq.tools.models.resnet import resnet18, resnet_digits
 
-    return {"resnet18": resnet18, "mobilenetv2": mobilenetv2}
+    return {"resnet18": resnet18, "mobilenetv2": mobilenetv2, "resnet-digits": resnet_digits}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,7 +238,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{'bit-exact' if r['bit_exact'] else 'max diff %.3g' % r['max_abs_diff']}{predicted}", flush=True)
             key = f"{r['model']}-b{r['batch']}"
             if key not in results["baselines"]:
-                results["baselines"][key] = base = torch_baselines(torch, r["model"], int(r["batch"]), args.device, args.repeats)
+                model = torch_model(torch, r["model"], bundle, data)
+                base = torch_baselines(torch, model, batch_inputs(bundle, entry), args.device, args.repeats)
+                results["baselines"][key] = base
                 if base:
                     print(f"{'':<12} torch " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in base.items()), flush=True)
         for entry in data.get("layers", []):

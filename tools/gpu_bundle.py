@@ -84,6 +84,16 @@ def example_rows(bundle: Any, rows: int = ROWS) -> list[torch.Tensor]:
     return [torch.cat(p)[:rows] for p in parts]
 
 
+def hf_config(model: torch.nn.Module) -> str | None:
+    """The Hugging Face configuration (JSON) of the transformer inside ``model``, if any: enough
+    to rebuild the architecture (random weights) on the GPU machine for PyTorch's timings."""
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if hasattr(config, "to_json_string"):
+            return config.to_json_string()
+    return None
+
+
 def model_bundle(name: str, target: Target, batches: Sequence[int], mixed: str, dest: Path, progress: bool = True,
                  profile: bool = False, latency_table: str | None = None) -> dict[str, Any]:
     """Build ``name`` for ``target`` (W8A8 and, unless ``mixed`` is empty, the ILP's assignment
@@ -118,6 +128,11 @@ def model_bundle(name: str, target: Target, batches: Sequence[int], mixed: str, 
             bar.update()
     bar.close()
     manifest = {"target": target.name, "model": name, "models": entries}
+    config = hf_config(bundle.model)
+    if config is not None:  # the bench rebuilds the architecture for PyTorch's timings
+        (dest / "hf").mkdir(exist_ok=True)
+        (dest / "hf" / "config.json").write_text(config)
+        manifest["hf_config"] = "hf"
     if profile:
         layers = layer_bundle(name, target, dest, progress)
         for entry in layers["layers"]:

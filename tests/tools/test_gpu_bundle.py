@@ -14,6 +14,7 @@ import pytest
 from lcpaq.hw_targets import load_target
 from lcpaq.hw_targets.latency_table import LatencyTable
 from lcpaq.tools import gpu_bundle
+from lcpaq.tools.api import load_bundle
 from lcpaq.tools.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,6 +57,25 @@ def test_bench_runs_an_x86_bundle_with_the_bare_runtime(tmp_path: Path) -> None:
     assert set(rows) == {("w8a8", 1), ("w8a8", 5), ("mixed", 1), ("mixed", 5)}
     assert all(r["bit_exact"] and r["median_ms"] > 0 for r in rows.values())
     assert rows[("w8a8", 5)]["shape"] == [5, 10]  # 4 stored rows tiled to the batch
+    assert data["baselines"]["resnet-digits-b5"]["torch_fp32_eager_ms"] > 0  # PyTorch on the same device, same rows
+
+
+def test_a_transformer_is_rebuilt_from_its_bundled_config(tmp_path: Path) -> None:
+    """MiniLM's PyTorch baseline on the GPU machine: its architecture from the bundled Hugging
+    Face configuration (the weights are not there), run on the bundle's token rows."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    import gpu_bench
+
+    bundle = load_bundle("minilm")
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text(gpu_bundle.hf_config(bundle.model))
+    model = gpu_bench.torch_model(torch, "minilm", tmp_path, {"hf_config": "hf"})
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in bundle.model.bert.parameters())
+    ids, mask = (x[:1].numpy() for x in bundle.example_inputs)
+    times = gpu_bench.torch_baselines(torch, model, [ids.repeat(3, 0), mask.repeat(3, 0)], "cpu", repeats=2)
+    assert times["torch_fp32_eager_ms"] > 0
 
 
 def _fake_results(cuda_bundle: Path, path: Path) -> dict[str, float]:
