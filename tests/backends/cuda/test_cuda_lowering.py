@@ -1,57 +1,22 @@
 """The CUDA backend's lowering, checked bit-exact on this CPU: its Relax module (the implicit-GEMM
 convs with their im2col view, padded rows, packed weights, depthwise and code kernels) compiled
 for LLVM instead of CUDA, with the GEMM kernels' computations left unscheduled, against the
-integer reference. The tensor-core schedule itself does not change what a kernel computes (TVM
-checks each tensorized block against the intrinsic's description); it runs on a GPU only
-(``tools/gpu_bench.py``)."""
+integer reference (``cuda_twin.py``). The tensor-core schedule is checked by the emulator
+(``test_wmma_emulated.py``); on a GPU by ``tools/gpu_bench.py``."""
 from __future__ import annotations
-
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
-import tvm
-from tvm import s_tir
 
 import lcpaq.backends.common.capability  # noqa: F401 (registers the executable pass)
 from lcpaq.backends.common import integer_ops as iops
-from lcpaq.backends.common.backend import Device
-from lcpaq.backends.common.build import BuiltModel
-from lcpaq.backends.common.code_kernels import schedule_elementwise
-from lcpaq.backends.common.cpu_pipeline import compile_module
-from lcpaq.backends.common.integerize import integerize
-from lcpaq.backends.common.relax_lower import lower_to_relax
-from lcpaq.backends.cuda.backend import CudaTensorCoreBackend
 from lcpaq.hw_targets import load_target
 from lcpaq.ir import capture
 from lcpaq.ir.metrics import first_output
 from lcpaq.passes import PassContext, Pipeline
 from tests.backends._nets import TinyEncoder, TinyMobile, TinyResNet, quantized
-
-CPU = tvm.target.Target({"kind": "llvm"})
-
-
-class CpuTwin(CudaTensorCoreBackend):
-    """The CUDA family's lowerings and kernel computations, compiled for this CPU."""
-
-    def schedule_gemm(self, func: tvm.tirx.PrimFunc) -> Any:
-        return s_tir.Schedule(func)
-
-    def code_schedule(self) -> Any:
-        return schedule_elementwise
-
-    def compile(self, mod: tvm.IRModule, target: tvm.target.Target) -> Any:
-        return compile_module(mod, CPU)
-
-
-def twin_build(gm: torch.fx.GraphModule, xs: list[torch.Tensor]) -> BuiltModel:
-    twin = CpuTwin()
-    ig = integerize(gm, twin.conventions)
-    shapes, dtypes = [tuple(x.shape) for x in xs], [str(x.dtype).removeprefix("torch.") for x in xs]
-    fallbacks: dict[str, str] = {}
-    mod = lower_to_relax(ig, shapes, twin, CPU, 0, dtypes, float_fallbacks=fallbacks)
-    return BuiltModel(twin.compile(mod, CPU), Device(tvm.cpu(0)), shapes, "nvidia-sm90", 0, ig, dtypes, {}, fallbacks, twin)
+from tests.backends.cuda.cuda_twin import twin_build
 
 
 def _seeded(shape: tuple[int, ...], seed: int) -> torch.Tensor:
