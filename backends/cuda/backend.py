@@ -15,7 +15,8 @@ import tvm
 from lcpaq.backends.common import integer_layers
 from lcpaq.backends.common.backend import Backend, Conventions, Device, LayerTimer, register_backend
 from lcpaq.backends.common.relax_lower import LoweringTable
-from lcpaq.backends.cuda import fatbin, gemm_schedule
+from lcpaq.backends.cuda import fatbin
+from lcpaq.backends.cuda.dp4a import gemm_schedule_for
 from lcpaq.backends.cuda.lowerings import LOWERINGS
 from lcpaq.hw_targets.target import Target
 from lcpaq.ir.errors import ConfigError
@@ -68,9 +69,10 @@ class CudaTensorCoreBackend(Backend):
     def lowerings(self) -> LoweringTable:
         return LOWERINGS
 
-    def schedule_gemm(self, func: tvm.tirx.PrimFunc) -> Any:
-        """The tensor-core schedule of a GEMM kernel (:mod:`lcpaq.backends.cuda.gemm_schedule`)."""
-        return gemm_schedule.schedule_gemm(func)
+    def schedule_gemm(self, func: tvm.tirx.PrimFunc, tvm_target: tvm.target.Target) -> Any:
+        """A GEMM kernel's schedule for the target's arch: tensor cores, or dp4a without them
+        (:func:`~lcpaq.backends.cuda.dp4a.gemm_schedule_for`)."""
+        return gemm_schedule_for(str(tvm_target.arch))(func)
 
     def code_schedule(self) -> None:
         return None  # the CUDA pipeline's dlight rules schedule the code kernels

@@ -51,7 +51,11 @@ def compile_fatbin(source: str, arch: str) -> bytes:
     except FileNotFoundError as exc:
         raise ConfigError("building for a CUDA target needs nvcc on PATH (the CUDA toolkit, or pip install nvidia-cuda-nvcc)") from exc
     except RuntimeError as exc:
-        first = next((line for line in str(exc).splitlines() if "error" in line), str(exc).splitlines()[0] if str(exc) else "")
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        if any("Unsupported gpu architecture" in line for line in lines):
+            raise ConfigError(f"this nvcc cannot compile for {arch}: CUDA 13 dropped GPUs older than Turing (sm_75); "
+                              "put a CUDA 12 nvcc first on PATH") from exc
+        first = next((line for line in lines if ("error" in line or "fatal" in line) and not line.endswith(":")), lines[0] if lines else "")
         raise ConfigError(f"nvcc failed on the generated CUDA kernels: {first}") from exc
 
 

@@ -26,6 +26,7 @@ from lcpaq.backends.common.layer_ops import batch1_shape, by_form, float_op, one
 from lcpaq.backends.common.op_args import conv_out_size
 from lcpaq.backends.common.relax_lower import round_up
 from lcpaq.backends.cuda import gemm, gemm_schedule
+from lcpaq.backends.cuda.dp4a import gemm_schedule_for
 from lcpaq.backends.cuda.fatbin import CudaExecutable
 from lcpaq.backends.cuda.lower_gemm import DEPTHWISE_LANES
 from lcpaq.ir.layers import QuantLayer
@@ -93,7 +94,7 @@ class LayerKernels:
         args = [((1, h, w_, c_p), "int8"), ((n_p, k_p), "int8"), *_requant_args(n_p), ((m_p, n_p), "int8")]
         wf = relax.const(np.zeros(tuple(w.shape), np.float32))
         return {"fp32": self._float(lambda x: relax.op.nn.conv2d(x, wf, strides=s, padding=p), x_shape),
-                INT8: self._kernel(func, gemm_schedule.schedule_gemm, args)}
+                INT8: self._kernel(func, gemm_schedule_for(self.arch), args)}
 
     def _depthwise(self, layer: QuantLayer, w: torch.Tensor, geo: dict[str, int]) -> dict[str, LayerKernel]:
         x_shape = batch1_shape(layer.act_inputs[0])
@@ -115,7 +116,7 @@ class LayerKernels:
         args = [((m_p, k_p), "int8"), ((n_p, k_p), "int8"), *_requant_args(n_p), ((m_p, n_p), "int8")]
         wt = relax.const(np.zeros((k, n), np.float32))
         return {"fp32": self._float(lambda x: relax.op.matmul(x, wt), x_shape),
-                INT8: self._kernel(gemm.qdense_func(m_p, n_p, k_p, "int8"), gemm_schedule.schedule_gemm, args)}
+                INT8: self._kernel(gemm.qdense_func(m_p, n_p, k_p, "int8"), gemm_schedule_for(self.arch), args)}
 
     def notes(self) -> list[str]:
         notes = [

@@ -57,7 +57,7 @@ def lower_conv(lw: RelaxLowering, node: fx.Node, x: RVal) -> RVal:
     w_rows[:o] = gemm.pack_conv_weight(w_p, k_p)
     gv = lw.prim(("qconv2d", (b, h, wd, x.cp), n_p, (kh, kw), stride, pad, m_p, k_p, dtype),
                  lambda: gemm.qconv2d_func((b, h, wd, x.cp), n_p, (kh, kw), stride, pad, m_p, k_p, dtype),
-                 lw.backend.schedule_gemm)
+                 lambda f: lw.backend.schedule_gemm(f, lw.tvm_target))
     y = lw.call(gv, [x.expr, *_gemm_args(lw, node, w_rows, w, n_p)], (m_p, n_p), dtype)
     if m_p != rows:
         y = lw.bb.emit(relax.op.strided_slice(y, axes=[0], begin=[0], end=[rows]))
@@ -76,7 +76,7 @@ def lower_linear(lw: RelaxLowering, node: fx.Node) -> RVal:
     expr = pad_last(lw, lin.expr, (rows, stored), k_p)  # padded features meet zero weights
     if m_p != rows:
         expr = lw.bb.emit(relax.op.nn.pad(expr, [0, m_p - rows, 0, 0]))
-    gv = lw.prim(("qdense", m_p, n_p, k_p, dtype), lambda: gemm.qdense_func(m_p, n_p, k_p, dtype), lw.backend.schedule_gemm)
+    gv = lw.prim(("qdense", m_p, n_p, k_p, dtype), lambda: gemm.qdense_func(m_p, n_p, k_p, dtype), lambda f: lw.backend.schedule_gemm(f, lw.tvm_target))
     y = lw.call(gv, [expr, *_gemm_args(lw, node, _weight_rows(w, n_p, k_p), w, n_p)], (m_p, n_p), dtype)
     if m_p != rows:
         y = lw.bb.emit(relax.op.strided_slice(y, axes=[0], begin=[0], end=[rows]))

@@ -6,7 +6,7 @@ shim: every thread of a block is a ``std::thread``, ``__syncthreads()`` a ``std:
 ``__shared__`` arrays are shared by the block's threads (blocks run one after another), and the
 WMMA calls compute what the CUDA programming guide defines for them (fragments of 16 x 16; a
 warp-collective call is computed whole by each of its threads, which all pass the same
-pointers). It checks the schedule (tiling, shared-memory staging, synchronization, fragment
+pointers; ``__dp4a`` sums 4 signed byte products). It checks the schedule (tiling, shared-memory staging, synchronization, fragment
 indexing, the fused epilogue), not the hardware: the WMMA semantics are the guide's.
 """
 from __future__ import annotations
@@ -34,6 +34,11 @@ static std::barrier<>* lcpaq_barrier;
 static inline void __syncthreads() { lcpaq_barrier->arrive_and_wait(); }
 alignas(64) static unsigned char lcpaq_dyn_smem[1 << 20];
 struct int4 { int x, y, z, w; };
+static inline int __dp4a(int a, int b, int c) {  // 4 signed bytes of a times those of b, plus c
+  int64_t s = c;
+  for (int i = 0; i < 4; ++i) s += (int)(signed char)(a >> (8 * i)) * (int)(signed char)(b >> (8 * i));
+  return (int)(uint32_t)s;
+}
 template <class T> static inline T max(T a, T b) { return a > b ? a : b; }
 template <class T> static inline T min(T a, T b) { return a < b ? a : b; }
 namespace nvcuda { namespace wmma {

@@ -24,7 +24,7 @@ CPU = tvm.target.Target({"kind": "llvm"})
 class CpuTwin(CudaTensorCoreBackend):
     """The CUDA family's lowerings and kernel computations, compiled for this CPU."""
 
-    def schedule_gemm(self, func: tvm.tirx.PrimFunc) -> Any:
+    def schedule_gemm(self, func: tvm.tirx.PrimFunc, tvm_target: tvm.target.Target) -> Any:
         return s_tir.Schedule(func)
 
     def code_schedule(self) -> Any:
