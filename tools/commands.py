@@ -55,6 +55,7 @@ def build_command(args: argparse.Namespace) -> int:
     target = target_of(args)
     backend = backend_for(target)
     backend.check_trials(args.trials)
+    backend.check_toolchain(target)  # a missing compiler or linker, before any work
     if target.device == "local" or target.remote is not None:
         backend.device(target)  # before any work: the device must be reachable (a board target builds without one)
 

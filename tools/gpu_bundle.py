@@ -221,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {latency_table(args.table, names[0], target, args.out)}")
             return 0
         check_writable(args.out / "manifest.json", "--out")
+        from lcpaq.backends.common.backend import backend_for
+
+        backend_for(target).check_toolchain(target)
         runtime_bundle(args.out / "runtime")
         for name in names:
             model_bundle(name, target, batches, args.mixed, args.out / Path(name).stem.split(":")[0], args.progress, args.profile,

@@ -13,7 +13,7 @@ import tvm
 from lcpaq.backends.arm.dotprod import SDOT_BLOCKING
 from lcpaq.backends.arm.lowerings import LOWERINGS
 from lcpaq.backends.arm.timing import ArmLayerTimer
-from lcpaq.backends.arm.toolchain import cross_compiler
+from lcpaq.backends.arm.toolchain import aarch64_linker, cross_compiler
 from lcpaq.backends.common import integer_layers
 from lcpaq.backends.common.backend import Backend, Conventions, LayerTimer, register_backend
 from lcpaq.backends.common.cpu_pipeline import compile_module
@@ -45,6 +45,9 @@ class ArmDotprodBackend(Backend):
 
     def compile(self, mod: tvm.IRModule, target: tvm.target.Target) -> Any:
         return compile_module(mod, target)
+
+    def check_toolchain(self, target: Target) -> None:
+        aarch64_linker()
 
     def export(self, executable: Any, path: str) -> None:
         executable.export_library(path, fcompile=cross_compiler())

@@ -139,6 +139,10 @@ class Backend(ABC):
         triple = str(target.tvm_target.get("mtriple") or platform.machine())
         return board_device(target.remote, triple.split("-")[0].lower().replace("arm64", "aarch64"))
 
+    def check_toolchain(self, target: Target) -> None:
+        """ConfigError (one line) when a tool the family builds with is missing here (checked
+        before any work; default: TVM's own LLVM needs nothing else)."""
+
     def export(self, executable: Any, path: str) -> None:
         """Write ``executable`` as a shared library the device loads (default: this machine's
         compiler; cross-compiling families link with their toolchain)."""

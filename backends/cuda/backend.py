@@ -54,6 +54,10 @@ class CudaTensorCoreBackend(Backend):
         # the host code is plain x86-64: the GPU machine's CPU is not this one
         return tvm.target.Target(dict(target.tvm_target), host={"kind": "llvm"})
 
+    def check_toolchain(self, target: Target) -> None:
+        self.arch(target)
+        fatbin.nvcc_path()
+
     def unavailable(self, target: Target) -> str | None:
         if target.device != "cuda":
             return f"target {target.name!r} is reached over {target.device!r}, which backend {self.name!r} does not support"

@@ -24,6 +24,7 @@ from tvm.runtime.executable import Executable
 from lcpaq.ir.errors import ConfigError
 
 _U64 = struct.Struct("<Q")
+NO_NVCC = "building for a CUDA target needs nvcc (the CUDA toolkit, 12 or 13) on PATH"
 
 
 def _string(data: bytes) -> bytes:
@@ -39,6 +40,16 @@ def gencode(arch: str) -> list[str]:
     return ["-gencode", f"arch=compute_{v},code=sm_{v}", "-gencode", f"arch=compute_{v},code=compute_{v}"]
 
 
+def nvcc_path() -> str:
+    """The nvcc that compiles the kernels; ConfigError (one line) without one."""
+    import shutil
+
+    found = shutil.which("nvcc")
+    if found is None:
+        raise ConfigError(NO_NVCC)
+    return found
+
+
 def compile_fatbin(source: str, arch: str) -> bytes:
     """``source`` (CUDA C++) compiled by nvcc for ``arch``; ConfigError (one line) without nvcc
     or when it fails."""
@@ -49,7 +60,7 @@ def compile_fatbin(source: str, arch: str) -> bytes:
         with tvm.target.Target({"kind": "cuda", "arch": arch}):  # nvcc's helper reads the current target
             return bytes(nvcc.compile_cuda(source, target_format="fatbin", arch=gencode(arch), compiler="nvcc"))
     except FileNotFoundError as exc:
-        raise ConfigError("building for a CUDA target needs nvcc on PATH (the CUDA toolkit, or pip install nvidia-cuda-nvcc)") from exc
+        raise ConfigError(NO_NVCC) from exc
     except RuntimeError as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         if any("Unsupported gpu architecture" in line for line in lines):
