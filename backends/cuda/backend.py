@@ -1,7 +1,7 @@
 """The NVIDIA GPU backend family (``backend = "cuda-tensorcore"``): int8 convs and linears on
-tensor cores (WMMA 16 x 16 x 16, s8 x s8 -> s32) with the requantization fused into each
-kernel's epilogue, depthwise convs and integer glue on direct kernels, float glue scheduled by
-TVM's dlight GPU rules. Compiled on any machine with ``nvcc`` (no GPU needed): the exported
+tensor cores (WMMA 16 x 16 x 16, s8 x s8 -> s32; ``dp4a`` on GPUs without them) with the
+requantization fused into each kernel's epilogue, depthwise convs and integer glue on direct
+kernels, float glue scheduled by TVM's dlight GPU rules. Compiled on any machine with ``nvcc`` (no GPU needed): the exported
 library carries fatbins (:mod:`lcpaq.backends.cuda.fatbin`), so a GPU machine needs only the
 TVM runtime to run it. Targets say ``[device] kind = "cuda"``: a CUDA GPU of this machine.
 """
