@@ -16,6 +16,8 @@ from tvm import s_tir
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
+from lcpaq.backends.cuda.gemm_schedule import schedule_gemm, stage_activations
+
 DP4A_INTRIN = "lcpaq_dp4a_s8s8s32"
 #: Reduction elements per shared-memory stage.
 STAGE = 16
@@ -61,8 +63,6 @@ def has_tensor_cores(arch: str) -> bool:
 
 def gemm_schedule_for(arch: str) -> Callable[[tvm.tirx.PrimFunc], s_tir.Schedule]:
     """The GEMM schedule of ``sm_XX``: WMMA tensor cores where it has them, else dp4a."""
-    from lcpaq.backends.cuda.gemm_schedule import schedule_gemm
-
     return schedule_gemm if has_tensor_cores(arch) else schedule_gemm_dp4a
 
 
@@ -90,11 +90,7 @@ def schedule_gemm_dp4a(func: tvm.tirx.PrimFunc) -> s_tir.Schedule:
     sch.bind(j1, "threadIdx.x")
     sch.set_scope(gemm, 0, "local")  # each thread's 4 x 4 accumulators stay in registers
     sch.reverse_compute_at(sch.get_sblock("requant"), j1)
-    try:
-        a_shared = sch.get_sblock("im2col")
-        sch.set_scope(a_shared, 0, "shared")
-    except Exception:  # noqa: BLE001 (a dense layer reads its activations directly)
-        a_shared = sch.cache_read(gemm, 0, "shared")
+    a_shared, _ = stage_activations(sch, gemm)
     b_shared = sch.cache_read(gemm, 1, "shared")
     for block in (a_shared, b_shared):
         sch.compute_at(block, r0)

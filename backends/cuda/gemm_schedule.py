@@ -76,6 +76,18 @@ def _cooperative_copy(sch: s_tir.Schedule, block: s_tir.SBlockRV, tiles: Tiles, 
     sch.bind(tx, "threadIdx.x")
 
 
+def stage_activations(sch: s_tir.Schedule, gemm: s_tir.SBlockRV) -> tuple[s_tir.SBlockRV, bool]:
+    """The block that stages a GEMM's activations in shared memory, and whether it gathers them:
+    a conv's ``im2col`` block itself (computed there, never stored), else a copy of a dense
+    layer's input."""
+    try:
+        im2col = sch.get_sblock("im2col")
+    except Exception:  # noqa: BLE001 (a dense layer reads its activations directly)
+        return sch.cache_read(gemm, 0, "shared"), False
+    sch.set_scope(im2col, 0, "shared")
+    return im2col, True
+
+
 def schedule_gemm(func: tvm.tirx.PrimFunc, tiles: Tiles | None = None) -> s_tir.Schedule:
     """Schedule a GEMM kernel (blocks ``gemm``, ``requant`` and, for a conv, ``im2col``)."""
     sch = s_tir.Schedule(func)
@@ -95,19 +107,9 @@ def schedule_gemm(func: tvm.tirx.PrimFunc, tiles: Tiles | None = None) -> s_tir.
     sch.bind(warp, "threadIdx.y")
 
     # operands: global -> shared (all threads) -> fragments (each warp)
-    try:
-        im2col = sch.get_sblock("im2col")
-    except Exception:  # noqa: BLE001 (a dense layer reads its activations directly)
-        im2col = None
-    if im2col is None:
-        a_shared = sch.cache_read(gemm, 0, "shared")
-        sch.compute_at(a_shared, r0)
-        _cooperative_copy(sch, a_shared, t, 16)
-    else:
-        a_shared = im2col
-        sch.set_scope(im2col, 0, "shared")
-        sch.compute_at(im2col, r0)
-        _cooperative_copy(sch, im2col, t, 1)
+    a_shared, gathered = stage_activations(sch, gemm)
+    sch.compute_at(a_shared, r0)
+    _cooperative_copy(sch, a_shared, t, 1 if gathered else 16)
     b_shared = sch.cache_read(gemm, 1, "shared")
     sch.compute_at(b_shared, r0)
     _cooperative_copy(sch, b_shared, t, 16)
