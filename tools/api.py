@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import copy
+import os
 import re
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ from lcpaq.passes.pipeline import (
     Pipeline, calibration_phase, ilp_phase, parse_spec, prepare_phase, sensitivity_phase, uniform_phase,
 )
 from lcpaq.ir.metrics import output_metrics, reference_outputs
+from lcpaq.tools.export import export_path, onnx_entry
 from lcpaq.tools.report import build_report, check_report_dir, write_report
 from lcpaq.passes.distill import Distill
 from lcpaq.passes.pareto import ParetoSweep
@@ -136,6 +139,8 @@ def quantize(
     seed: int = 0,
     build: bool | None = None,
     build_trials: int = 0,
+    act_symmetric: bool = False,
+    export: str | None = None,
 ) -> QuantizeResult:
     """Capture, analyse, calibrate and fake-quantize ``model``; evaluate fp32, the primary
     configuration and each uniform ``compare`` configuration. The primary configuration is
@@ -148,13 +153,16 @@ def quantize(
     ``build`` (default: when the target is this host) compiles every configuration for the
     target with TVM (``build_trials`` MetaSchedule trials per kernel), checks it against the
     integer reference and reports its measured latency beside the table's prediction.
-    With ``out``, report.json, report.md and the Pareto plots are written there as one set, after
+    ``act_symmetric`` quantizes activations symmetrically (signed codes, zero point 0), as
+    TensorRT's explicit quantization wants. ``export="onnx"`` (with ``out``) also writes the
+    primary result as ``out``/model.onnx, checked by ONNX Runtime (the report's ``onnx`` entry). With ``out``, report.json, report.md and the Pareto plots are written there as one set, after
     everything succeeded, replacing a previous report there whole (an ``out`` that cannot take
     the report is refused before any work: see :func:`~lcpaq.tools.report.check_report_dir`)."""
     # Validate every option before any heavy work, so a typo costs nothing and writes nothing.
     tgt = target if isinstance(target, Target) else load_target(target or default_target_name())
     if calibration not in CALIBRATION_METHODS:
         raise ConfigError(f"unknown calibration method {calibration!r}; choose from {', '.join(CALIBRATION_METHODS)}")
+    onnx_path = export_path(out, export)  # a bad format or a missing out: before any work
     table = str(latency_table or "")
     table_data = load_table(table, tgt)  # a corrupt or foreign table is reported now; passes reuse this load
     if build_trials < 0:
@@ -210,7 +218,7 @@ def quantize(
     elif search_space is not None:
         prepared, results, extra["search"] = run.searched(gm, budgets, search_space, configs, search, trials, proxy, seed)
     else:
-        prepared, results = run.phases(gm, calibration, budgets, probes, configs)
+        prepared, results = run.phases(gm, calibration, budgets, probes, configs, act_symmetric)
 
     if distill:
         first = results[0]
@@ -228,10 +236,18 @@ def quantize(
             extra["deployment"] = {
                 r.label: deploy(r.graph_module, bundle.example_inputs, bundle.model, tgt, table_data, build_trials) for r in results
             }
+    staged = None
+    if onnx_path is not None:  # written beside the folder first: the report replaces the folder whole
+        staged = Path(tempfile.mkdtemp(prefix=".lcpaq-onnx-", dir=onnx_path.parent.parent)) / onnx_path.name
+        with clock.stage("onnx export"):
+            extra["onnx"] = onnx_entry(results[0].graph_module, bundle, staged)
     report = build_report(bundle, tgt, prepared, fp32_metrics, results, clock.stages, timing.times)
     report.update(extra)
     if out_dir is not None:
         write_report(out_dir, report)
+    if staged is not None:
+        os.replace(staged, onnx_path)
+        staged.parent.rmdir()
     return QuantizeResult(report, prepared, results)
 
 
@@ -288,9 +304,10 @@ class _Run:
         return result, [self.measure("custom", result, Pipeline(passes).spec())]
 
     def phases(self, gm: fx.GraphModule, calibration: str, budgets: dict[str, str], probes: int,
-               configs: list[BitAssignment]) -> tuple[fx.GraphModule, list[ConfigResult]]:
+               configs: list[BitAssignment], act_symmetric: bool = False) -> tuple[fx.GraphModule, list[ConfigResult]]:
         """Analysis once; then the ILP's assignment (with budgets) and each uniform one."""
-        analysis = prepare_phase(self.target) + capability_phase(self.target) + calibration_phase(self.target, calibration)
+        analysis = (prepare_phase(self.target) + capability_phase(self.target)
+                    + calibration_phase(self.target, calibration, act_symmetric=act_symmetric))
         if budgets:
             analysis += sensitivity_phase(self.target, probes, table=self.table)
         with self.clock.stage("analysis"):

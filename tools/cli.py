@@ -24,6 +24,16 @@ def _add_remote(p: argparse.ArgumentParser) -> None:
     g.add_argument("--key", metavar="NAME", help="the device key the boards registered with the tracker")
 
 
+def _add_assignment(p: argparse.ArgumentParser) -> None:
+    """How ``build`` and ``export`` choose the precisions: --bits, --budget or --pipeline."""
+    p.add_argument("--bits", default="w8a8", metavar="wNaM", help="uniform precision, without --budget (default w8a8)")
+    p.add_argument("--budget", action="append", default=[], metavar="KEY=VALUE", help="mixed precision by ILP, as for quantize")
+    p.add_argument("--latency-table", metavar="FILE", help="latency table: latency budgets and the predicted latency")
+    p.add_argument("--calibration", default="minmax", choices=["minmax", "percentile", "mse", "entropy"])
+    p.add_argument("--probes", type=int, default=64, metavar="N", help="Hutchinson probes per layer (with --budget)")
+    p.add_argument("--pipeline", metavar="SPEC", help="full pass pipeline instead of --bits/--budget")
+
+
 def build_parser() -> argparse.ArgumentParser:
     host_target = default_target_name()  # the default --target of quantize, build and profile
     parser = argparse.ArgumentParser(prog="lcpaq", description="Hardware-aware mixed-precision quantization compiler.")
@@ -59,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--distill", type=int, default=0, metavar="STEPS",
                    help="fine-tune the result for STEPS steps with the fp32 model as teacher (default 0: off)")
     q.add_argument("--out", metavar="DIR", help="write report.json and report.md here")
+    q.add_argument("--export", metavar="FORMAT", help="also write the primary result as DIR/model.onnx (FORMAT onnx; needs --out)")
     q.add_argument("--dump-graphs", metavar="DIR", help="write the graph after each pass that changes it")
     q.add_argument("--seed", type=int, default=0, help="seed of every random generator (default 0)")
     q.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
@@ -78,12 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--model", default="resnet-digits", metavar="SPEC", help="built-in name or path/to/file.py:function")
     b.add_argument("--target", default=host_target, metavar="NAME", help="a target this machine reaches (default %(default)s)")
     b.add_argument("-o", "--output", required=True, metavar="FILE", help="shared library to write, e.g. model.so")
-    b.add_argument("--bits", default="w8a8", metavar="wNaM", help="uniform precision, without --budget (default w8a8)")
-    b.add_argument("--budget", action="append", default=[], metavar="KEY=VALUE", help="mixed precision by ILP, as for quantize")
-    b.add_argument("--latency-table", metavar="FILE", help="latency table: latency budgets and the predicted latency")
-    b.add_argument("--calibration", default="minmax", choices=["minmax", "percentile", "mse", "entropy"])
-    b.add_argument("--probes", type=int, default=64, metavar="N", help="Hutchinson probes per layer (with --budget)")
-    b.add_argument("--pipeline", metavar="SPEC", help="full pass pipeline instead of --bits/--budget")
+    _add_assignment(b)
     b.add_argument("--trials", type=int, default=0, metavar="N",
                    help="MetaSchedule trials per conv/dense kernel (default 0: hand schedules); records are cached and reused")
     b.add_argument("--seed", type=int, default=0)
@@ -91,6 +97,23 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
     _add_remote(b)
     b.set_defaults(handler="build_command")
+
+    e = sub.add_parser("export", help="quantize a model and export it as a QDQ ONNX model",
+                       description="Quantize (uniform --bits, or --budget by ILP, or a --pipeline) and write the fake-quantized "
+                                   "graph as ONNX with QuantizeLinear/DequantizeLinear at each layer's precision (opset 21), "
+                                   "checked by onnx.checker and ONNX Runtime.")
+    e.add_argument("--model", default="resnet-digits", metavar="SPEC", help="built-in name or path/to/file.py:function")
+    e.add_argument("--target", default=host_target, metavar="NAME", help="target whose precisions the assignment uses (default %(default)s)")
+    e.add_argument("-o", "--output", required=True, metavar="FILE", help="ONNX file to write, e.g. model.onnx")
+    e.add_argument("--format", default="onnx", metavar="FORMAT", help="export format (onnx)")
+    e.add_argument("--onnx-flavor", default="qdq", metavar="FLAVOR",
+                   help="qdq (any precision ONNX types hold, exact) or tensorrt (symmetric int8 Q/DQ only)")
+    _add_assignment(e)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty())
+    e.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
+    _add_remote(e)
+    e.set_defaults(handler="export_command")
 
     p = sub.add_parser("profile", help="measure per-layer latency on the target's device and write a latency table",
                        description="Time every quantizable layer of a model on the target's device (this machine, or a "

@@ -18,6 +18,7 @@ from lcpaq.passes import registered_passes
 from lcpaq.passes.cost_model import load_table
 from lcpaq.tools.api import load_bundle, quantize
 from lcpaq.tools.deployment import deployment_lines
+from lcpaq.tools.export import check_export_options, onnx_entry, onnx_lines
 from lcpaq.tools.models.zoo import BUILTIN_MODELS
 from lcpaq.tools.profile import profile
 from lcpaq.tools.report import summary
@@ -35,11 +36,27 @@ def quantize_command(args: argparse.Namespace) -> int:
         calibration=args.calibration, probes=args.probes, search=args.search, trials=args.trials, proxy=args.proxy,
         space=args.space, space_set=args.space_set, distill=args.distill, latency_table=args.latency_table,
         pipeline=args.pipeline, out=args.out, dump_graphs=args.dump_graphs, progress=args.progress, seed=args.seed,
-        build=args.build, build_trials=args.build_trials,
+        build=args.build, build_trials=args.build_trials, export=args.export,
     )
     print(summary(result.report))
     if args.out:
         print(f"wrote {args.out}/report.json and {args.out}/report.md")
+    if "onnx" in result.report:
+        print("\n".join(onnx_lines(result.report["onnx"], Path(args.out) / "model.onnx")))
+    return 0
+
+
+def export_command(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    check_export_options(args.format, args.onnx_flavor, out)
+    target = target_of(args)
+    bundle = load_bundle(args.model, args.progress)
+    result = quantize(
+        model=bundle, target=target, bits=args.bits, budget=args.budget, calibration=args.calibration, probes=args.probes,
+        latency_table=args.latency_table, pipeline=args.pipeline, progress=args.progress, seed=args.seed, build=False,
+        act_symmetric=args.onnx_flavor == "tensorrt",  # TensorRT's explicit quantization: symmetric int8 only
+    )
+    print("\n".join(onnx_lines(onnx_entry(result.results[0].graph_module, bundle, out, args.onnx_flavor))))
     return 0
 
 

@@ -33,7 +33,7 @@ from lcpaq.tools.bench_common import median_ms
 from lcpaq.ir.metrics import first_output
 
 __all__ = [
-    "BASELINES", "TRANSFORMER_OP_TYPES", "TRANSFORMER_EXCLUDE", "export_onnx", "quantize_onnx_int8", "ort_session",
+    "BASELINES", "TRANSFORMER_OP_TYPES", "TRANSFORMER_EXCLUDE", "export_onnx", "input_names", "quantize_onnx_int8", "ort_session",
     "OrtRunner", "median_ms", "ort_baselines", "compare", "to_feed", "format_table",
 ]
 
@@ -63,7 +63,7 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0][:200] if lines else ''}"
 
 
-def _input_names(model: torch.nn.Module, n: int) -> list[str]:
+def input_names(model: torch.nn.Module, n: int) -> list[str]:
     """The forward's parameter names (``input_ids``, ``attention_mask``), else ``input_i``."""
     try:
         params = [p for p in inspect.signature(model.forward).parameters.values()
@@ -86,7 +86,7 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor | tuple, path: Pat
     try:  # the exporter prints the whole graph on failure: keep it off stdout, the error says what failed
         with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
             torch.onnx.export(
-                model, args, str(path), input_names=_input_names(model, len(args)), output_names=["output"],
+                model, args, str(path), input_names=input_names(model, len(args)), output_names=["output"],
                 opset_version=OPSET, dynamo=False, do_constant_folding=True,
             )
     except Exception as exc:

@@ -18,6 +18,7 @@ from lcpaq.ir.meta import ASSIGNMENT, COST, FLOAT_LAYERS, MODEL_COST, PARETO, QS
 from lcpaq.ir.errors import OutputError
 from lcpaq.ir.fileio import atomic_directory, atomic_write_json, atomic_write_text, check_writable
 from lcpaq.tools.deployment import deployment_lines, deployment_markdown
+from lcpaq.tools.export import onnx_markdown
 from lcpaq.tools.models.zoo import ModelBundle
 
 if TYPE_CHECKING:
@@ -356,6 +357,7 @@ def render_markdown(report: dict[str, Any], plots: list[str] = ()) -> str:
         *config_table(report),
         "",
         *deployment_markdown(report, _table),
+        *onnx_markdown(report),
         "## Layers (primary configuration)",
         "",
         *layer_table(report),
