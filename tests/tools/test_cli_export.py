@@ -4,6 +4,7 @@ bad input (an unknown format or flavour, an unwritable path, a precision the Ten
 cannot express, --export without --out) is one line, exit 2, and writes nothing."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import onnx
@@ -50,6 +51,10 @@ def test_quantize_export_writes_model_beside_the_report(capsys, tmp_path: Path) 
     assert code == 0, err
     assert (tmp_path / "r" / "report.json").is_file() and (tmp_path / "r" / "model.onnx").is_file()
     assert f"wrote {tmp_path / 'r' / 'model.onnx'}" in out
+    entry = json.loads((tmp_path / "r" / "report.json").read_text())["onnx"]
+    assert entry["max_abs_diff_exact"] < 1e-5 and entry["code_types"] == {"int8": 10, "uint8": 8}
+    assert "## ONNX export" in (tmp_path / "r" / "report.md").read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the staging folder is gone
 
 
 @pytest.mark.parametrize("argv, fragment", [
