@@ -17,6 +17,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import onnx
+import onnxruntime as ort
+
 from lcpaq.backends.onnx.export import export_onnx, ort_check
 from lcpaq.hw_targets import load_target
 from lcpaq.hw_targets.host import host_cpu_name
@@ -33,9 +36,6 @@ MIXED = {"resnet18": "size=0.15x", "mobilenetv2": "size=0.18x", "minilm": "size=
 def fused_kernels(path: Path) -> str:
     """``integer/total``: the conv, matmul and gemm ops ORT runs as integer kernels after its
     graph optimizations (QLinearConv, QLinearMatMul, MatMulInteger...), of all of them."""
-    import onnx
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # no hardware-specific layouts
     options.optimized_model_filepath = str(path.with_suffix(".ort.onnx"))

@@ -16,6 +16,7 @@ runtime is one device call's carry (64 MiB at most: see docs/gpu_latency.md).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -26,15 +27,22 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import tvm
+import tvm_ffi
 from tqdm.auto import tqdm
 
+from lcpaq.backends.common.backend import backend_for
 from lcpaq.backends.common.build import build_model
+from lcpaq.backends.common.profile import RecordedTimer, profile_model, with_fixed_seconds
+from lcpaq.backends.cuda.layer_kernels import LayerKernels
 from lcpaq.hw_targets.target import Target, load_target
-from lcpaq.ir.errors import ConfigError, LcpaqError
+from lcpaq.ir.errors import ConfigError, CorruptFileError, LcpaqError
 from lcpaq.ir.fileio import check_writable
+from lcpaq.ir.layers import find_layers
 from lcpaq.ir.metrics import first_output
 from lcpaq.passes.cost_model import assignment_of, load_table
 from lcpaq.tools.api import load_bundle, quantize
+from lcpaq.tools.profile import prepared_graph
 
 #: Distinct example rows stored per model (the bench tiles them to the batch).
 ROWS = 4
@@ -45,9 +53,6 @@ def runtime_bundle(dest: Path, python: str = "3.12") -> list[Path]:
     """TVM's runtime libraries and the ``apache-tvm-ffi`` wheel (this machine's version) for
     CPython ``python`` on manylinux x86-64, copied to ``dest``; the wheel is downloaded once
     into the cache. ConfigError (one line) if pip cannot fetch it."""
-    import tvm
-    import tvm_ffi
-
     dest.mkdir(parents=True, exist_ok=True)
     libdir = Path(tvm.__file__).parent / "lib"
     copied = []
@@ -148,11 +153,6 @@ def layer_bundle(name: str, target: Target, dest: Path, progress: bool = True) -
     """Every quantizable layer of ``name`` as the CUDA build runs it, at each precision the
     table gets (:class:`~lcpaq.backends.cuda.layer_kernels.LayerKernels`), exported to
     ``dest/layers/``; returns the manifest's ``layers`` entries and notes."""
-    from lcpaq.backends.common.backend import backend_for
-    from lcpaq.backends.cuda.layer_kernels import LayerKernels
-    from lcpaq.ir.layers import find_layers
-    from lcpaq.tools.profile import prepared_graph
-
     gm, _ = prepared_graph(load_bundle(name, progress), target)
     kernels = LayerKernels(backend_for(target).tvm_target(target))
     (dest / "layers").mkdir(parents=True, exist_ok=True)
@@ -169,12 +169,6 @@ def layer_bundle(name: str, target: Target, dest: Path, progress: bool = True) -
 def latency_table(results_path: Path, name: str, target: Target, out: Path) -> Path:
     """The latency table of ``name`` from ``gpu_bench``'s results: its layers' timings and its
     W8A8 batch-1 build's time (for ``fixed_seconds``), written to ``out``."""
-    import dataclasses
-
-    from lcpaq.backends.common.profile import RecordedTimer, profile_model, with_fixed_seconds
-    from lcpaq.ir.errors import CorruptFileError
-    from lcpaq.tools.profile import prepared_graph
-
     try:
         results = json.loads(results_path.read_text())
         rows = [r for r in results["layers"] if r["model"] == name]
@@ -221,8 +215,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {latency_table(args.table, names[0], target, args.out)}")
             return 0
         check_writable(args.out / "manifest.json", "--out")
-        from lcpaq.backends.common.backend import backend_for
-
         backend_for(target).check_toolchain(target)
         runtime_bundle(args.out / "runtime")
         for name in names:

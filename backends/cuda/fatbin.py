@@ -16,10 +16,17 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import struct
+import subprocess
+import sysconfig
+import tempfile
 from typing import Any
 
+import tvm
+from tvm.runtime import _ffi_api
 from tvm.runtime.executable import Executable
+from tvm.support import nvcc
 
 from lcpaq.ir.errors import ConfigError
 
@@ -42,8 +49,6 @@ def gencode(arch: str) -> list[str]:
 
 def nvcc_path() -> str:
     """The nvcc that compiles the kernels; ConfigError (one line) without one."""
-    import shutil
-
     found = shutil.which("nvcc")
     if found is None:
         raise ConfigError(NO_NVCC)
@@ -53,9 +58,6 @@ def nvcc_path() -> str:
 def compile_fatbin(source: str, arch: str) -> bytes:
     """``source`` (CUDA C++) compiled by nvcc for ``arch``; ConfigError (one line) without nvcc
     or when it fails."""
-    import tvm
-    from tvm.support import nvcc
-
     try:
         with tvm.target.Target({"kind": "cuda", "arch": arch}):  # nvcc's helper reads the current target
             return bytes(nvcc.compile_cuda(source, target_format="fatbin", arch=gencode(arch), compiler="nvcc"))
@@ -104,8 +106,6 @@ def write_packed_imports(mod: Any, prefix: str, binaries: dict[bytes, bytes], wo
     """TVM's packed imports of ``mod`` (the blob its loader reads from ``__tvm_ffi__library_bin``)
     with CUDA sources replaced by ``binaries``, as an assembly file that includes the blob as
     it is (a model's weights make it tens of MB: no C array of hex literals)."""
-    from tvm.runtime import _ffi_api
-
     blob = embed_fatbins(_ffi_api.ModulePackImportsToTensor(mod).numpy().tobytes(), binaries)
     data = os.path.join(workspace, f"{prefix}devc.bin")
     with open(data, "wb") as f:
@@ -142,9 +142,6 @@ class CudaExecutable(Executable):
 def cuobjdump() -> str:
     """The ``cuobjdump`` to read SASS with: on PATH, or from the ``nvidia-cuda-cuobjdump`` wheel
     (``pip install -e .[test]``; it needs ``nvidia-cuda-nvdisasm`` beside it)."""
-    import shutil
-    import sysconfig
-
     found = shutil.which("cuobjdump")
     if found:
         return found
@@ -156,9 +153,6 @@ def cuobjdump() -> str:
 
 def disassemble(binary: bytes, what: str = "sass") -> str:
     """The SASS (``what="sass"``) or PTX (``"ptx"``) in a fatbin, by cuobjdump."""
-    import subprocess
-    import tempfile
-
     tool = cuobjdump()
     env = dict(os.environ, PATH=os.path.dirname(tool) + os.pathsep + os.environ.get("PATH", ""))  # nvdisasm beside it
     with tempfile.NamedTemporaryFile(suffix=".fatbin") as f:
