@@ -238,6 +238,7 @@ def quantize(
             }
     staged = None
     if onnx_path is not None:  # written beside the folder first: the report replaces the folder whole
+        onnx_path.parent.parent.mkdir(parents=True, exist_ok=True)  # as the report's own write does
         staged = Path(tempfile.mkdtemp(prefix=".lcpaq-onnx-", dir=onnx_path.parent.parent)) / onnx_path.name
         with clock.stage("onnx export"):
             extra["onnx"] = onnx_entry(results[0].graph_module, bundle, staged)

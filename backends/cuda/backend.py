@@ -15,7 +15,8 @@ import tvm
 from lcpaq.backends.common import integer_layers
 from lcpaq.backends.common.backend import Backend, Conventions, Device, LayerTimer, register_backend
 from lcpaq.backends.common.relax_lower import LoweringTable
-from lcpaq.backends.cuda import fatbin
+from lcpaq.backends.cuda import fatbin, wmma
+from lcpaq.backends.cuda.lower_gemm import CHANNEL_MULTIPLE
 from lcpaq.backends.cuda.dp4a import gemm_schedule_for
 from lcpaq.backends.cuda.lowerings import LOWERINGS
 from lcpaq.hw_targets.target import Target
@@ -38,7 +39,7 @@ def gpu_here() -> bool:
 @register_backend
 class CudaTensorCoreBackend(Backend):
     name = "cuda-tensorcore"
-    conventions = Conventions(act_dtype="int8", integer_bits=8, in_multiple=4, out_multiple=16)
+    conventions = Conventions(act_dtype="int8", integer_bits=8, in_multiple=CHANNEL_MULTIPLE, out_multiple=wmma.TILE)
     integer_kernels = {"conv": (8,), "linear": (8,), "matmul": (8,)}
 
     def has_integer_kernel(self, gm: fx.GraphModule, layer: QuantLayer) -> bool:

@@ -53,6 +53,12 @@ def block_rows(m: int) -> int:
     return rows
 
 
+def padded_gemm(rows: int, n: int, k: int) -> tuple[int, int, int]:
+    """``(M, N, K)`` of the kernel for a GEMM of ``rows x n x k``: rows padded to the block tile,
+    output channels and reduction to the 16 of a fragment."""
+    return -(-rows // block_rows(rows)) * block_rows(rows), -(-n // wmma.TILE) * wmma.TILE, -(-k // wmma.TILE) * wmma.TILE
+
+
 def tiles_for(m: int, n: int, k: int) -> Tiles:
     """The tile of an ``m x n x k`` GEMM (``m`` a multiple of :func:`block_rows`, ``n`` and ``k``
     of 16): up to 128 x 64 a block, 2 x 2 fragments a warp, 64 of the reduction a stage."""

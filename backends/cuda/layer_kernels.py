@@ -28,7 +28,7 @@ from lcpaq.backends.common.relax_lower import round_up
 from lcpaq.backends.cuda import gemm, gemm_schedule
 from lcpaq.backends.cuda.dp4a import gemm_schedule_for
 from lcpaq.backends.cuda.fatbin import CudaExecutable
-from lcpaq.backends.cuda.lower_gemm import DEPTHWISE_LANES
+from lcpaq.backends.cuda.lower_gemm import CHANNEL_MULTIPLE, DEPTHWISE_LANES
 from lcpaq.ir.layers import QuantLayer
 
 INT8 = "w8a8"
@@ -86,10 +86,10 @@ class LayerKernels:
         x_shape = batch1_shape(layer.act_inputs[0])
         _, c, h, w_ = x_shape
         o, k, s, p = w.shape[0], w.shape[2], geo["stride"], geo["padding"]
-        c_p = round_up(c, 4)
+        c_p = round_up(c, CHANNEL_MULTIPLE)
         oh, ow = conv_out_size(h, k, s, p), conv_out_size(w_, k, s, p)
         rows = oh * ow
-        m_p, n_p, k_p = round_up(rows, gemm_schedule.block_rows(rows)), round_up(o, 16), round_up(k * k * c_p, 16)
+        m_p, n_p, k_p = gemm_schedule.padded_gemm(rows, o, k * k * c_p)
         func = gemm.qconv2d_func((1, h, w_, c_p), n_p, (k, k), s, p, m_p, k_p, "int8")
         args = [((1, h, w_, c_p), "int8"), ((n_p, k_p), "int8"), *_requant_args(n_p), ((m_p, n_p), "int8")]
         wf = relax.const(np.zeros(tuple(w.shape), np.float32))
@@ -112,7 +112,7 @@ class LayerKernels:
         x_shape = batch1_shape(layer.act_inputs[0])
         n, k = w.shape
         m = max(1, int(np.prod(x_shape[:-1])))
-        m_p, n_p, k_p = round_up(m, gemm_schedule.block_rows(m)), round_up(n, 16), round_up(k, 16)
+        m_p, n_p, k_p = gemm_schedule.padded_gemm(m, n, k)
         args = [((m_p, k_p), "int8"), ((n_p, k_p), "int8"), *_requant_args(n_p), ((m_p, n_p), "int8")]
         wt = relax.const(np.zeros((k, n), np.float32))
         return {"fp32": self._float(lambda x: relax.op.matmul(x, wt), x_shape),

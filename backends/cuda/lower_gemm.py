@@ -18,13 +18,14 @@ from lcpaq.backends.common import gemm_te
 from lcpaq.backends.common import integer_ops as iops
 from lcpaq.backends.common import lower_blocked as lb
 from lcpaq.backends.common.op_args import conv_out_size
-from lcpaq.backends.common.relax_lower import RelaxLowering, RVal, nhwc, pad_last, round_up
+from lcpaq.backends.common.relax_lower import RelaxLowering, RVal, nhwc, pad_last
 from lcpaq.backends.cuda import gemm, gemm_schedule
 from lcpaq.backends.cuda.lowerings import LOWERINGS
 
 #: Channels a depthwise thread reads together (int8 x 4: one 32-bit load).
 DEPTHWISE_LANES = 4
-_FRAG = 16
+#: Channels activations are padded to between kernels (the backend's ``in_multiple``).
+CHANNEL_MULTIPLE = 4
 
 
 def _gemm_args(lw: RelaxLowering, node: fx.Node, w_rows: np.ndarray, w: torch.Tensor, n_p: int) -> list[relax.Expr]:
@@ -50,7 +51,7 @@ def lower_conv(lw: RelaxLowering, node: fx.Node, x: RVal) -> RVal:
     b, _, h, wd = x.shape
     oh, ow = conv_out_size(h, kh, stride, pad), conv_out_size(wd, kw, stride, pad)
     rows = b * oh * ow
-    m_p, n_p, k_p = round_up(rows, gemm_schedule.block_rows(rows)), round_up(o, _FRAG), round_up(kh * kw * x.cp, _FRAG)
+    m_p, n_p, k_p = gemm_schedule.padded_gemm(rows, o, kh * kw * x.cp)
     w_p = torch.zeros(o, x.cp, kh, kw, dtype=torch.int8)
     w_p[:, :c] = w.to(torch.int8)
     w_rows = np.zeros((n_p, k_p), dtype=np.int8)
@@ -72,7 +73,7 @@ def lower_linear(lw: RelaxLowering, node: fx.Node) -> RVal:
     w = lw.tensor(node.args[1])
     dtype = lb.requant_of(node).out_dtype
     n, k = w.shape
-    m_p, n_p, k_p = round_up(rows, gemm_schedule.block_rows(rows)), round_up(n, _FRAG), round_up(stored, _FRAG)
+    m_p, n_p, k_p = gemm_schedule.padded_gemm(rows, n, stored)
     expr = pad_last(lw, lin.expr, (rows, stored), k_p)  # padded features meet zero weights
     if m_p != rows:
         expr = lw.bb.emit(relax.op.nn.pad(expr, [0, m_p - rows, 0, 0]))

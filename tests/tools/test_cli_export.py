@@ -47,14 +47,15 @@ def test_mixed_budget_exports_int4_weights(capsys, tmp_path: Path) -> None:
 
 
 def test_quantize_export_writes_model_beside_the_report(capsys, tmp_path: Path) -> None:
-    code, out, err = _run(capsys, "quantize", "--model", MODEL, "--out", str(tmp_path / "r"), "--export", "onnx", "--no-build")
+    report = tmp_path / "new" / "folders" / "r"  # the report's parents do not exist yet
+    code, out, err = _run(capsys, "quantize", "--model", MODEL, "--out", str(report), "--export", "onnx", "--no-build")
     assert code == 0, err
-    assert (tmp_path / "r" / "report.json").is_file() and (tmp_path / "r" / "model.onnx").is_file()
-    assert f"wrote {tmp_path / 'r' / 'model.onnx'}" in out
-    entry = json.loads((tmp_path / "r" / "report.json").read_text())["onnx"]
+    assert (report / "report.json").is_file() and (report / "model.onnx").is_file()
+    assert f"wrote {report / 'model.onnx'}" in out
+    entry = json.loads((report / "report.json").read_text())["onnx"]
     assert entry["max_abs_diff_exact"] < 1e-5 and entry["code_types"] == {"int8": 10, "uint8": 8}
-    assert "## ONNX export" in (tmp_path / "r" / "report.md").read_text()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the staging folder is gone
+    assert "## ONNX export" in (report / "report.md").read_text()
+    assert not [p for p in report.parent.iterdir() if p.name.startswith(".")]  # the staging folder is gone
 
 
 @pytest.mark.parametrize("argv, fragment", [
