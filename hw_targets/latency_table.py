@@ -5,12 +5,17 @@ float layer (32/32) and ``"wNaM"`` for N-bit weights with M-bit activations (``"
 weight-only embedding). Only widths the target computes at get entries; weights the target
 keeps in storage only (``storage_weight_bits``) are unpacked before compute, so
 :meth:`LatencyTable.seconds` charges them the entry of the next wider measured weight width
-(int8 on x86-host). ``fixed_seconds`` is the time of everything that is not a quantizable layer.
+(int8 on x86-host). A whole model's time is predicted as ``fixed_seconds + layer_scale * sum of
+its layers' entries``: ``layer_scale`` is how a layer's standalone time carries into the model
+(caches warm from the kernel before, fewer page faults: below 1; interference: above 1) and
+``fixed_seconds`` the time of everything that is not a quantizable layer. Both are fitted on
+whole-model builds (``lcpaq.backends.common.profile.with_fixed_seconds``); neither is clamped,
+so ``fixed_seconds`` may be negative when the model runs its layers faster than alone.
 
 File format (``schema``: :data:`SCHEMA_VERSION`)::
 
     {"schema": 1, "target": "x86-host", "device": "...", "tvm_version": "0.27.0", "date": "...",
-     "trials": 0, "model": "resnet-digits", "fixed_seconds": 0.0, "notes": ["..."],
+     "trials": 0, "model": "resnet-digits", "fixed_seconds": 0.0, "layer_scale": 1.0, "notes": ["..."],
      "layers": {"conv1": {"fp32": 3.1e-05, "w8a8": 1.2e-05}}}
 """
 from __future__ import annotations
@@ -53,7 +58,8 @@ class LatencyTable:
     """Seconds per layer and precision, with where and how they were measured.
 
     Guarantees (checked on construction): every entry is a finite, positive number of seconds,
-    every key parses as a precision, and ``fixed_seconds`` is finite and >= 0."""
+    every key parses as a precision, ``fixed_seconds`` is finite and ``layer_scale`` finite and
+    positive."""
 
     target: str
     device: str
@@ -63,12 +69,15 @@ class LatencyTable:
     model: str
     entries: dict[str, dict[str, float]]
     fixed_seconds: float = 0.0
+    layer_scale: float = 1.0
     notes: tuple[str, ...] = ()
     schema: int = field(default=SCHEMA_VERSION)
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.fixed_seconds) and self.fixed_seconds >= 0):
-            raise ValueError(f"fixed_seconds must be finite and >= 0, got {self.fixed_seconds}")
+        if not math.isfinite(self.fixed_seconds):
+            raise ValueError(f"fixed_seconds must be finite, got {self.fixed_seconds}")
+        if not (math.isfinite(self.layer_scale) and self.layer_scale > 0):
+            raise ValueError(f"layer_scale must be finite and > 0, got {self.layer_scale}")
         for layer, row in self.entries.items():
             for key, sec in row.items():
                 parse_key(key)
@@ -76,9 +85,14 @@ class LatencyTable:
                     raise ValueError(f"latency of {layer} at {key} must be a positive number of seconds, got {sec!r}")
 
     def seconds(self, layer: str, bits: BitAssignment) -> float:
-        """Measured seconds of ``layer`` at ``bits``. Storage-only weight widths (narrower than
-        any measured one at the same activation width) cost the next wider measured entry.
-        Raises ConfigError if the layer or a usable entry is missing."""
+        """Seconds of ``layer`` at ``bits`` inside the whole model: its measured entry times
+        ``layer_scale``. Storage-only weight widths (narrower than any measured one at the same
+        activation width) cost the next wider measured entry. Raises ConfigError if the layer or
+        a usable entry is missing."""
+        return self.layer_scale * self.measured(layer, bits)
+
+    def measured(self, layer: str, bits: BitAssignment) -> float:
+        """The standalone measurement :meth:`seconds` scales (same lookup and errors)."""
         row = self.entries.get(layer)
         if row is None:
             raise ConfigError(f"latency table for {self.model} ({self.target}) has no layer {layer!r}; re-run `lcpaq profile`")
@@ -97,14 +111,15 @@ class LatencyTable:
         )
 
     def total(self, assignment: dict[str, BitAssignment]) -> float:
-        """``fixed_seconds`` plus the seconds of each layer at its assigned precision."""
+        """The whole model's predicted seconds: ``fixed_seconds`` plus each layer's
+        :meth:`seconds` at its assigned precision."""
         return self.fixed_seconds + sum(self.seconds(name, bits) for name, bits in assignment.items())
 
     def to_json(self) -> dict[str, Any]:
         return {
             "schema": self.schema, "target": self.target, "device": self.device, "tvm_version": self.tvm_version,
             "date": self.date, "trials": self.trials, "model": self.model, "fixed_seconds": self.fixed_seconds,
-            "notes": list(self.notes), "layers": self.entries,
+            "layer_scale": self.layer_scale, "notes": list(self.notes), "layers": self.entries,
         }
 
     def save(self, path: str | Path) -> None:
@@ -131,7 +146,8 @@ class LatencyTable:
                 target=data["target"], device=str(data["device"]), tvm_version=str(data["tvm_version"]),
                 date=str(data["date"]), trials=int(data["trials"]), model=str(data["model"]),
                 entries={str(k): {str(p): float(s) for p, s in v.items()} for k, v in data["layers"].items()},
-                fixed_seconds=float(data.get("fixed_seconds", 0.0)), notes=tuple(str(n) for n in data.get("notes", ())),
+                fixed_seconds=float(data.get("fixed_seconds", 0.0)),
+                layer_scale=float(data.get("layer_scale", 1.0)), notes=tuple(str(n) for n in data.get("notes", ())),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CorruptFileError(f"latency table {path} is malformed: {type(exc).__name__}: {exc}") from exc

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from lcpaq.backends.common.backend import backend_for
 from lcpaq.backends.common.build import build_model
-from lcpaq.backends.common.profile import RecordedTimer, profile_model, with_fixed_seconds
+from lcpaq.backends.common.profile import RecordedTimer, profile_model, fit_model_time
 from lcpaq.backends.cuda.layer_kernels import LayerKernels
 from lcpaq.hw_targets.target import Target, load_target
 from lcpaq.ir.errors import ConfigError, CorruptFileError, LcpaqError
@@ -183,7 +183,7 @@ def latency_table(results_path: Path, name: str, target: Target, out: Path) -> P
     notes = [f"timed on {results['device']} by tools/gpu_bench.py (CUDA events, median)", *rows[0].get("layer_notes", [])]
     gm, ctx = prepared_graph(load_bundle(name, False), target)
     table = profile_model(gm, target, model_name=name, progress=False, timer=RecordedTimer(seconds, notes, str(results_path)))
-    table = with_fixed_seconds(table, gm, ctx, 0, whole=whole[0]["median_ms"] / 1e3)
+    table = fit_model_time(table, gm, ctx, 0, whole=whole[0]["median_ms"] / 1e3)
     check_writable(out, "--out")
     dataclasses.replace(table, device=str(results["device"])).save(out)
     return out

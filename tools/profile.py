@@ -6,7 +6,7 @@ import torch.fx as fx
 
 import lcpaq.passes  # noqa: F401  (registers the passes)
 from lcpaq.backends.common.backend import backend_for
-from lcpaq.backends.common.profile import profile_model, with_fixed_seconds
+from lcpaq.backends.common.profile import fit_model_time, profile_model
 from lcpaq.hw_targets.host import default_target_name
 from lcpaq.hw_targets.latency_table import LatencyTable
 from lcpaq.hw_targets.target import Target, load_target
@@ -20,13 +20,13 @@ def profile(
     model: str | ModelBundle, target: str | Target | None = None, trials: int = 0, repeats: int = 10, progress: bool = False,
 ) -> LatencyTable:
     """A latency table of ``model`` for ``target`` (default: this host's), ``fixed_seconds``
-    included. The target and its device are checked before the model is loaded."""
+    and ``layer_scale`` fitted. The target and its device are checked before the model is loaded."""
     tgt = target if isinstance(target, Target) else load_target(target or default_target_name())
     backend_for(tgt).check_available(tgt)
     bundle = model if isinstance(model, ModelBundle) else load_model(model, progress)
     gm, ctx = prepared_graph(bundle, tgt)
     table = profile_model(gm, tgt, model_name=bundle.name, trials=trials, repeats=repeats, progress=progress)
-    return with_fixed_seconds(table, gm, ctx, trials)
+    return fit_model_time(table, gm, ctx, trials)
 
 
 def prepared_graph(bundle: ModelBundle, target: Target) -> tuple[fx.GraphModule, PassContext]:

@@ -48,7 +48,7 @@ def profile_model(
     Guarantees: every layer of ``find_layers(gm)`` has an entry for ``fp32`` and for every
     precision the target computes for its kind (:func:`precision_keys`), each a positive number
     of seconds (median of ``repeats`` runs of ``number`` calls); how each was obtained is in the
-    table's ``notes``. ``fixed_seconds`` is 0.0 (see :func:`with_fixed_seconds`). Raises
+    table's ``notes``. ``fixed_seconds`` is 0.0 (see :func:`fit_model_time`). Raises
     ConfigError if the target has no backend or its device cannot be reached, or is emulated
     (an emulator's timings predict nothing; ``allow_emulated`` times it anyway, for checking the
     mechanics, and the table says so), PassContractError if the graph is not annotated.
@@ -82,8 +82,8 @@ def profile_model(
             row[key] = float(f"{measured.get(key, measured['fp32']):.4g}")  # 4 digits: timing noise is larger
         entries[layer.name] = row
     emulated = [f"EMULATED ({timer.emulation}): these timings do not predict a real board"] if timer.emulation else []
-    notes = [*emulated, *timer.notes(), "fixed_seconds (everything but the quantizable layers) is 0.0 here; "
-             "`lcpaq profile` measures it on a whole-model build"]
+    notes = [*emulated, *timer.notes(), "fixed_seconds 0.0 and layer_scale 1.0 here; "
+             "`lcpaq profile` fits them on whole-model builds"]
     if hasattr(os, "getloadavg"):
         notes.append(f"load average (1 min) when profiling ended: {os.getloadavg()[0]:.2f} on {os.cpu_count()} logical CPUs")
     if reused:
@@ -111,28 +111,52 @@ class RecordedTimer(LayerTimer):
         return self._notes
 
 
-def with_fixed_seconds(table: LatencyTable, prepared: fx.GraphModule, ctx: PassContext, trials: int,
-                       whole: float | None = None) -> LatencyTable:
-    """``table`` with ``fixed_seconds`` measured: the whole model built at uniform W8A8 (the
-    same kernels, ``trials``) minus the sum of its layers' entries at the precisions that build
-    gave them (an embedding is weight-only, ``w8a32``), i.e. the time of everything that is not a
-    quantizable layer (quantize, requantize, residual adds, pooling, layout), at least 0.
-    ``prepared`` (the costed graph the table was measured on) is left as it is. A model the
-    backend cannot build keeps 0.0, with the reason in the notes. ``whole``: the W8A8 model's
-    seconds measured elsewhere (nothing is built or timed here then)."""
+def _whole_seconds(prepared: fx.GraphModule, ctx: PassContext, trials: int, bits: int) -> tuple[fx.GraphModule, float | str]:
+    """The graph at uniform ``bits`` (32: float) and its whole build's median seconds at batch
+    1, or why it did not build."""
     target = ctx.target
-    passes = calibration_phase(target) + uniform_phase(target, 8, 8)
-    gm = Pipeline(passes)(copy.deepcopy(prepared), ctx).graph_module
+    gm = Pipeline(calibration_phase(target) + uniform_phase(target, bits, bits))(copy.deepcopy(prepared), ctx).graph_module
+    x = [t[:1] for t in ctx.example_inputs]
+    try:
+        built = build_model(gm, x, target, trials=trials)
+    except LcpaqError as exc:
+        return gm, str(exc)
+    return gm, measure_latency(built, x, repeats=20).median
+
+
+def fit_model_time(table: LatencyTable, prepared: fx.GraphModule, ctx: PassContext, trials: int,
+                   whole: float | None = None) -> LatencyTable:
+    """``table`` with ``fixed_seconds`` and ``layer_scale`` fitted so that ``table.total``
+    reproduces two whole-model builds (batch 1, the same kernels, ``trials``): uniform W8A8 and
+    uniform fp32. Two points fit the two unknowns exactly, so both are calibration points; a
+    mixed configuration is a prediction. Nothing is clamped: a model that runs its layers faster
+    than alone gets ``layer_scale`` < 1 (and ``fixed_seconds`` may come out negative).
+
+    ``whole``: the W8A8 model's seconds measured elsewhere (nothing is built here then): one
+    point, so ``layer_scale`` stays 1 and ``fixed_seconds`` is the difference. A model the
+    backend cannot build keeps the table's values, with the reason in the notes. ``prepared``
+    (the costed graph the table was measured on) is left as it is."""
+    raw = dataclasses.replace(table, fixed_seconds=0.0, layer_scale=1.0)
+    gm8, w8 = (_whole_seconds(prepared, ctx, trials, 8) if whole is None else (
+        Pipeline(calibration_phase(ctx.target) + uniform_phase(ctx.target, 8, 8))(copy.deepcopy(prepared), ctx).graph_module, whole))
+    kept = tuple(n for n in table.notes if not n.startswith(("fixed_seconds", "layer_scale", "whole model")))
+    if isinstance(w8, str):
+        return dataclasses.replace(table, notes=(*kept, f"fixed_seconds not measured: the W8A8 model does not build ({w8})"))
+    l8 = raw.total(assignment_of(gm8))
+    fixed, scale = w8 - l8, 1.0
+    note = f"whole model: W8A8 build {w8 * 1e3:.3f} ms against its layers' sum {l8 * 1e3:.3f} ms"
     if whole is None:
-        x = [t[:1] for t in ctx.example_inputs]
-        try:
-            built = build_model(gm, x, target, trials=trials)
-        except LcpaqError as exc:
-            return dataclasses.replace(table, notes=(*table.notes, f"fixed_seconds not measured: the W8A8 model does not build ({exc})"))
-        whole = measure_latency(built, x, repeats=20).median
-    layers = table.total(assignment_of(gm)) - table.fixed_seconds
-    fixed = max(0.0, whole - layers)
-    note = (f"fixed_seconds = whole W8A8 build {whole * 1e3:.3f} ms - sum of its layers' entries {layers * 1e3:.3f} ms "
-            "(quantize, requantize, residual adds, pooling, layout)")
-    notes = tuple(n for n in table.notes if not n.startswith("fixed_seconds")) + (note,)
-    return dataclasses.replace(table, fixed_seconds=float(f"{fixed:.4g}"), notes=notes)
+        gm32, w32 = _whole_seconds(prepared, ctx, trials, 32)
+        l32 = raw.total(assignment_of(gm32))
+        if isinstance(w32, str) or abs(l32 - l8) < 1e-3 * l32:
+            note += "; layer_scale 1: no fp32 point to fit it on"
+        else:
+            scale = (w32 - w8) / (l32 - l8)
+            if scale <= 0:  # the fp32 build ran no slower than the int8 one: the layers' ratio says nothing
+                fixed, scale = w8 - l8, 1.0
+                note += f"; fp32 build {w32 * 1e3:.3f} ms not slower, layer_scale 1"
+            else:
+                fixed = w8 - scale * l8
+                note += f"; fp32 build {w32 * 1e3:.3f} ms against {l32 * 1e3:.3f} ms"
+    note += f" -> fixed_seconds {fixed * 1e3:.3f} ms, layer_scale {scale:.3f} (both configurations reproduced by construction)"
+    return dataclasses.replace(table, fixed_seconds=float(f"{fixed:.4g}"), layer_scale=float(f"{scale:.4g}"), notes=(*kept, note))

@@ -57,14 +57,23 @@ def test_invalid_entries_refused() -> None:
         _table(entries={"fc": {"w8a8": 0.0}})
     with pytest.raises(ValueError, match="bad precision key 'int8'"):
         _table(entries={"fc": {"int8": 1e-6}})
-    with pytest.raises(ValueError, match="fixed_seconds must be finite and >= 0, got nan"):
+    with pytest.raises(ValueError, match="fixed_seconds must be finite, got nan"):
         _table(fixed_seconds=float("nan"))
-    with pytest.raises(ValueError, match="fixed_seconds must be finite and >= 0, got -1e-06"):
-        _table(fixed_seconds=-1e-6)
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match=f"layer_scale must be finite and > 0, got {bad}"):
+            _table(layer_scale=bad)
+
+
+def test_layer_scale_and_negative_fixed_time() -> None:
+    """A model that runs its layers faster than alone: no clamping, the fit's two numbers are used as they are."""
+    t = _table(fixed_seconds=-1e-6, layer_scale=0.5)
+    assert t.seconds("conv", BitAssignment(8, 8)) == pytest.approx(0.5e-5, rel=1e-12)
+    assert t.measured("conv", BitAssignment(8, 8)) == 1e-5
+    assert t.total({"conv": BitAssignment(8, 8), "fc": BitAssignment(32, 32)}) == pytest.approx(-1e-6 + 0.5 * (1e-5 + 2e-6), rel=1e-12)
 
 
 def test_save_load_round_trip(tmp_path) -> None:
-    t = _table(notes=("measured at batch 1",))
+    t = _table(notes=("measured at batch 1",), fixed_seconds=-2e-6, layer_scale=0.9)
     path = tmp_path / "sub" / "table.json"
     t.save(path)
     assert json.loads(path.read_text())["schema"] == SCHEMA_VERSION

@@ -4,12 +4,14 @@ import tvm
 from torch import nn
 
 from lcpaq.hw_targets.latency_table import LatencyTable
-from lcpaq.backends.common.profile import precision_keys, profile_model
+from lcpaq.backends.common import profile as profile_module
+from lcpaq.backends.common.profile import fit_model_time, precision_keys, profile_model
 from lcpaq.hw_targets import load_target
 from lcpaq.ir.capture import capture
 from lcpaq.ir.errors import ConfigError
 from lcpaq.ir.meta import BitAssignment
 from lcpaq.passes import PassContext
+from lcpaq.passes.cost_model import assignment_of
 from lcpaq.passes.pipeline import Pipeline, prepare_phase
 
 X86 = load_target("x86-host")
@@ -99,3 +101,30 @@ def test_grouped_conv_is_timed_on_its_int8_kernel() -> None:
     table = profile_model(gm, X86, model_name="grouped", repeats=3, number=2, progress=False)
     assert sorted(table.entries["0"]) == ["fp32", "w8a8"] and table.entries["0"]["w8a8"] > 0
     assert any(n.startswith("grouped convs: w8a8 on the windowed VNNI conv") and n.endswith(": 0") for n in table.notes)
+
+
+def test_model_time_fit_reproduces_both_whole_builds(monkeypatch) -> None:
+    """Two whole builds (W8A8, fp32) fit fixed_seconds and layer_scale exactly, whatever their sign."""
+    example = torch.randn(1, 64, 28, 28)
+    gm = _costed(Tiny(), example)
+    ctx = PassContext(X86, (example,))
+    table = profile_model(gm, X86, model_name="tiny", repeats=3, number=2, progress=False)
+    whole: dict[int, float] = {}
+    graphs: dict[int, object] = {}
+    real = profile_module._whole_seconds
+
+    def recorded(prepared, c, trials, bits):
+        graphs[bits], seconds = real(prepared, c, trials, bits)
+        whole[bits] = {8: 0.5, 32: 0.8}[bits] * table.total(assignment_of(graphs[bits]))  # layers faster in the model
+        return graphs[bits], whole[bits]
+
+    monkeypatch.setattr(profile_module, "_whole_seconds", recorded)
+    fitted = fit_model_time(table, gm, ctx, 0)
+    assert set(whole) == {8, 32}
+    for bits in (8, 32):
+        assert fitted.total(assignment_of(graphs[bits])) == pytest.approx(whole[bits], rel=1e-3)
+    assert fitted.layer_scale > 0.8 and fitted.fixed_seconds < 0  # no clamping
+    assert "both configurations reproduced by construction" in fitted.notes[-1]
+    one_point = fit_model_time(table, gm, ctx, 0, whole=2e-3)
+    assert one_point.layer_scale == 1.0
+    assert one_point.total(assignment_of(graphs[8])) == pytest.approx(2e-3, rel=1e-3)
