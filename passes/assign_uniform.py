@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import torch.fx as fx
 
+from lcpaq.ir.errors import ConfigError
 from lcpaq.ir.layers import find_layers
 from lcpaq.ir.meta import FLOAT_BITS, FLOAT_LAYERS, QSPEC, QUANT_SCHEME, BitAssignment, FloatLayers
 from lcpaq.passes.base import Pass, PassResult, register_pass
@@ -24,21 +25,30 @@ class UniformBits(Pass):
     every assignment (the target is asked per op kind; a precision it lacks is refused). Where
     a layer carries ``lcpaq.executable`` and its backend cannot execute W``w``A``a`` for it,
     the layer is left in float, and so are the other readers of its weight (one tensor, one
-    width); ``lcpaq.float_layers`` lists them with why."""
+    width); ``lcpaq.float_layers`` lists them with why. ``keep_float``: layers left in float
+    on purpose (a common deployment recipe keeps the first and last layers float); a name that
+    is no layer of the graph is refused."""
 
     name = "uniform"
     reads = (QUANT_SCHEME,)
     writes = (QSPEC, FLOAT_LAYERS)
     w: int = 8
     a: int = 8
+    keep_float: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         BitAssignment(self.w, self.a)  # validates both widths
 
     def call(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         layers = find_layers(gm)
+        unknown = sorted(set(self.keep_float) - {layer.name for layer in layers})
+        if unknown:
+            raise ConfigError(f"pass 'uniform': keep_float names no layer of this model: {', '.join(unknown)}")
         wanted = {}
         for layer in layers:
+            if layer.name in self.keep_float:
+                wanted[layer.name] = [BitAssignment(FLOAT_BITS, FLOAT_BITS)]
+                continue
             bits = BitAssignment(self.a if layer.kind == "matmul" else self.w, FLOAT_BITS if layer.kind == "embedding" else self.a)
             ctx.target.check(layer.kind, bits)
             wanted[layer.name] = [bits]

@@ -1,17 +1,24 @@
-"""End-to-end latency of lcpaq builds against PyTorch eager and ONNX Runtime (fp32, int8 QDQ).
+"""End-to-end latency of lcpaq builds against PyTorch eager and ONNX Runtime (fp32, int8 QDQ),
+at batch 1 and 8, with quality scored on held-out inputs; then the latency table's
+predictions checked on mixed configurations that did not calibrate it.
 
-Per model (batch 1, 2 threads everywhere), in one run: eager fp32, ORT fp32 and ORT int8 QDQ
-(:mod:`lcpaq.tools.ort_baselines`), then the lcpaq W8A8 build (TVM, VNNI kernels; tuned with
-``--trials`` per conv/dense kernel, records cached), checked bit-exactly against its integer
-reference. For ResNet-18 also a mixed-precision build chosen by the ILP under a latency budget
-from a latency table profiled in the same run (hand schedules, as the build with ``--mixed-trials 0``),
-with its measured latency beside the table's prediction.
+Per model, in one run (``THREADS`` threads everywhere): eager fp32, ORT fp32, ORT int8 QDQ with
+each recipe (:mod:`lcpaq.tools.ort_baselines`; for MiniLM ORT's default MatMul/Gemm set and the
+best recipe, which keeps the FFN down-projections in fp32), and the lcpaq W8A8 build (VNNI
+kernels; tuned with ``--trials`` per kernel for the ``--tune`` models) at each batch. Quality is
+the cosine of each held-out row's output to eager fp32 (held-out: never in calibration; MiniLM:
+quotations of Debian's ``fortunes`` package, images: seeded random images); lcpaq builds are
+checked bit-exact against their integer reference on every held-out row. Results go to
+``e2e_latency.md/.json`` under ``--out``, one section per host family (CPU vendor and LLVM CPU):
+a run replaces its own family's section and keeps the others.
 
-    TVM_NUM_THREADS=2 .venv/bin/python -m lcpaq.tools.bench_e2e --trials 32 --out docs
+    TVM_NUM_THREADS=2 .venv/bin/python -m lcpaq.tools.bench_e2e --trials 32 --tune resnet18 --out docs
 """
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import os
 import sys
 import tempfile
@@ -21,192 +28,232 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import tvm
 
+from lcpaq.backends.common.backend import backend_for
 from lcpaq.backends.common.build import build_model
 from lcpaq.backends.common.measure import measure_latency
 from lcpaq.hw_targets import load_target
-from lcpaq.hw_targets.host import default_target_name
+from lcpaq.hw_targets.host import default_target_name, host_cpu_name, host_features
 from lcpaq.ir.errors import LcpaqError
+from lcpaq.ir.layers import find_layers
 from lcpaq.ir.metrics import first_output
 from lcpaq.passes.cost_model import assignment_of
-from lcpaq.tools.api import quantize
+from lcpaq.passes.pipeline import Pipeline, calibration_phase, uniform_phase
 from lcpaq.tools.bench_common import median_ms, write_results
-from lcpaq.tools.models.zoo import load_model
-from lcpaq.tools.ort_baselines import BASELINES, TRANSFORMER_OP_TYPES, compare, export_onnx, ort_session, quantize_onnx_int8
-from lcpaq.tools.profile import profile
+from lcpaq.tools.bench_e2e_report import report
+from lcpaq.tools.models import minilm
+from lcpaq.tools.models.corpus import fortune_sentences
+from lcpaq.tools.models.zoo import ModelBundle, load_model
+from lcpaq.tools.ort_baselines import TRANSFORMER_EXCLUDE, TRANSFORMER_OP_TYPES, export_onnx, ort_session, quantize_onnx_int8, with_batch
+from lcpaq.tools.profile import prepared_graph, profile
 
 THREADS = 2
+ISA = ("avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8")
+Inputs = tuple[torch.Tensor, ...]
 
 
-def _first(out: Any) -> np.ndarray:
-    return first_output(out).detach().numpy()
+def machine_info() -> dict[str, Any]:
+    """The CPU as the benchmark saw it: model, logical CPUs, LLVM's name for it, ISA features."""
+    flags = host_features()
+    target = load_target(default_target_name())
+    mcpu = str(backend_for(target).tvm_target(target).attrs.get("mcpu", "?"))
+    cpu = host_cpu_name()
+    vendor = "AMD" if "AMD" in cpu else "Intel" if "Intel" in cpu else cpu.split()[0]
+    return {"cpu": cpu, "family": f"{vendor} {mcpu}", "logical_cpus": os.cpu_count(), "llvm_mcpu": mcpu,
+            "features": [f for f in ISA if f in flags], "amx_exposed": "amx_int8" in flags,
+            "tvm": str(tvm.__version__), "torch": torch.__version__, "date": datetime.date.today().isoformat()}
 
 
-def lcpaq_build(bundle: Any, gm: Any, trials: int, ref: np.ndarray, table: Any = None) -> tuple[Any, dict[str, Any]]:
-    """Build ``gm`` and check it: (the built model or None, its results row without timing)."""
-    x = [t[:1] for t in bundle.example_inputs]
+def held_out(bundle: ModelBundle, rows: int) -> Inputs:
+    """``rows`` inputs never used for calibration: for MiniLM, quotations from the fortunes
+    corpus; otherwise Gaussian inputs shaped like the example, from a seed no calibration uses."""
+    if bundle.name == "minilm":
+        model, tokenizer = minilm.load()
+        return tuple(minilm.encode(tokenizer, fortune_sentences(rows)))
+    gen = torch.Generator().manual_seed(20261122)
+    return tuple(torch.randn(rows, *x.shape[1:], generator=gen) for x in bundle.example_inputs)
+
+
+def _rows(x: Inputs, start: int, n: int) -> Inputs:
+    return tuple(t[start : start + n] for t in x)
+
+
+def _cosines(y: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    a, b = y.reshape(len(y), -1).astype(np.float64), ref.reshape(len(ref), -1).astype(np.float64)
+    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+    return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())}
+
+
+def _outputs(predict: Callable[[Inputs], np.ndarray], data: Inputs, batch: int) -> np.ndarray:
+    n = len(data[0]) // batch * batch
+    return np.concatenate([np.asarray(predict(_rows(data, i, batch))) for i in range(0, n, batch)])
+
+
+def lcpaq_build(gm: Any, x: Inputs, trials: int, data: Inputs) -> tuple[Any, dict[str, Any]]:
+    """Build ``gm`` at ``x``'s batch and check it bit-exact against its integer reference on
+    every held-out row: (the built model or None, its results row without timing)."""
     start = time.perf_counter()
     try:
-        built = build_model(gm, x, load_target(default_target_name()), trials=trials)
+        built = build_model(gm, list(x), load_target(default_target_name()), trials=trials, batch=None)
     except LcpaqError as exc:
         return None, {"built": False, "reason": str(exc)}
     build_s = time.perf_counter() - start
-    y = np.asarray(built.run(*x))
+    batch = len(x[0])
+    y = _outputs(lambda r: built.run(*r), data, batch)
     with torch.no_grad():
-        ref_int = _first(built.integer_graph(*x))
+        ref = _outputs(lambda r: first_output(built.integer_graph(*r)).numpy(), data, batch)
     choices = built.schedule_choices or {}
-    row = {
-        "built": True, "bit_exact": bool(np.array_equal(y, ref_int)), "max_diff_vs_integer_ref": float(np.abs(y - ref_int).max()),
-        **compare(y, ref), "kernels": built.kernels, "build_s": build_s,
-        "trials": trials, "tuned_kept": sum(v == "tuned" for v in choices.values()), "tuned_kernels": len(choices),
+    return built, {
+        "built": True, "bit_exact": bool(np.array_equal(y, ref)), "max_diff_vs_integer_ref": float(np.abs(y - ref).max()),
+        "kernels": built.kernels, "build_s": build_s, "trials": trials,
+        "tuned_kept": sum(v == "tuned" for v in choices.values()), "tuned_kernels": len(choices), "_outputs": y,
     }
-    if table is not None:
-        row["predicted_ms"] = table.total(assignment_of(gm)) * 1e3
-    return built, row
 
 
-def lcpaq_row(bundle: Any, gm: Any, trials: int, ref: np.ndarray, table: Any = None) -> dict[str, Any]:
-    """Build, check and time (TVM's time evaluator) one configuration."""
-    built, row = lcpaq_build(bundle, gm, trials, ref, table)
-    if built is not None:
-        lat = measure_latency(built, [t[:1] for t in bundle.example_inputs], repeats=30, number=5)
-        row.update(median_ms=lat.median * 1e3, p10_ms=lat.p10 * 1e3, p90_ms=lat.p90 * 1e3)
-    return row
+def ort_recipes(name: str) -> dict[str, dict[str, Any]]:
+    """ORT int8 QDQ recipes compared: every op type ORT quantizes (CNNs); for a transformer its
+    MatMul/Gemm only (the default set also quantizes Add/Softmax around the -inf mask) and the
+    best recipe, which also keeps the FFN down-projections (outlier inputs) in fp32."""
+    if name != "minilm":
+        return {"ort-int8-qdq": {"recipe": "all op types, per-channel weights, MinMax"}}
+    return {"ort-int8-qdq": {"recipe": "MatMul/Gemm, per-channel weights, MinMax", "op_types": TRANSFORMER_OP_TYPES},
+            "ort-int8-qdq best": {"recipe": "MatMul/Gemm, FFN down-projections fp32 (TRANSFORMER_EXCLUDE)",
+                                  "op_types": TRANSFORMER_OP_TYPES, "exclude": TRANSFORMER_EXCLUDE}}
 
 
-def bench_model(name: str, trials: int, repeat: int, rounds: int, tmp: Path) -> dict[str, Any]:
-    """Every backend built first, then timed in ``rounds`` interleaved rounds (each a median of
-    ``repeat`` Python-level calls after 5 warm-up calls); the result is the median over rounds, so
-    a slow spell of the shared machine hits every backend alike."""
-
+def bench_model(name: str, batches: list[int], trials: int, repeat: int, rounds: int, rows: int, tmp: Path) -> dict[str, Any]:
+    """Every backend at every batch, built first, then timed in ``rounds`` interleaved rounds
+    (each a median of ``repeat`` calls after 5 warm-up calls); the median round is reported."""
     bundle = load_model(name)
     model = bundle.model.eval()
-    x = tuple(t[:1] for t in bundle.example_inputs)
+    data = held_out(bundle, rows)
     calib = [b if isinstance(b, (tuple, list)) else (b,) for b in bundle.calib_batches]
     with torch.no_grad():
-        ref = _first(model(*x))
-    rows: dict[str, dict[str, Any]] = {BASELINES[0]: compare(ref, ref)}
-    runners: dict[str, Callable[[], Any]] = {BASELINES[0]: lambda: model(*x)}
-    # ORT's default int8 set on a transformer also quantizes Add/Softmax around the -inf mask (cosine ~0.3):
-    # quantize its MatMul/Gemm only, as lcpaq does (linear layers and matmuls)
-    op_types = TRANSFORMER_OP_TYPES if name == "minilm" else None
-    fp32_path = export_onnx(model, x, tmp / f"{name}.fp32.onnx", name=name)
-    int8_path = quantize_onnx_int8(fp32_path, calib, tmp / f"{name}.int8.onnx", op_types=op_types)
-    for key, path in zip(BASELINES[1:], (fp32_path, int8_path)):
-        session = ort_session(path, THREADS)
-        feed = session.feed(x)
-        rows[key] = compare(session.session.run(None, feed)[0], ref)
-        runners[key] = (lambda s, f: lambda: s.run(None, f))(session.session, feed)
-    gm = quantize(bundle, bits="w8a8", build=False).results[0].graph_module
-    for key, t in (("lcpaq-w8a8", 0), (f"lcpaq-w8a8 tuned ({trials} trials/kernel)", trials)):
-        if key != "lcpaq-w8a8" and trials <= 0:
-            continue
-        built, rows[key] = lcpaq_build(bundle, gm, t, ref)
-        if built is not None:
-            args = built.inputs(*x)
-            runners[key] = (lambda vm, a: lambda: vm["main"](*a))(built.vm, args)
-    samples: dict[str, list[float]] = {k: [] for k in runners}
-    with torch.no_grad():
-        for _ in range(rounds):
-            for key, fn in runners.items():
-                samples[key].append(median_ms(fn, 5, repeat))
-    for key, values in samples.items():
-        rows[key].update(median_ms=float(np.median(values)), rounds_ms=[round(v, 3) for v in values])
-    return rows
+        ref = _outputs(lambda r: first_output(model(*r)).numpy(), data, 1)
+    predictors: dict[str, Callable[[Inputs], np.ndarray]] = {"torch-eager-fp32": lambda r: first_output(model(*r)).numpy()}
+    rows_out: dict[str, dict[str, Any]] = {"torch-eager-fp32": {"recipe": "fp32"}, "ort-fp32": {"recipe": "fp32, all graph optimizations"}}
+    fp32_path = export_onnx(model, _rows(data, 0, 1), tmp / f"{name}.fp32.onnx", name=name, dynamic_batch=True)
+    paths = {"ort-fp32": fp32_path}
+    for key, recipe in ort_recipes(name).items():
+        paths[key] = quantize_onnx_int8(fp32_path, calib, tmp / f"{name}.{key.replace(' ', '_')}.onnx",
+                                        op_types=recipe.get("op_types"), exclude=recipe.get("exclude"))
+        rows_out[key] = {"recipe": recipe["recipe"]}
+    gm = Pipeline(calibration_phase(load_target(default_target_name())) + uniform_phase(load_target(default_target_name()), 8, 8))(
+        *_prepared(bundle)).graph_module
+    lcpaq_keys = ["lcpaq-w8a8"] + ([f"lcpaq-w8a8 tuned ({trials} trials/kernel)"] if trials > 0 else [])
+    for key in lcpaq_keys:
+        rows_out[key] = {"recipe": "W8A8, per-channel weights, MinMax"}
+    results: dict[str, Any] = {"rows": len(data[0]), "batches": {}}
+    for batch in batches:
+        x = _rows(data, 0, batch)
+        for key, path in paths.items():  # static shapes at this batch, as an export at this batch would have
+            session = ort_session(with_batch(path, batch, path.with_suffix(f".b{batch}.onnx")), THREADS)
+            predictors[key] = (lambda s: lambda r: s.session.run(None, s.feed(r))[0])(session)
+        runners: dict[str, Callable[[], Any]] = {k: (lambda f: lambda: f(x))(f) for k, f in predictors.items()}
+        per: dict[str, dict[str, Any]] = {k: {} for k in rows_out}
+        with torch.no_grad():
+            for key, fn in predictors.items():
+                per[key].update(_cosines(_outputs(fn, data, batch), ref))
+        for key, t in zip(lcpaq_keys, (0, trials)):
+            built, per[key] = lcpaq_build(gm, x, t, data)
+            if built is not None:
+                per[key].update(_cosines(per[key].pop("_outputs"), ref))
+                args = built.inputs(*x)
+                runners[key] = (lambda vm, a: lambda: vm["main"](*a))(built.vm, args)
+        samples: dict[str, list[float]] = {k: [] for k in runners}
+        with torch.no_grad():
+            for _ in range(rounds):
+                for key, fn in runners.items():
+                    samples[key].append(median_ms(fn, 5, repeat))
+        for key, values in samples.items():
+            per[key].update(median_ms=float(np.median(values)), rounds_ms=[round(v, 3) for v in values])
+        results["batches"][str(batch)] = per
+        print(name, f"batch {batch}", {k: round(v.get("median_ms", float("nan")), 3) for k, v in per.items()}, flush=True)
+    results["recipes"] = {k: v["recipe"] for k, v in rows_out.items()}
+    return results
 
 
-def bench_mixed(name: str, budget: str, trials: int, tmp: Path) -> dict[str, Any]:
-    """Profile (hand schedules), ILP under a latency budget, build: measured vs predicted."""
+def _prepared(bundle: ModelBundle) -> tuple[Any, Any]:
+    return prepared_graph(bundle, load_target(default_target_name()))
+
+
+def check_configs(gm: Any) -> dict[str, tuple[str, ...]]:
+    """Mixed configurations (layers kept fp32, the rest W8A8) that calibrated nothing."""
+    names = [layer.name for layer in find_layers(gm)]
+    return {"first and last layers fp32": (names[0], names[-1]), "every other layer fp32": tuple(names[1::2]),
+            "first half fp32": tuple(names[: len(names) // 2])}
+
+
+def bench_mixed(name: str) -> dict[str, Any]:
+    """Profile the model (hand schedules; the fit's two calibration points are the uniform W8A8
+    and fp32 builds), then build and time (TVM's time evaluator, as the table does) the two
+    calibration points and the check configurations: measured against predicted."""
     bundle = load_model(name)
     table = profile(bundle, trials=0)
-    path = tmp / f"{name}.latency.json"
-    table.save(path)
-    with torch.no_grad():
-        ref = bundle.model(*(t[:1] for t in bundle.example_inputs)).numpy()
-    rows = {}
-    for label, kwargs in (("w8a8", {"bits": "w8a8"}), (f"ILP latency={budget}", {"budget": [f"latency={budget}"], "probes": 16})):
-        result = quantize(bundle, latency_table=path, build=False, **kwargs)
-        gm = result.results[0].graph_module
-        row = lcpaq_row(bundle, gm, trials, ref, table)
-
-        counts: dict[str, int] = {}
-        for bits in assignment_of(gm).values():
-            counts[str(bits)] = counts.get(str(bits), 0) + 1
-        row["assignment"] = counts
+    gm0, ctx = _prepared(bundle)
+    configs: dict[str, tuple[int, tuple[str, ...]]] = {"W8A8 (calibration point)": (8, ()), "fp32 (calibration point)": (32, ())}
+    configs.update({label: (8, keep) for label, keep in check_configs(gm0).items()})
+    x = [t[:1] for t in bundle.example_inputs]
+    rows: dict[str, Any] = {}
+    for label, (bits, keep) in configs.items():
+        target = ctx.target
+        gm = Pipeline(calibration_phase(target) + uniform_phase(target, bits, bits, keep_float=keep))(*_prepared(bundle)).graph_module
+        row: dict[str, Any] = {"predicted_ms": table.total(assignment_of(gm)) * 1e3, "float_layers": len(keep) if bits == 8 else None}
+        try:
+            built = build_model(gm, x, target, trials=0)
+        except LcpaqError as exc:
+            rows[label] = {**row, "built": False, "reason": str(exc)}
+            continue
+        row["measured_ms"] = measure_latency(built, x, repeats=30, number=5).median * 1e3
         rows[label] = row
-    return rows
+    return {"fixed_ms": table.fixed_seconds * 1e3, "layer_scale": table.layer_scale, "layers": len(table.entries),
+            "configs": rows, "fit_note": table.notes[-1]}
 
 
-def report(results: dict[str, Any], command: str) -> str:
-    lines = [
-        "# End-to-end latency: lcpaq builds against PyTorch and ONNX Runtime", "",
-        "Produced by one run of:", "", "```sh", command, "```", "",
-        f"on this project's 2-core x86-64 machine (AVX-512 VNNI), batch 1, {THREADS} threads for every backend "
-        "(TVM_NUM_THREADS, torch.set_num_threads, ORT intra_op_num_threads). Every backend is built first, then "
-        "timed in interleaved rounds (each the median of 30 Python-level calls after 5 warm-up calls); the table "
-        "gives the median round, `rounds_ms` in the JSON every round. The mixed-precision section times with TVM's "
-        "time evaluator, as the latency table does.", "",
-    ]
-    for name, rows in results["models"].items():
-        lines += [f"## {name}", "", "| backend | median ms | vs ORT fp32 | cosine vs eager | note |", "|---|---:|---:|---:|---|"]
-        base = rows["ort-fp32"]["median_ms"]
-        for key, r in rows.items():
-            if not r.get("built", True):
-                lines.append(f"| {key} | - | - | - | not built: {r['reason']} |")
-                continue
-            note = ""
-            if key.startswith("lcpaq"):
-                exact = "bit-exact" if r["bit_exact"] else f"max diff {r['max_diff_vs_integer_ref']:.1e} (float glue)"
-                sched = (f"MetaSchedule {r['trials']} trials/kernel, tuned schedule faster for {r['tuned_kept']} of "
-                         f"{r['tuned_kernels']} kernels (else hand)") if r["trials"] else "hand schedules"
-                note = f"{exact} vs integer reference; {r['kernels']} kernels; {sched}; built in {r['build_s']:.0f} s"
-            lines.append(f"| {key} | {r['median_ms']:.2f} | {base / r['median_ms']:.2f}x | {r['cosine']:.5f} | {note} |")
-        lines.append("")
-    mixed = results.get("mixed")
-    if mixed:
-        lines += [f"## Mixed precision on {results['mixed_model']}: measured against the latency table", "",
-                  "| configuration | layers | predicted ms (table) | measured ms | measured / predicted | max diff vs integer reference |",
-                  "|---|---|---:|---:|---:|---|"]
-        for label, r in mixed.items():
-            if not r.get("built", True):
-                lines.append(f"| {label} | - | - | - | - | not built: {r['reason']} |")
-                continue
-            layers = ", ".join(f"{n} {k}" for k, n in sorted(r["assignment"].items()))
-            lines.append(f"| {label} | {layers} | {r['predicted_ms']:.2f} | {r['median_ms']:.2f} | "
-                         f"{r['median_ms'] / r['predicted_ms']:.2f} | {r['max_diff_vs_integer_ref']:.1e} |")
-        lines += ["", "Float (fp32, and 16-bit: no integer kernel) layers are not bit-exact against the integer "
-                  "reference's float ops, only equal to float rounding; all-integer configurations are bit-exact.", ""]
-    return "\n".join(lines)
+def _merged(out: Path | None, machine: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
+    """This run's results beside the other host families' already in ``out``."""
+    hosts: dict[str, Any] = {}
+    path = out / "e2e_latency.json" if out else None
+    if path is not None and path.exists():
+        try:
+            hosts = json.loads(path.read_text()).get("hosts", {})
+        except (OSError, ValueError, AttributeError):
+            print(f"warning: {path} is unreadable; writing this host's section only", file=sys.stderr)
+    hosts[machine["family"]] = {"machine": machine, **results}
+    return {"hosts": dict(sorted(hosts.items()))}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="resnet18,mobilenetv2,minilm")
+    parser.add_argument("--batches", default="1,8")
     parser.add_argument("--trials", type=int, default=32, help="MetaSchedule trials per int8 kernel (0: hand schedules)")
     parser.add_argument("--tune", default="resnet18", help="models built with --trials; the others use hand schedules")
     parser.add_argument("--repeat", type=int, default=30, help="timed calls per backend per round")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds; the median round is reported")
-    parser.add_argument("--mixed", default="resnet18", help="model for the mixed-precision check ('' to skip)")
-    parser.add_argument("--budget", default="0.7x", help="latency budget of the mixed-precision check")
-    parser.add_argument("--out", type=Path, help="write e2e_latency.md and .json here")
+    parser.add_argument("--rows", type=int, default=128, help="held-out inputs quality is scored on (a multiple of every batch)")
+    parser.add_argument("--mixed", default="resnet18,mobilenetv2", help="models of the latency-table check ('' to skip)")
+    parser.add_argument("--out", type=Path, help="write e2e_latency.md and .json here (other host families' sections kept)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TVM_NUM_THREADS", str(THREADS))
     torch.set_num_threads(THREADS)
-
-    results: dict[str, Any] = {"models": {}, "trials": args.trials}
+    batches = [int(b) for b in args.batches.split(",") if b]
+    machine = machine_info()
+    print(f"{machine['cpu']} ({machine['family']}), {machine['logical_cpus']} logical CPUs, features {', '.join(machine['features'])}", flush=True)
+    command = "TVM_NUM_THREADS=2 .venv/bin/python -m lcpaq.tools.bench_e2e " + " ".join(argv if argv is not None else sys.argv[1:])
+    results: dict[str, Any] = {"command": command, "trials": args.trials, "models": {}, "mixed": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name in [m for m in args.models.split(",") if m]:
             trials = args.trials if name in args.tune.split(",") else 0
-            results["models"][name] = bench_model(name, trials, args.repeat, args.rounds, Path(tmp))
-            print(name, {k: round(v.get("median_ms", float("nan")), 3) for k, v in results["models"][name].items()}, flush=True)
-        if args.mixed:
-            results["mixed_model"] = args.mixed
-            results["mixed"] = bench_mixed(args.mixed, args.budget, 0, Path(tmp))
-    command = "TVM_NUM_THREADS=2 .venv/bin/python -m lcpaq.tools.bench_e2e " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = report(results, command)
+            results["models"][name] = bench_model(name, batches, trials, args.repeat, args.rounds, args.rows, Path(tmp))
+    for name in [m for m in args.mixed.split(",") if m]:
+        results["mixed"][name] = bench_mixed(name)
+    merged = _merged(args.out, machine, results)
+    text = report(merged)
     print(text)
     if args.out:
-        write_results(args.out, "e2e_latency", results, text)
+        write_results(args.out, "e2e_latency", merged, text)
     return 0
 
 

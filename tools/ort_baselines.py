@@ -33,7 +33,7 @@ from lcpaq.tools.bench_common import median_ms
 from lcpaq.ir.metrics import first_output
 
 __all__ = [
-    "BASELINES", "TRANSFORMER_OP_TYPES", "TRANSFORMER_EXCLUDE", "export_onnx", "input_names", "quantize_onnx_int8", "ort_session",
+    "BASELINES", "TRANSFORMER_OP_TYPES", "TRANSFORMER_EXCLUDE", "export_onnx", "with_batch", "input_names", "quantize_onnx_int8", "ort_session",
     "OrtRunner", "median_ms", "ort_baselines", "compare", "to_feed", "format_table",
 ]
 
@@ -75,23 +75,43 @@ def input_names(model: torch.nn.Module, n: int) -> list[str]:
     return ["input"] if n == 1 else [f"input_{i}" for i in range(n)]
 
 
-def export_onnx(model: torch.nn.Module, example: torch.Tensor | tuple, path: Path, name: str | None = None) -> Path:
-    """Export ``model`` in eval mode at the example's (static) shapes to ``path`` (opset 17).
+def export_onnx(
+    model: torch.nn.Module, example: torch.Tensor | tuple, path: Path, name: str | None = None, dynamic_batch: bool = False,
+) -> Path:
+    """Export ``model`` in eval mode at the example's shapes to ``path`` (opset 17): static, or
+    with a dynamic leading (batch) dimension on every input and the output.
 
     Raises CaptureError, one line naming the model, when the exporter fails."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     args = _as_tuple(example)
     model = model.eval()
+    names = input_names(model, len(args))
+    dynamic = {n: {0: "batch"} for n in [*names, "output"]} if dynamic_batch else None
     try:  # the exporter prints the whole graph on failure: keep it off stdout, the error says what failed
         with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
             torch.onnx.export(
-                model, args, str(path), input_names=input_names(model, len(args)), output_names=["output"],
-                opset_version=OPSET, dynamo=False, do_constant_folding=True,
+                model, args, str(path), input_names=names, output_names=["output"],
+                opset_version=OPSET, dynamo=False, do_constant_folding=True, dynamic_axes=dynamic,
             )
     except Exception as exc:
         raise CaptureError(f"ONNX export of {_model_name(model, name)} failed: {_one_line(exc)}") from exc
     return path
+
+
+def with_batch(path: Path, batch: int, out_path: Path) -> Path:
+    """A copy of a dynamic-batch ONNX file (``export_onnx(dynamic_batch=True)``, quantized or
+    not) with the batch fixed to ``batch`` on every graph input and output, so ORT plans for
+    static shapes as it would for a model exported at that batch. Returns ``out_path``."""
+    model = onnx.load(str(path))
+    for value in (*model.graph.input, *model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if dims:
+            dims[0].ClearField("dim_param")
+            dims[0].dim_value = batch
+    del model.graph.value_info[:]  # inferred again by ORT, from the static inputs
+    onnx.save(model, str(out_path))
+    return Path(out_path)
 
 
 def _onnx_inputs(path: Path) -> list[tuple[str, tuple[int, ...]]]:

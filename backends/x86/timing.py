@@ -5,9 +5,9 @@
   linear layer: fp32 on :mod:`lcpaq.backends.x86.fp32`, ``w8a8`` on the VNNI kernels of
   :mod:`lcpaq.backends.x86.int8` (requantization fused). Hand schedules with ``trials=0``; with
   ``trials > 0`` tuned by MetaSchedule, records kept in the tuning cache shared with builds.
-* depthwise convs: ``w8a8`` on the AVX-512 depthwise kernel, fp32 as the layer's own ATen op;
-  other grouped convs (square): ``w8a8`` on the windowed VNNI conv of
-  :mod:`lcpaq.backends.x86.int8_grouped`, fp32 as the layer's own ATen op.
+* depthwise convs: ``w8a8`` on the AVX-512 depthwise kernel; other grouped convs (square):
+  ``w8a8`` on the windowed VNNI conv of :mod:`lcpaq.backends.x86.int8_grouped`; fp32 for both
+  as a build runs a float grouped conv: one Relax conv2d through the backend's pipeline.
 * every other layer (dilated or non-square conv, activation x activation matmul, embedding): the
   layer's ATen op in fp32 with torch, standing for every precision.
 
@@ -23,10 +23,12 @@ import numpy as np
 import torch
 import torch.fx as fx
 import tvm
-from tvm import s_tir
+from tvm import relax, s_tir
 
 from lcpaq.backends.common.backend import LayerTimer
+from lcpaq.backends.common.cpu_pipeline import compile_module
 from lcpaq.backends.common.integer_layers import conv_kind
+from lcpaq.backends.common.layer_ops import float_op, one_op_module
 from lcpaq.backends.common.op_args import conv_out_size
 from lcpaq.backends.common.relax_lower import round_up
 from lcpaq.backends.common.tuning import cached_schedule, tuning_dir
@@ -142,7 +144,7 @@ class X86LayerTimer(LayerTimer):
 
     def _depthwise(self, gm: fx.GraphModule, layer: QuantLayer, geo: dict[str, int]) -> dict[str, float]:
         """w8a8 seconds on the AVX-512 depthwise kernel (hand schedule, as the build uses), and
-        fp32 seconds of the layer's own ATen op."""
+        fp32 seconds as a build runs it (:meth:`_relax_fp32`)."""
         gen = self.gen
         _, c, h, w_ = _shape(layer.act_inputs[0])
         k = get_attr(gm, layer.weight_name).shape[2]
@@ -155,11 +157,11 @@ class X86LayerTimer(LayerTimer):
             to_tvm(torch.randint(-127, 128, (k, k, c16), generator=gen, dtype=torch.int8)),
             *self._channel_params(c16), to_tvm(np.zeros((1, oh, ow, c16), np.uint8)),
         ]
-        return {"fp32": self._torch_fp32(gm, layer), INT8: self.tvm_seconds(kernel, args)}
+        return {"fp32": self._relax_fp32(gm, layer), INT8: self.tvm_seconds(kernel, args)}
 
     def _grouped(self, gm: fx.GraphModule, layer: QuantLayer, geo: dict[str, int]) -> dict[str, float]:
         """w8a8 seconds on the windowed VNNI conv (hand schedule, as the build uses; inputs
-        already regrouped), and fp32 seconds of the layer's own ATen op."""
+        already regrouped), and fp32 seconds as a build runs it (:meth:`_relax_fp32`)."""
         gen = self.gen
         _, c, h, w_ = _shape(layer.act_inputs[0])
         o, _, k, _ = get_attr(gm, layer.weight_name).shape
@@ -174,12 +176,25 @@ class X86LayerTimer(LayerTimer):
             to_tvm(torch.randint(0, 256, (1, h, w_, plan.in_channels), generator=gen, dtype=torch.uint8)), to_tvm(w_q),
             *self._channel_params(n), to_tvm(np.zeros((1, oh, ow, n), np.uint8)),
         ]
-        return {"fp32": self._torch_fp32(gm, layer), INT8: self.tvm_seconds(kernel, args)}
+        return {"fp32": self._relax_fp32(gm, layer), INT8: self.tvm_seconds(kernel, args)}
 
     def _channel_params(self, n: int) -> list[Any]:
         bias = torch.randint(-5000, 5000, (n,), generator=self.gen, dtype=torch.int32)
         mult = torch.randint(2**29, 2**30, (n,), generator=self.gen, dtype=torch.int32)
         return [to_tvm(bias), to_tvm(mult), to_tvm(torch.full((n,), 38, dtype=torch.int32)), to_tvm(t8.Requant(3).qp(5))]
+
+    def _relax_fp32(self, gm: fx.GraphModule, layer: QuantLayer) -> float:
+        """Seconds of the layer as one float Relax op (its real weight shape, random values)
+        compiled by the backend's pipeline, as a build runs a float layer with no fp32 kernel
+        of its own; the time evaluator at batch 1."""
+        x_shape = _shape(layer.act_inputs[0])
+        random = lambda shape: torch.randn(shape, generator=self.gen).numpy()  # noqa: E731
+        ex = compile_module(one_op_module(float_op(gm, layer, random), x_shape), self.tvm_target)
+        vm = relax.VirtualMachine(ex, tvm.cpu())
+        x = to_tvm(torch.randn(x_shape, generator=self.gen))
+        vm["main"](x)
+        evaluator = vm.time_evaluator("main", tvm.cpu(), number=self.number, repeat=self.repeats)
+        return float(np.median(evaluator(x).results))
 
     def _torch_fp32(self, gm: fx.GraphModule, layer: QuantLayer) -> float:
         """Seconds of the layer's own ATen op on random inputs of its annotated shapes (batch 1),
@@ -210,9 +225,9 @@ class X86LayerTimer(LayerTimer):
             "weights narrower than 8 bits run on the int8 kernels (codes held in int8): they cost the w8 entry",
         ]
         if self.depthwise:
-            notes.append(f"depthwise convs: w8a8 on the AVX-512 depthwise kernel (hand schedule), fp32 = torch: {', '.join(self.depthwise)}")
+            notes.append(f"depthwise convs: w8a8 on the AVX-512 depthwise kernel (hand schedule), fp32 = one Relax conv2d through the build pipeline: {', '.join(self.depthwise)}")
         if self.grouped:
-            notes.append(f"grouped convs: w8a8 on the windowed VNNI conv (hand schedule), fp32 = torch: {', '.join(self.grouped)}")
+            notes.append(f"grouped convs: w8a8 on the windowed VNNI conv (hand schedule), fp32 = one Relax conv2d through the build pipeline: {', '.join(self.grouped)}")
         if self.torch_layers:
             notes.append(f"timed in fp32 with torch, every precision = fp32 time (no TVM kernel): {', '.join(self.torch_layers)}")
         return notes

@@ -217,3 +217,22 @@ def test_minilm_exports_and_the_transformer_recipe_keeps_it_close(tmp_path: Path
                            name="minilm", op_types=ob.TRANSFORMER_OP_TYPES, exclude=ob.TRANSFORMER_EXCLUDE)
     assert res["ort-fp32"]["max_abs_err"] < 1e-4
     assert res["ort-int8-qdq"]["cosine"] > 0.98
+
+
+def test_dynamic_batch_export_fixed_to_each_batch(net: tuple, tmp_path: Path) -> None:
+    """One dynamic-batch export, quantized once, then fixed to batch 1 and 3: static shapes, same numbers as eager."""
+    model, x, calib = net
+    dyn = ob.export_onnx(model, x[:1], tmp_path / "dyn.onnx", dynamic_batch=True)
+    assert onnx.load(str(dyn)).graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    q = ob.quantize_onnx_int8(dyn, calib, tmp_path / "dyn.q.onnx")
+    for batch in (1, 3):
+        for path in (dyn, q):
+            fixed = ob.with_batch(path, batch, tmp_path / f"{path.stem}.b{batch}.onnx")
+            dims = onnx.load(str(fixed)).graph.input[0].type.tensor_type.shape.dim
+            assert dims[0].dim_value == batch and not dims[0].dim_param
+            rows = torch.randn(batch, *x.shape[1:], generator=torch.Generator().manual_seed(batch))
+            y = ob.ort_session(fixed, 1)((rows,))
+            with torch.no_grad():
+                ref = model(rows).numpy()
+            assert y.shape == ref.shape
+            assert ob.compare(y, ref)["cosine"] > (0.9999 if path == dyn else 0.99)

@@ -1,0 +1,95 @@
+"""``docs/e2e_latency.md`` from the results of :mod:`lcpaq.tools.bench_e2e`: one section per
+host family measured, each with its machine, per-model latency and quality at every batch, and
+the latency table's predictions against measured times."""
+from __future__ import annotations
+
+from typing import Any
+
+GOAL = 0.9  # issue 14: lcpaq W8A8 at most this fraction of ORT int8's latency
+
+
+def _ort_best(rows: dict[str, Any]) -> str:
+    """The ORT int8 recipe lcpaq is compared with: the most accurate one (held-out cosine)."""
+    keys = [k for k in rows if k.startswith("ort-int8")]
+    return max(keys, key=lambda k: rows[k].get("cosine_mean", -1.0))
+
+
+def _model_table(name: str, res: dict[str, Any]) -> list[str]:
+    batches = list(res["batches"])
+    first = res["batches"][batches[0]]
+    best = _ort_best(first)
+    head = " | ".join(f"batch {b} ms" for b in batches)
+    ratio = " | ".join(f"b{b} / {best}" for b in batches)
+    lines = [f"### {name}", "", f"Quality: cosine of each of {res['rows']} held-out rows' output to eager fp32, mean and worst row "
+             f"(at batch {batches[0]}). Goal: lcpaq at most {GOAL}x the latency of `{best}` (the most accurate ORT int8 recipe).", "",
+             f"| backend | recipe | {head} | {ratio} | cosine mean | cosine min | note |",
+             "|---|---|" + "---:|" * (2 * len(batches) + 2) + "---|"]
+    for key, recipe in res["recipes"].items():
+        cells, ratios, note = [], [], ""
+        for b in batches:
+            r = res["batches"][b].get(key, {})
+            base = res["batches"][b][best].get("median_ms")
+            if not r.get("built", True):
+                cells.append("-")
+                ratios.append("-")
+                note = f"not built: {r['reason']}"
+                continue
+            ms = r.get("median_ms")
+            cells.append(f"{ms:.2f}" if ms is not None else "-")
+            ratios.append(f"{ms / base:.2f}x" if ms and base else "-")
+            if key.startswith("lcpaq"):
+                exact = "bit-exact" if r["bit_exact"] else f"max diff {r['max_diff_vs_integer_ref']:.1e} (float glue)"
+                sched = (f"{r['trials']} trials/kernel, tuned kept for {r['tuned_kept']}/{r['tuned_kernels']} kernels"
+                         if r["trials"] else "hand schedules")
+                note = f"{exact} vs integer reference on every held-out row; {r['kernels']} kernels; {sched}"
+        q = first.get(key, {})
+        cos = (f"{q['cosine_mean']:.5f} | {q['cosine_min']:.5f}") if "cosine_mean" in q else "- | -"
+        lines.append(f"| {key} | {recipe} | {' | '.join(cells)} | {' | '.join(ratios)} | {cos} | {note} |")
+    return [*lines, ""]
+
+
+def _mixed_table(name: str, res: dict[str, Any]) -> list[str]:
+    lines = [f"### {name}: {res['layers']} layers, fixed_seconds {res['fixed_ms']:.3f} ms, layer_scale {res['layer_scale']:.3f}", "",
+             f"Fit: {res['fit_note']}.", "",
+             "| configuration | predicted ms | measured ms | measured / predicted | within 15% |", "|---|---:|---:|---:|---|"]
+    for label, r in res["configs"].items():
+        if not r.get("built", True):
+            lines.append(f"| {label} | {r['predicted_ms']:.2f} | - | - | not built: {r['reason']} |")
+            continue
+        ratio = r["measured_ms"] / r["predicted_ms"]
+        verdict = "calibration point (true by construction)" if "calibration" in label else ("yes" if abs(ratio - 1) <= 0.15 else "**no**")
+        lines.append(f"| {label} | {r['predicted_ms']:.2f} | {r['measured_ms']:.2f} | {ratio:.2f} | {verdict} |")
+    return [*lines, ""]
+
+
+def _host_section(family: str, host: dict[str, Any]) -> list[str]:
+    m = host["machine"]
+    amx = "AMX exposed" if m["amx_exposed"] else "no AMX exposed"
+    lines = [f"## {family}", "", f"{m['cpu']}, {m['logical_cpus']} logical CPUs (LLVM CPU `{m['llvm_mcpu']}`), "
+             f"features used: {', '.join(m['features'])}; {amx}. TVM {m['tvm']}, torch {m['torch']}, measured {m['date']} by:", "",
+             "```sh", host["command"], "```", "",
+             "Every backend is built first, then timed in interleaved rounds (each the median of the run's calls after 5 "
+             "warm-up calls), 2 threads everywhere (TVM_NUM_THREADS, torch.set_num_threads, ORT intra_op_num_threads); the "
+             "table gives the median round, `rounds_ms` in the JSON every round.", ""]
+    for name, res in host["models"].items():
+        lines += _model_table(name, res)
+    if host.get("mixed"):
+        lines += ["### The latency table's predictions", "",
+                  "Each table is profiled layer by layer (hand schedules), then `layer_scale` and `fixed_seconds` are fitted "
+                  "on two whole builds, uniform W8A8 and uniform fp32: those two rows are calibration points and match by "
+                  "construction. The other rows keep some layers fp32 and the rest W8A8: configurations the fit never saw. "
+                  "Times are TVM's time evaluator at batch 1, as the table's. (On x86-host every weight width 2-8 runs on "
+                  "the int8 kernels, so the ILP's latency budgets have nothing to trade yet: the checks are built directly.)", ""]
+        for name, res in host["mixed"].items():
+            lines += _mixed_table(name, res)
+    return lines
+
+
+def report(merged: dict[str, Any]) -> str:
+    lines = ["# End-to-end latency: lcpaq builds against PyTorch and ONNX Runtime", "",
+             "One section per host family measured (CPU vendor and LLVM's name for the CPU); each comes from one run of "
+             "its command, and a later run on the same family replaces it. Compare rows of one section only: the host "
+             "is a shared 2-core machine.", ""]
+    for family, host in merged["hosts"].items():
+        lines += _host_section(family, host)
+    return "\n".join(lines)
