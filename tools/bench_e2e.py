@@ -37,6 +37,7 @@ from lcpaq.hw_targets import load_target
 from lcpaq.hw_targets.host import default_target_name, host_cpu_name, host_features
 from lcpaq.ir.errors import LcpaqError
 from lcpaq.ir.layers import find_layers
+from lcpaq.ir.meta import COST
 from lcpaq.ir.metrics import first_output
 from lcpaq.passes.cost_model import assignment_of
 from lcpaq.passes.pipeline import Pipeline, calibration_phase, uniform_phase
@@ -47,6 +48,7 @@ from lcpaq.tools.models.corpus import fortune_sentences
 from lcpaq.tools.models.zoo import ModelBundle, load_model
 from lcpaq.tools.ort_baselines import TRANSFORMER_EXCLUDE, TRANSFORMER_OP_TYPES, export_onnx, ort_session, quantize_onnx_int8, with_batch
 from lcpaq.tools.profile import prepared_graph, profile
+from lcpaq.tools.vnni_peak import measure_peak
 
 THREADS = 2
 ISA = ("avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8")
@@ -144,7 +146,8 @@ def bench_model(name: str, batches: list[int], trials: int, repeat: int, rounds:
     lcpaq_keys = ["lcpaq-w8a8"] + ([f"lcpaq-w8a8 tuned ({trials} trials/kernel)"] if trials > 0 else [])
     for key in lcpaq_keys:
         rows_out[key] = {"recipe": "W8A8, per-channel weights, MinMax"}
-    results: dict[str, Any] = {"rows": len(data[0]), "batches": {}}
+    macs = sum(COST.get(layer.node).macs for layer in find_layers(gm) if assignment_of(gm)[layer.name].w_bits <= 8)
+    results: dict[str, Any] = {"rows": len(data[0]), "batches": {}, "int8_macs_per_row": macs}
     for batch in batches:
         x = _rows(data, 0, batch)
         for key, path in paths.items():  # static shapes at this batch, as an export at this batch would have
@@ -240,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(THREADS)
     batches = [int(b) for b in args.batches.split(",") if b]
     machine = machine_info()
+    try:
+        machine["vnni_peak"] = measure_peak(THREADS)
+    except LcpaqError as exc:
+        print(f"no VNNI peak: {exc}", file=sys.stderr)
     print(f"{machine['cpu']} ({machine['family']}), {machine['logical_cpus']} logical CPUs, features {', '.join(machine['features'])}", flush=True)
     command = "TVM_NUM_THREADS=2 .venv/bin/python -m lcpaq.tools.bench_e2e " + " ".join(argv if argv is not None else sys.argv[1:])
     results: dict[str, Any] = {"command": command, "trials": args.trials, "models": {}, "mixed": {}}

@@ -14,7 +14,15 @@ def _ort_best(rows: dict[str, Any]) -> str:
     return max(keys, key=lambda k: rows[k].get("cosine_mean", -1.0))
 
 
-def _model_table(name: str, res: dict[str, Any]) -> list[str]:
+def _roofline(res: dict[str, Any], r: dict[str, Any], batch: str, peak: dict[str, Any] | None) -> str:
+    """``; N% of the VNNI peak`` for an int8 build: its int8 MACs per second over the measured peak."""
+    if not peak or not res.get("int8_macs_per_row") or not r.get("median_ms"):
+        return ""
+    rate = res["int8_macs_per_row"] * int(batch) / (r["median_ms"] / 1e3)
+    return f"; b{batch} {100 * rate / peak['int8_macs_per_s']:.0f}% of the VNNI peak"
+
+
+def _model_table(name: str, res: dict[str, Any], peak: dict[str, Any] | None = None) -> list[str]:
     batches = list(res["batches"])
     first = res["batches"][batches[0]]
     best = _ort_best(first)
@@ -24,6 +32,7 @@ def _model_table(name: str, res: dict[str, Any]) -> list[str]:
              f"(at batch {batches[0]}). Goal: lcpaq at most {GOAL}x the latency of `{best}` (the most accurate ORT int8 recipe).", "",
              f"| backend | recipe | {head} | {ratio} | cosine mean | cosine min | note |",
              "|---|---|" + "---:|" * (2 * len(batches) + 2) + "---|"]
+    roofs: dict[str, list[str]] = {}
     for key, recipe in res["recipes"].items():
         cells, ratios, note = [], [], ""
         for b in batches:
@@ -42,8 +51,11 @@ def _model_table(name: str, res: dict[str, Any]) -> list[str]:
                 sched = (f"{r['trials']} trials/kernel, tuned kept for {r['tuned_kept']}/{r['tuned_kernels']} kernels"
                          if r["trials"] else "hand schedules")
                 note = f"{exact} vs integer reference on every held-out row; {r['kernels']} kernels; {sched}"
+                roof = roofs.setdefault(key, [])
+                roof.append(_roofline(res, r, b, peak))
         q = first.get(key, {})
         cos = (f"{q['cosine_mean']:.5f} | {q['cosine_min']:.5f}") if "cosine_mean" in q else "- | -"
+        note += "".join(roofs.get(key, []))
         lines.append(f"| {key} | {recipe} | {' | '.join(cells)} | {' | '.join(ratios)} | {cos} | {note} |")
     return [*lines, ""]
 
@@ -71,8 +83,12 @@ def _host_section(family: str, host: dict[str, Any]) -> list[str]:
              "Every backend is built first, then timed in interleaved rounds (each the median of the run's calls after 5 "
              "warm-up calls), 2 threads everywhere (TVM_NUM_THREADS, torch.set_num_threads, ORT intra_op_num_threads); the "
              "table gives the median round, `rounds_ms` in the JSON every round.", ""]
+    peak = m.get("vnni_peak")
+    if peak:
+        lines += [f"Int8 roofline: {peak['int8_macs_per_s'] / 1e9:.0f} G MAC/s, measured by `python -m lcpaq.tools.vnni_peak` "
+                  f"({peak['how']}). An int8 build's share of it: its quantized layers' MACs per second over this peak.", ""]
     for name, res in host["models"].items():
-        lines += _model_table(name, res)
+        lines += _model_table(name, res, peak)
     if host.get("mixed"):
         lines += ["### The latency table's predictions", "",
                   "Each table is profiled layer by layer (hand schedules), then `layer_scale` and `fixed_seconds` are fitted "
