@@ -72,9 +72,19 @@ def tune_schedule(func: tvm.tirx.PrimFunc, trials: int, target: tvm.target.Targe
             runner=ms.runner.LocalRunner(timeout_sec=60), seed=seed,
         )
         sch = ms.tir_integration.compile_tir(database, mod, target)
-    if sch is None:
-        raise RuntimeError("MetaSchedule found no valid schedule (every candidate failed to build or run)")
+        if sch is None:
+            raise RuntimeError("MetaSchedule found no valid schedule (every candidate failed to build or run)"
+                               + _first_error(Path(work_dir or tmp) / "logs"))
     return sch
+
+
+def _first_error(logs: Path) -> str:
+    """``: <the first error line>`` of MetaSchedule's task logs under ``logs`` ('' if none)."""
+    for log in sorted(logs.glob("*.log")):
+        for line in log.read_text(errors="replace").splitlines():
+            if "Error" in line and "Build errors" not in line:
+                return f": {line.strip()[:300]}"
+    return ""
 
 
 def schedule_from_database(func: tvm.tirx.PrimFunc, work_dir: Path, target: tvm.target.Target) -> s_tir.Schedule | None:
