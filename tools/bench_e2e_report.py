@@ -69,7 +69,7 @@ def _mixed_table(name: str, res: dict[str, Any]) -> list[str]:
             lines.append(f"| {label} | {r['predicted_ms']:.2f} | - | - | not built: {r['reason']} |")
             continue
         ratio = r["measured_ms"] / r["predicted_ms"]
-        verdict = "calibration point (true by construction)" if "calibration" in label else ("yes" if abs(ratio - 1) <= 0.15 else "**no**")
+        verdict = "calibration point (fit on another timing of this build: any gap is run-to-run noise)" if "calibration" in label else ("yes" if abs(ratio - 1) <= 0.15 else "**no**")
         lines.append(f"| {label} | {r['predicted_ms']:.2f} | {r['measured_ms']:.2f} | {ratio:.2f} | {verdict} |")
     return [*lines, ""]
 
@@ -81,19 +81,21 @@ def _host_section(family: str, host: dict[str, Any]) -> list[str]:
              f"features used: {', '.join(m['features'])}; {amx}. TVM {m['tvm']}, torch {m['torch']}, measured {m['date']} by:", "",
              "```sh", host["command"], "```", "",
              "Every backend is built first, then timed in interleaved rounds (each the median of the run's calls after 5 "
-             "warm-up calls), 2 threads everywhere (TVM_NUM_THREADS, torch.set_num_threads, ORT intra_op_num_threads); the "
+             "warm-up calls, after 0.3 s idle so that the previous backend's worker threads have stopped spinning), 2 threads everywhere (TVM_NUM_THREADS, torch.set_num_threads, ORT intra_op_num_threads); the "
              "table gives the median round, `rounds_ms` in the JSON every round.", ""]
     peak = m.get("vnni_peak")
     if peak:
         lines += [f"Int8 roofline: {peak['int8_macs_per_s'] / 1e9:.0f} G MAC/s, measured by `python -m lcpaq.tools.vnni_peak` "
-                  f"({peak['how']}). An int8 build's share of it: its quantized layers' MACs per second over this peak.", ""]
+                  f"({peak['how']}; the higher of the runs at the start and end of the benchmark: "
+                  f"{', '.join(str(g) for g in peak.get('runs_g_macs', []))} G). An int8 build's share of it: its "
+                  "quantized layers' MACs per second over this peak.", ""]
     for name, res in host["models"].items():
         lines += _model_table(name, res, peak)
     if host.get("mixed"):
         lines += ["### The latency table's predictions", "",
                   "Each table is profiled layer by layer (hand schedules), then `layer_scale` and `fixed_seconds` are fitted "
-                  "on two whole builds, uniform W8A8 and uniform fp32: those two rows are calibration points and match by "
-                  "construction. The other rows keep some layers fp32 and the rest W8A8: configurations the fit never saw. "
+                  "on two whole builds, uniform W8A8 and uniform fp32: those two rows are calibration points (the fit "
+                  "reproduces its own timings of them exactly; the rows here are a second timing). The other rows keep some layers fp32 and the rest W8A8: configurations the fit never saw. "
                   "Times are TVM's time evaluator at batch 1, as the table's. (On x86-host every weight width 2-8 runs on "
                   "the int8 kernels, so the ILP's latency budgets have nothing to trade yet: the checks are built directly.)", ""]
         for name, res in host["mixed"].items():
