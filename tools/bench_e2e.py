@@ -17,6 +17,7 @@ a run replaces its own family's section and keeps the others.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import os
@@ -144,8 +145,7 @@ def bench_model(name: str, batches: list[int], trials: int, repeat: int, rounds:
         paths[key] = quantize_onnx_int8(fp32_path, calib, tmp / f"{name}.{key.replace(' ', '_')}.onnx",
                                         op_types=recipe.get("op_types"), exclude=recipe.get("exclude"))
         rows_out[key] = {"recipe": recipe["recipe"]}
-    gm = Pipeline(calibration_phase(load_target(default_target_name())) + uniform_phase(load_target(default_target_name()), 8, 8))(
-        *_prepared(bundle)).graph_module
+    gm = _configured(*_prepared(bundle), 8)
     lcpaq_keys = ["lcpaq-w8a8"] + ([f"lcpaq-w8a8 tuned ({trials} trials/kernel)"] if trials > 0 else [])
     for key in lcpaq_keys:
         rows_out[key] = {"recipe": "W8A8, per-channel weights, MinMax"}
@@ -182,7 +182,14 @@ def bench_model(name: str, batches: list[int], trials: int, repeat: int, rounds:
 
 
 def _prepared(bundle: ModelBundle) -> tuple[Any, Any]:
+    """The model captured and costed for this host's target, with its pass context."""
     return prepared_graph(bundle, load_target(default_target_name()))
+
+
+def _configured(prepared: Any, ctx: Any, bits: int, keep_float: tuple[str, ...] = ()) -> Any:
+    """A copy of the prepared graph calibrated and at uniform ``bits``, ``keep_float`` layers fp32."""
+    passes = calibration_phase(ctx.target) + uniform_phase(ctx.target, bits, bits, keep_float=keep_float)
+    return Pipeline(passes)(copy.deepcopy(prepared), ctx).graph_module
 
 
 def check_configs(gm: Any) -> dict[str, tuple[str, ...]]:
@@ -204,11 +211,10 @@ def bench_mixed(name: str) -> dict[str, Any]:
     x = [t[:1] for t in bundle.example_inputs]
     rows: dict[str, Any] = {}
     for label, (bits, keep) in configs.items():
-        target = ctx.target
-        gm = Pipeline(calibration_phase(target) + uniform_phase(target, bits, bits, keep_float=keep))(*_prepared(bundle)).graph_module
+        gm = _configured(gm0, ctx, bits, keep)
         row: dict[str, Any] = {"predicted_ms": table.total(assignment_of(gm)) * 1e3, "float_layers": len(keep) if bits == 8 else None}
         try:
-            built = build_model(gm, x, target, trials=0)
+            built = build_model(gm, x, ctx.target, trials=0)
         except LcpaqError as exc:
             rows[label] = {**row, "built": False, "reason": str(exc)}
             continue

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         peak = measure_peak(args.threads)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"vnni_peak: error: {exc}", file=sys.stderr)
         return 2
     print(f"{host_cpu_name()}: {peak['int8_macs_per_s'] / 1e9:.1f} G int8 MAC/s ({peak['how']})")
     return 0

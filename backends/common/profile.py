@@ -111,17 +111,19 @@ class RecordedTimer(LayerTimer):
         return self._notes
 
 
-def _whole_seconds(prepared: fx.GraphModule, ctx: PassContext, trials: int, bits: int) -> tuple[fx.GraphModule, float | str]:
-    """The graph at uniform ``bits`` (32: float) and its whole build's median seconds at batch
-    1, or why it did not build."""
-    target = ctx.target
-    gm = Pipeline(calibration_phase(target) + uniform_phase(target, bits, bits))(copy.deepcopy(prepared), ctx).graph_module
+def _uniform(prepared: fx.GraphModule, ctx: PassContext, bits: int) -> fx.GraphModule:
+    """A copy of ``prepared`` calibrated and at uniform ``bits`` (32: float)."""
+    return Pipeline(calibration_phase(ctx.target) + uniform_phase(ctx.target, bits, bits))(copy.deepcopy(prepared), ctx).graph_module
+
+
+def _whole_seconds(gm: fx.GraphModule, ctx: PassContext, trials: int) -> float | str:
+    """The median seconds of ``gm`` built whole at batch 1, or why it did not build."""
     x = [t[:1] for t in ctx.example_inputs]
     try:
-        built = build_model(gm, x, target, trials=trials)
+        built = build_model(gm, x, ctx.target, trials=trials)
     except LcpaqError as exc:
-        return gm, str(exc)
-    return gm, measure_latency(built, x, repeats=20).median
+        return str(exc)
+    return measure_latency(built, x, repeats=20).median
 
 
 def fit_model_time(table: LatencyTable, prepared: fx.GraphModule, ctx: PassContext, trials: int,
@@ -137,8 +139,8 @@ def fit_model_time(table: LatencyTable, prepared: fx.GraphModule, ctx: PassConte
     backend cannot build keeps the table's values, with the reason in the notes. ``prepared``
     (the costed graph the table was measured on) is left as it is."""
     raw = dataclasses.replace(table, fixed_seconds=0.0, layer_scale=1.0)
-    gm8, w8 = (_whole_seconds(prepared, ctx, trials, 8) if whole is None else (
-        Pipeline(calibration_phase(ctx.target) + uniform_phase(ctx.target, 8, 8))(copy.deepcopy(prepared), ctx).graph_module, whole))
+    gm8 = _uniform(prepared, ctx, 8)
+    w8 = _whole_seconds(gm8, ctx, trials) if whole is None else whole
     kept = tuple(n for n in table.notes if not n.startswith(("fixed_seconds", "layer_scale", "whole model")))
     if isinstance(w8, str):
         return dataclasses.replace(table, notes=(*kept, f"fixed_seconds not measured: the W8A8 model does not build ({w8})"))
@@ -146,7 +148,8 @@ def fit_model_time(table: LatencyTable, prepared: fx.GraphModule, ctx: PassConte
     fixed, scale = w8 - l8, 1.0
     note = f"whole model: W8A8 build {w8 * 1e3:.3f} ms against its layers' sum {l8 * 1e3:.3f} ms"
     if whole is None:
-        gm32, w32 = _whole_seconds(prepared, ctx, trials, 32)
+        gm32 = _uniform(prepared, ctx, 32)
+        w32 = _whole_seconds(gm32, ctx, trials)
         l32 = raw.total(assignment_of(gm32))
         if isinstance(w32, str) or abs(l32 - l8) < 1e-3 * l32:
             note += "; layer_scale 1: no fp32 point to fit it on"
