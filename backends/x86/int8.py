@@ -36,6 +36,7 @@ def qdense_func(m: int, n: int, k: int, out_dtype: str = "uint8") -> tvm.tirx.Pr
 #: independent accumulators (of 32 zmm registers), unrolled. Measured here (AMD EPYC znver5, 2
 #: threads, cold weights) against the former 4 x 1 rolled tile: 256x384x384 0.237 -> 0.067 ms,
 #: 256x1536x384 0.48 -> 0.27 ms, 256x384x1536 0.36 -> 0.21 ms, 32x384x384 0.019 -> 0.015 ms.
+#: Every variant on every built-in shape: ``docs/x86_tiles.md`` (``python -m lcpaq.tools.bench_tiles``).
 DENSE_COL_BLOCKS = 2
 DENSE_MAX_ROWS = 8
 
@@ -60,7 +61,7 @@ def qconv2d_func(
 #: cold weights) against the former 7 x 1 rolled tile, ResNet-18's 3x3 convs: 64->64 at 56x56
 #: 0.354 -> 0.131 ms, 128->128 at 28x28 0.186 -> 0.130, 256->256 at 14x14 0.216 -> 0.140,
 #: 512->512 at 7x7 0.349 -> 0.215, 128->256 stride 2 0.115 -> 0.077 (8 x 2 and 4 x 4 close
-#: behind; 4 x 3 and 14 x 1 slower).
+#: behind; 4 x 3 and 14 x 1 slower; ``docs/x86_tiles.md`` has every variant).
 MAX_COL_TILE = 7
 CONV_COL_BLOCKS = 2
 
