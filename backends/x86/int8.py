@@ -60,8 +60,8 @@ def qconv2d_func(
 #: 7 x 2 = 14 independent accumulators, unrolled. Measured here (AMD EPYC znver5, 2 threads,
 #: cold weights) against the former 7 x 1 rolled tile, ResNet-18's 3x3 convs: 64->64 at 56x56
 #: 0.354 -> 0.131 ms, 128->128 at 28x28 0.186 -> 0.130, 256->256 at 14x14 0.216 -> 0.140,
-#: 512->512 at 7x7 0.349 -> 0.215, 128->256 stride 2 0.115 -> 0.077 (8 x 2 and 4 x 4 close
-#: behind; 4 x 3 and 14 x 1 slower; ``docs/x86_tiles.md`` has every variant).
+#: 512->512 at 7x7 0.349 -> 0.215, 128->256 stride 2 0.115 -> 0.077. Other tiles come close
+#: only where their column count divides the width; ``docs/x86_tiles.md`` has every variant.
 MAX_COL_TILE = 7
 CONV_COL_BLOCKS = 2
 
