@@ -9,7 +9,7 @@ keeps in storage only (``storage_weight_bits``) are unpacked before compute, so
 its layers' entries``: ``layer_scale`` is how a layer's standalone time carries into the model
 (caches warm from the kernel before, fewer page faults: below 1; interference: above 1) and
 ``fixed_seconds`` the time of everything that is not a quantizable layer. Both are fitted on
-whole-model builds (``lcpaq.backends.common.profile.with_fixed_seconds``); neither is clamped,
+whole-model builds (``lcpaq.backends.common.profile.fit_model_time``); neither is clamped,
 so ``fixed_seconds`` may be negative when the model runs its layers faster than alone.
 
 File format (``schema``: :data:`SCHEMA_VERSION`)::
