@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_assignment(b)
     b.add_argument("--trials", type=int, default=0, metavar="N",
                    help="MetaSchedule trials per conv/dense kernel (default 0: hand schedules); records are cached and reused")
+    b.add_argument("--glue", choices=("integer", "float"), default="integer",
+                   help="layer norm, softmax and GELU on integer codes where the target's backend has them (default), or in float32")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty())
     b.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)

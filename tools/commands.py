@@ -85,7 +85,7 @@ def build_command(args: argparse.Namespace) -> int:
 
     table = load_table(args.latency_table, target)  # the table quantize loaded, not read again
     primary = result.results[0]
-    entry = deploy(primary.graph_module, bundle.example_inputs, bundle.model, target, table, args.trials, library=out)
+    entry = deploy(primary.graph_module, bundle.example_inputs, bundle.model, target, table, args.trials, library=out, glue=args.glue)
     if not entry["built"]:
         raise ConfigError(f"cannot build {primary.label} for {target.name}: {entry['reason']}")
     print("\n".join(deployment_lines({"target": target.name, "deployment": {primary.label: entry}})))

@@ -46,12 +46,15 @@ class Conventions:
     ``int8``: ARM sdot multiplies s8 x s8). ``integer_bits``: the widest quantizer width the
     kernels execute as integers (narrower weights are held in int8 codes); a wider quantizer runs
     in float. ``in_multiple`` / ``out_multiple``: channel counts the GEMM kernels pad their
-    reduction and output dimensions to."""
+    reduction and output dimensions to. ``integer_glue``: the family lowers the integer
+    transformer glue (layer norm, softmax, GELU on codes, :mod:`~lcpaq.backends.common.integer_glue`);
+    without it, that glue runs in float."""
 
     act_dtype: str = "uint8"
     integer_bits: int = 8
     in_multiple: int = 1
     out_multiple: int = 1
+    integer_glue: bool = False
 
     def __post_init__(self) -> None:
         if self.act_dtype not in ("uint8", "int8"):

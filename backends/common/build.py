@@ -165,12 +165,14 @@ class BuiltModel:
 
 def build_model(
     gm: fx.GraphModule, example_inputs: Sequence[Any], target: Target, trials: int = 0, batch: int | None = 1,
+    glue: str = "integer",
 ) -> BuiltModel:
     """Compile a fake-quantized graph for ``target`` with its backend, for the shapes of
     ``example_inputs`` with the batch dimension set to ``batch`` (None: as given).
 
     ``trials`` > 0 tunes the backend's tunable kernels with MetaSchedule (records reused from
-    the tuning cache). Guarantees: the executable computes the integer graph of ``gm``
+    the tuning cache). ``glue`` is ``integer`` (layer norm, softmax and GELU on codes where the
+    backend has integer glue) or ``float`` (they run in float32). Guarantees: the executable computes the integer graph of ``gm``
     bit-exactly where it has no float op (see ``tests/backends/test_build.py``). Raises
     ConfigError if the target has no backend or its device cannot be reached (a board target
     with no board given is built and not run: ``BuiltModel.not_run``), LoweringError naming the
@@ -185,7 +187,9 @@ def build_model(
     dtypes = [str(a.dtype) for a in arrays]
     if batch is not None:
         shapes = [(batch, *s[1:]) for s in shapes]
-    ig = integerize(gm, backend.conventions)
+    if glue not in ("integer", "float"):
+        raise ConfigError(f"glue is 'integer' or 'float', got {glue!r}")
+    ig = integerize(gm, backend.conventions, glue=None if glue == "integer" else False)
     choices: dict[str, str] = {}
     fallbacks: dict[str, str] = {}
     with native_stderr_quiet():  # TVM's native warnings and tuning logs: shown with --debug only

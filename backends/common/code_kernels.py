@@ -43,9 +43,9 @@ def quantize_func(
     c = in_shape[1]
     inv = tir.const(inv_scale, "float32")
 
-    def code(*idx: Any) -> Any:
-        q = tir.round(x(*idx) * inv).astype("int64") + tir.const(zp, "int64")
-        return _clamp(q, qmin, qmax).astype(code_dtype)
+    def code(*idx: Any) -> Any:  # clamped in float32 as the reference does (no inf reaches the cast)
+        q = tir.round(x(*idx) * inv) + tir.const(zp, "float32")
+        return tir.max(tir.min(q, tir.const(qmax, "float32")), tir.const(qmin, "float32")).astype(code_dtype)
 
     if len(in_shape) == 4 and not plain:
         b, _, h, w = in_shape

@@ -33,15 +33,16 @@ def _sqnr_db(y: np.ndarray, ref: np.ndarray) -> float:
 def deploy(
     gm: fx.GraphModule, example_inputs: Sequence[Any], fp32_model: torch.nn.Module, target: Target,
     table: LatencyTable | None = None, trials: int = 0, library: str | Path | None = None, repeats: int = 20,
+    glue: str = "integer",
 ) -> dict[str, Any]:
     """Build ``gm`` (batch 1), check it bit-exactly against its integer reference, compare its
     output with the fp32 model, measure its latency and, with a latency table, set the measured
     latency beside the table's prediction (not under emulation). With ``library``, export the
-    shared library there. A board target with no board given is built and exported only
+    shared library there. ``glue`` is :func:`build_model`'s. A board target with no board given is built and exported only
     (``"ran": False`` and why).
     Any failure is ``{"built": False, "reason": one line}``; an interrupt still propagates."""
     try:
-        return _deploy(gm, example_inputs, fp32_model, target, table, trials, library, repeats)
+        return _deploy(gm, example_inputs, fp32_model, target, table, trials, library, repeats, glue)
     except LcpaqError as exc:
         _log_failure(target)
         return {"built": False, "reason": str(exc)}
@@ -58,10 +59,10 @@ def _log_failure(target: Target) -> None:
 
 def _deploy(
     gm: fx.GraphModule, example_inputs: Sequence[Any], fp32_model: torch.nn.Module, target: Target,
-    table: LatencyTable | None, trials: int, library: str | Path | None, repeats: int,
+    table: LatencyTable | None, trials: int, library: str | Path | None, repeats: int, glue: str,
 ) -> dict[str, Any]:
     inputs = [x[:1] for x in example_inputs]
-    built = build_model(gm, inputs, target, trials=trials)
+    built = build_model(gm, inputs, target, trials=trials, glue=glue)
     if built.device is None:  # a board target with no board given: built (and exported) only
         entry = {"built": True, "ran": False, "not_run": built.not_run, "kernels": built.kernels, "float_nodes": built.float_fallbacks}
         if library is not None:

@@ -20,10 +20,12 @@ RELU6_OPS = {aten.relu6.default, aten.relu6_.default} if hasattr(aten, "relu6_")
 CLAMP_OPS = {aten.hardtanh.default, aten.hardtanh_.default, aten.clamp.default} | RELU6_OPS
 IDENTITY_OPS = {aten.dropout.default, aten.clone.default, aten.contiguous.default, aten.detach.default}
 RESHAPE_OPS = {aten.flatten.using_ints, aten.view.default, aten.reshape.default}
+#: Ops that only reorder dimensions (attention's head split and merge).
+TRANSPOSE_OPS = {aten.transpose.int, aten.permute.default}
 GLOBAL_POOL_OPS = {aten.adaptive_avg_pool2d.default, aten.mean.dim}
 #: Ops that keep the meaning of codes (and the range of values): a target domain is looked for
 #: through them.
-DOMAIN_PRESERVING = RELU_OPS | CLAMP_OPS | IDENTITY_OPS | RESHAPE_OPS | {aten.max_pool2d.default}
+DOMAIN_PRESERVING = RELU_OPS | CLAMP_OPS | IDENTITY_OPS | RESHAPE_OPS | TRANSPOSE_OPS | {aten.max_pool2d.default}
 
 
 def _op(node: fx.Node) -> str:
@@ -72,6 +74,6 @@ def float_reason(gm: fx.GraphModule, node: fx.Node, bits: int, codes: Callable[[
         if not all(codes(a) for a in operands):
             return "add with a float operand (a model constant or an unquantized value)"
         return "add whose result no quantizer reads"
-    if t in RELU_OPS | CLAMP_OPS | RESHAPE_OPS | GLOBAL_POOL_OPS | {aten.max_pool2d.default} and not any(codes(a) for a in inputs):
+    if t in RELU_OPS | CLAMP_OPS | RESHAPE_OPS | TRANSPOSE_OPS | GLOBAL_POOL_OPS | {aten.max_pool2d.default} and not any(codes(a) for a in inputs):
         return f"{name} of float values (its input is not quantized)"
     return f"no integer form of {name}"

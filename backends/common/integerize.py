@@ -22,7 +22,10 @@ result is a new ``fx.GraphModule`` (the input is not changed) in which
   without an integer form, run in float on dequantized inputs, each node marked with the reason
   (:mod:`lcpaq.backends.common.integer_forms`; backends may not lower every float op). 16-bit
   quantizers have no integer kernel: their layers run in float on fake-quantized weights, and
-  the 16-bit rounding of their activations is not applied.
+  the 16-bit rounding of their activations is not applied;
+* with integer glue (the backend's ``Conventions.integer_glue``), layer norm, softmax and GELU
+  on codes are integer ops too, and the values they read are int32 codes
+  (:mod:`lcpaq.backends.common.integerize_glue`).
 
 Running the integer graph is the integer reference (the oracle the TVM build is checked against);
 it matches the fake-quantized graph within the rounding of the requantizations.
@@ -38,8 +41,10 @@ import torch.fx as fx
 from lcpaq.backends.common import integer_ops as iops
 from lcpaq.backends.common.backend import Conventions
 from lcpaq.backends.common import integer_forms as forms
+from lcpaq.backends.common import integerize_glue as gl
+from lcpaq.backends.common.code_domains import WIDE, Fine, act_domain, finer, int32_domain, two_values, wide_add_domain
 from lcpaq.backends.common.integer_forms import (
-    CLAMP_OPS, DOMAIN_PRESERVING, GLOBAL_POOL_OPS, IDENTITY_OPS, RELU6_OPS, RELU_OPS, RESHAPE_OPS,
+    CLAMP_OPS, DOMAIN_PRESERVING, GLOBAL_POOL_OPS, IDENTITY_OPS, RELU6_OPS, RELU_OPS, RESHAPE_OPS, TRANSPOSE_OPS,
 )
 from lcpaq.backends.common.integer_ref import INT32_MAX, INT32_MIN, quantize_multiplier, requant_params
 from lcpaq.backends.common.op_args import conv_args, is_global_pool, keepdim, pool_args, pool_reason, source_location
@@ -52,33 +57,6 @@ from lcpaq.ir.quantizer import quantize as quantize_codes
 
 aten = torch.ops.aten
 
-#: Extra bits of precision of a conv output that a residual add consumes (int32 codes).
-FINE_BITS = 8
-
-
-@dataclass(frozen=True)
-class Fine:
-    """Int32 codes on ``domain.scale / 2^FINE_BITS`` with zero point 0 (a residual add's input)."""
-
-    domain: CodeDomain
-
-    def as_domain(self) -> CodeDomain:
-        return CodeDomain(self.domain.scale / 2**FINE_BITS, 0, INT32_MIN, INT32_MAX, "int32")
-
-
-def _finer(target: "CodeDomain | Fine | None") -> "Fine | None":
-    """The domain an input of a sum or mean gets when the result should be in ``target``."""
-    if isinstance(target, CodeDomain):
-        return Fine(target)
-    return target
-
-
-def _two_values(add: fx.Node) -> bool:
-    """An add of two computed values (no constant, scalar or alpha): a residual add."""
-    a = add.args[:2]
-    return (len(add.args) == 2 and add.kwargs.get("alpha", 1) == 1
-            and all(isinstance(v, fx.Node) and v.op != "get_attr" for v in a))
-
 
 @dataclass
 class Value:
@@ -88,25 +66,12 @@ class Value:
     domain: CodeDomain | None
 
 
-def act_domain(fq: FakeQuantize, act_dtype: str = "uint8") -> CodeDomain:
-    """The code domain of an activation quantizer in ``act_dtype`` codes: in uint8, signed
-    (symmetric) codes are offset by +128; in int8, unsigned (asymmetric) codes by -128. The
-    offset moves the zero point with the codes, so ``(code - zero_point) * scale`` is unchanged."""
-    spec = fq.spec
-    if spec.bits > 8 or spec.ch_axis is not None:
-        raise LoweringError(f"activation quantizer ({spec.bits} bits, per-channel={spec.ch_axis is not None}) has no {act_dtype} integer form")
-    if act_dtype == "uint8":
-        offset = 128 if spec.symmetric else 0
-    else:
-        offset = 0 if spec.symmetric else -128
-    return CodeDomain(float(fq.scale), int(fq.zero_point) + offset, spec.qmin + offset, spec.qmax + offset, act_dtype)
-
-
 class Integerizer:
     """Builds the integer graph of one fake-quantized graph module (see the module docstring)."""
 
-    def __init__(self, gm: fx.GraphModule, conventions: Conventions) -> None:
+    def __init__(self, gm: fx.GraphModule, conventions: Conventions, glue: bool | None = None) -> None:
         self.gm = gm
+        self.glue = conventions.integer_glue if glue is None else glue
         self.bits, self.act_dtype = conventions.integer_bits, conventions.act_dtype
         self.graph = fx.Graph()
         self.root = torch.nn.Module()
@@ -136,7 +101,8 @@ class Integerizer:
     def target_domain(self, node: fx.Node) -> CodeDomain | Fine | None:
         """Where ``node``'s output should be requantized to: the activation quantizer that reads
         it through domain-preserving ops, a :class:`Fine` domain when only a residual add reads
-        it, or None (no single domain: dequantize to float)."""
+        it, WIDE when glue reads it (directly or through an add), or None (no single domain:
+        dequantize to float)."""
         if node in self._targets:
             return self._targets[node]
         found: list[CodeDomain | Fine | None] = []
@@ -144,11 +110,16 @@ class Integerizer:
             if is_quantizer(user) and QUANTIZER.get(user).role == "act":
                 fq = self.module(user)
                 found.append(act_domain(fq, self.act_dtype) if fq.spec.bits <= self.bits else None)
-            elif user.op == "call_function" and user.target in ADD_OPS and not _two_values(user):
+            elif self.glue and gl.reads_as_glue(user, node):
+                found.append(WIDE)
+            elif self.glue and gl.scalar_factor(user) is not None and user.args[0] is node:
+                t = self.target_domain(user)
+                found.append(gl.scaled(t, 1 / gl.scalar_factor(user)) if isinstance(t, CodeDomain) else t if t is WIDE else None)
+            elif user.op == "call_function" and user.target in ADD_OPS and not two_values(user):
                 found.append(None)  # a model constant or a scalar added: a float add
             elif user.op == "call_function" and (user.target in ADD_OPS or user.target in GLOBAL_POOL_OPS and is_global_pool(user)):
                 # a sum or a mean has a narrower range than its inputs: they get finer int32 codes
-                found.append(_finer(self.target_domain(user)))
+                found.append(finer(self.target_domain(user)))
             elif user.op == "call_function" and user.target in DOMAIN_PRESERVING:
                 found.append(self.target_domain(user))
             else:
@@ -156,12 +127,19 @@ class Integerizer:
         plain = {d for d in found if isinstance(d, CodeDomain)}
         if None in found or not found:
             result = None
+        elif WIDE in found:  # glue reads it: int32 codes, requantized for any quantizer reading it
+            result = WIDE
         elif len(set(found)) == 1:
             result = found[0]
         else:  # an add also reads it: the add rescales whatever domain the other readers want
             result = plain.pop() if len(plain) == 1 else None
         self._targets[node] = result
         return result
+
+    def out_domain(self, node: fx.Node, wide: Callable[[], CodeDomain]) -> CodeDomain | None:
+        """The domain ``node`` writes: its target's (a :class:`Fine` one as int32), ``wide()`` for WIDE."""
+        t = self.target_domain(node)
+        return wide() if t is WIDE else t.as_domain() if isinstance(t, Fine) else t
 
     def to_codes(self, v: Value, src: fx.Node) -> Value:
         if v.domain is None:
@@ -230,6 +208,15 @@ class Integerizer:
             return self.lower_clamp(node)
         if t in ADD_OPS and self.target_domain(node) is not None and self._codes_add(node):
             return self.lower_add(node)
+        if self.glue and t in gl.GLUE_OPS:
+            return gl.lower_glue(self, node)
+        if self.glue and t is aten.embedding.default and self.target_domain(node) is WIDE:
+            v = gl.lower_embedding(self, node)
+            if v is not None:
+                return v
+        if self.glue and t in gl.SCALAR_OPS and gl.scalar_factor(node) and self.value(node.args[0]).domain is not None:
+            x = self.value(node.args[0])
+            return Value(x.node, gl.scaled(x.domain, gl.scalar_factor(node)))
         if t in IDENTITY_OPS:
             return self.value(node.args[0])
         x = self.value(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
@@ -242,8 +229,9 @@ class Integerizer:
                 if t is aten.mean.dim and not keepdim(node):
                     return self.emit(aten.flatten.using_ints, (pooled.node, 1), {}, x.domain, node)
                 return pooled
-            if t in RESHAPE_OPS:
-                return self.emit(t, (x.node, *node.args[1:]), dict(node.kwargs), x.domain, node)
+            if t in RESHAPE_OPS | TRANSPOSE_OPS:
+                sizes = fx.node.map_arg(node.args[1:], lambda a: self.value(a).node)  # symbolic sizes too
+                return self.emit(t, (x.node, *sizes), dict(node.kwargs), x.domain, node)
         return self.lower_float(node, self._float_reason(node))
 
     def lower_float(self, node: fx.Node, reason: str | None = None) -> Value:
@@ -283,8 +271,7 @@ class Integerizer:
         requantized into its readers' domain, or int32 dequantized to float when there is none."""
         a, b = (self.to_codes(self.value(arg), node) for arg in node.args[:2])
         acc_scale = a.domain.scale * b.domain.scale
-        target = self.target_domain(node)
-        out = target.as_domain() if isinstance(target, Fine) else target
+        out = self.out_domain(node, lambda: int32_domain(acc_scale))
         if out is None:
             mult, shift = 2**30, 30
             kw = dict(out_zp=0, qmin=INT32_MIN, qmax=INT32_MAX, out_dtype="int32")
@@ -298,10 +285,12 @@ class Integerizer:
         return v
 
     def _codes_add(self, node: fx.Node) -> bool:
+        """Both operands are codes, or (read by glue) one is and the other a float tensor."""
         a, b = node.args[0], node.args[1]
         if len(node.args) > 2 or node.kwargs.get("alpha", 1) != 1 or not all(isinstance(v, fx.Node) for v in (a, b)):
             return False
-        return all(self.value(v).domain is not None for v in (a, b))
+        codes = [self.value(v).domain is not None for v in (a, b)]
+        return all(codes) or (any(codes) and self.target_domain(node) is WIDE)
 
     def lower_layer(self, node: fx.Node) -> Value:
         xq, wq = node.args[0], node.args[1]
@@ -326,8 +315,7 @@ class Integerizer:
             if bool((bias.abs() > INT32_MAX).any()):
                 raise LoweringError(f"{node.name}{source_location(node)}: bias does not fit int32 at scale x_scale * w_scale")
             bias = bias.to(torch.int32)
-        target = self.target_domain(node)
-        out = target.as_domain() if isinstance(target, Fine) else target
+        out = self.out_domain(node, lambda: int32_domain(float(acc_scale.max())))
         if out is None:  # no quantized reader: accumulators in int32, dequantized per channel below
             mult = torch.full((out_ch,), 2**30, dtype=torch.int64)
             shift = torch.full((out_ch,), 30, dtype=torch.int64)
@@ -373,11 +361,12 @@ class Integerizer:
         return self.emit(iops.clamp, (x.node, clamped.qmin, clamped.qmax), {}, clamped, node)
 
     def lower_add(self, node: fx.Node) -> Value:
-        target = self.target_domain(node)
-        out = target.as_domain() if isinstance(target, Fine) else target
+        values = [self.value(arg) for arg in node.args[:2]]
+        out = self.out_domain(node, lambda: wide_add_domain([v.domain for v in values if v.domain is not None]))
         terms = []
-        for arg in node.args[:2]:
-            v = self.value(arg)
+        for v in values:
+            if v.domain is None:  # read by glue: a float operand (a mask) joins as int32 codes
+                v = gl.as_int32_codes(self, v, out, node)
             mult, shift = quantize_multiplier(v.domain.scale / out.scale)
             terms.append((v.node, v.domain.zero_point, mult, shift))
         (a, a_zp, a_m, a_s), (b, b_zp, b_m, b_s) = terms
@@ -385,12 +374,13 @@ class Integerizer:
         return self.emit(iops.qadd, args, dict(qmin=out.qmin, qmax=out.qmax, out_dtype=out.dtype), out, node)
 
 
-def integerize(gm: fx.GraphModule, conventions: Conventions = Conventions()) -> fx.GraphModule:
+def integerize(gm: fx.GraphModule, conventions: Conventions = Conventions(), glue: bool | None = None) -> fx.GraphModule:
     """The integer graph of a fake-quantized graph module (``gm`` is left unchanged), in the
     code types of a backend's ``conventions`` (default: uint8 activations, 8-bit kernels).
 
     Guarantees: every quantized conv / linear is one ``qconv2d`` / ``qlinear`` node reading
     ``conventions.act_dtype`` codes; values between quantized layers are codes (of that type,
-    or int32 into a residual add); each code-producing node carries ``lcpaq.domain``. Raises
+    or int32 into a residual add); each code-producing node carries ``lcpaq.domain``. ``glue``
+    turns integer glue on or off (None: as ``conventions.integer_glue`` says). Raises
     LoweringError naming the node and op for a quantizer with no integer form."""
-    return Integerizer(gm, conventions).run()
+    return Integerizer(gm, conventions, glue).run()

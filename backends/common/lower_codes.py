@@ -30,19 +30,20 @@ CODES = LoweringTable("integer-codes", parent=COMMON)
 def _quantize(lw: RelaxLowering, node: fx.Node) -> RVal:
     x = lw.env[node.args[0]]
     conv = lw.backend.conventions
-    code = conv.act_dtype
-    if node.kwargs.get("out_dtype", "uint8") != code:
-        raise LoweringError(f"{node.name}: backend {lw.backend.name!r} reads {code} activation codes, not {node.kwargs.get('out_dtype', 'uint8')}")
+    code = node.kwargs.get("out_dtype", "uint8")
+    if code not in (conv.act_dtype, "int32"):
+        raise LoweringError(f"{node.name}: backend {lw.backend.name!r} reads {conv.act_dtype} activation codes, not {code}")
     inv, zp = float(node.args[1]), int(node.args[2])
     qmin, qmax = int(node.kwargs["qmin"]), int(node.kwargs["qmax"])
     if not x.shape:
         raise LoweringError(f"{node.name}: quantize of a scalar is not lowered")
-    # codes only matmuls and linears read (over the last logical dim) keep the logical layout,
-    # unpadded; others are NHWC / padded for the kernels (to 16 when a depthwise conv reads them)
-    plain = len(x.shape) == 4 and all(u.target in (iops.qmatmul, iops.qlinear) for u in node.users)
+    # codes only matmuls and linears read (over the last logical dim), and int32 codes (a mask
+    # into glue), keep the logical layout, unpadded; others are NHWC / padded for the kernels
+    # (to 16 when a depthwise conv reads them)
+    plain = len(x.shape) == 4 and (code == "int32" or all(u.target in (iops.qmatmul, iops.qlinear) for u in node.users))
     if plain and x.layout == "NHWC":
         x = RVal(lw.bb.emit(relax.op.permute_dims(x.expr, [0, 3, 1, 2])), x.shape, x.dtype, x.cp, "NCHW")
-    cp = x.shape[-1] if plain else round_up(x.channels, conv.out_multiple if any(_depthwise(lw, u) for u in node.users) else conv.in_multiple)
+    cp = x.shape[-1] if plain or code == "int32" else round_up(x.channels, conv.out_multiple if any(_depthwise(lw, u) for u in node.users) else conv.in_multiple)
     nhwc = len(x.shape) == 4 and x.layout == "NHWC"
     key = ("quantize", x.shape, inv, zp, qmin, qmax, cp, nhwc, plain, code)
     gv = lw.prim(key, lambda: ck.quantize_func(x.shape, inv, zp, qmin, qmax, cp, nhwc, plain, code), lw.code_schedule)
@@ -91,7 +92,7 @@ def _requantize(lw: RelaxLowering, node: fx.Node) -> RVal:
     qmin, qmax, dtype = int(node.kwargs["qmin"]), int(node.kwargs["qmax"]), node.kwargs.get("out_dtype", "uint8")
     key = ("requantize", x.phys, x.dtype, x_zp, mult, shift, out_zp, qmin, qmax, dtype)
     gv = lw.prim(key, lambda: ck.requantize_func(x.phys, x.dtype, x_zp, mult, shift, out_zp, qmin, qmax, dtype), lw.code_schedule)
-    return RVal(lw.call(gv, [x.expr], x.phys, dtype), x.shape, dtype, x.cp)
+    return RVal(lw.call(gv, [x.expr], x.phys, dtype), x.shape, dtype, x.cp, x.layout)
 
 
 def _common_layout(lw: RelaxLowering, a: RVal, b: RVal) -> tuple[RVal, RVal]:
@@ -121,7 +122,7 @@ def _qadd(lw: RelaxLowering, node: fx.Node) -> RVal:
     dtype = node.kwargs.get("out_dtype", "uint8")
     key = ("qadd", a.phys, a.dtype, b.dtype, pa, pb, out_zp, qmin, qmax, dtype)
     gv = lw.prim(key, lambda: ck.qadd_func(a.phys, a.dtype, b.dtype, pa, pb, out_zp, qmin, qmax, dtype), lw.code_schedule)
-    return RVal(lw.call(gv, [a.expr, b.expr], a.phys, dtype), a.shape, dtype, a.cp)
+    return RVal(lw.call(gv, [a.expr, b.expr], a.phys, dtype), a.shape, dtype, a.cp, a.layout)
 
 
 @CODES.register(iops.clamp)
@@ -129,7 +130,7 @@ def _clamp(lw: RelaxLowering, node: fx.Node) -> RVal:
     x = codes(lw, node)
     qmin, qmax = int(node.args[1]), int(node.args[2])
     gv = lw.prim(("clamp", x.phys, x.dtype, qmin, qmax), lambda: ck.clamp_func(x.phys, x.dtype, qmin, qmax), lw.code_schedule)
-    return RVal(lw.call(gv, [x.expr], x.phys, x.dtype), x.shape, x.dtype, x.cp)
+    return RVal(lw.call(gv, [x.expr], x.phys, x.dtype), x.shape, x.dtype, x.cp, x.layout)
 
 
 @CODES.register(iops.max_pool2d)
@@ -150,12 +151,28 @@ def _global_pool(lw: RelaxLowering, node: fx.Node) -> RVal:
     return RVal(lw.call(gv, [x.expr], (b, 1, 1, x.cp), x.dtype), (b, c, 1, 1), x.dtype, x.cp)
 
 
+def _reshaped(lw: RelaxLowering, node: fx.Node, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The shape a flatten / view / reshape of a ``shape`` value makes, its sizes fixed by the
+    build (symbolic sizes read from :attr:`RelaxLowering.scalars`); None if not known."""
+    if node.target is aten.flatten.using_ints:
+        rank = len(shape)
+        start, end = (int(node.args[i]) % rank if len(node.args) > i else d for i, d in ((1, 0), (2, rank - 1)))
+        return (*shape[:start], int(np.prod(shape[start : end + 1])), *shape[end + 1 :])
+    dims = [lw.scalars.get(d, d) if isinstance(d, fx.Node) else d for d in node.args[1]]
+    if not all(isinstance(d, int) for d in dims) or dims.count(-1) > 1:
+        return None
+    if -1 in dims:
+        known = int(np.prod([d for d in dims if d != -1]))
+        dims[dims.index(-1)] = int(np.prod(shape)) // max(known, 1)
+    return tuple(dims)
+
+
 @CODES.register(aten.flatten.using_ints, aten.view.default, aten.reshape.default)
 def _flatten(lw: RelaxLowering, node: fx.Node) -> RVal:
     """Reshapes of codes: [B, C, 1, 1] -> [B, C] keeps the padding; any other reshape of padded
     codes drops it first (the result is in its logical layout). Float values: TVM's frontend."""
     x = lw.env[node.args[0]]
-    out_shape = tuple(int(d) for d in node.meta["val"].shape) if "val" in node.meta else None
+    out_shape = _reshaped(lw, node, x.shape)
     if len(x.shape) == 4 and x.layout == "NHWC" and x.shape[2:] == (1, 1) and out_shape in (None, (x.shape[0], x.shape[1])):
         b = x.shape[0]
         return RVal(lw.bb.emit(relax.op.reshape(x.expr, (b, x.cp))), (b, x.shape[1]), x.dtype, x.cp)
@@ -163,6 +180,34 @@ def _flatten(lw: RelaxLowering, node: fx.Node) -> RVal:
         raise NotThisForm(f"reshape of {x.dtype} values is TVM's frontend reshape")
     v = logical(lw, x)
     return RVal(lw.bb.emit(relax.op.reshape(v.expr, out_shape)), out_shape, x.dtype, channels_of(out_shape), "NCHW")
+
+
+@CODES.register(aten.embedding.default)
+def _embedding(lw: RelaxLowering, node: fx.Node) -> RVal:
+    """A gather of rows of a table of codes (int32: an embedding read by integer glue)."""
+    table, ids = lw.env[node.args[0]], lw.env[node.args[1]]
+    if table.dtype != "int32":
+        raise NotThisForm(f"embedding of a {table.dtype} table is TVM's frontend embedding")
+    shape = (*ids.shape, table.shape[-1])
+    return RVal(lw.bb.emit(relax.op.take(table.expr, ids.expr, axis=0)), shape, "int32", shape[-1], "NCHW")
+
+
+@CODES.register(aten.transpose.int, aten.permute.default)
+def _transpose(lw: RelaxLowering, node: fx.Node) -> RVal:
+    """Dimensions of codes reordered, in their logical layout. Float values: TVM's frontend."""
+    x = lw.env[node.args[0]]
+    if x.dtype not in ("uint8", "int8", "int32"):
+        raise NotThisForm(f"transpose of {x.dtype} values is TVM's frontend transpose")
+    v = logical(lw, x)
+    rank = len(v.shape)
+    if node.target is aten.transpose.int:
+        axes = list(range(rank))
+        i, j = (int(d) % rank for d in node.args[1:3])
+        axes[i], axes[j] = axes[j], axes[i]
+    else:
+        axes = [int(d) % rank for d in node.args[1]]
+    shape = tuple(v.shape[a] for a in axes)
+    return RVal(lw.bb.emit(relax.op.permute_dims(v.expr, axes)), shape, x.dtype, channels_of(shape), "NCHW")
 
 
 def _broadcast(lw: RelaxLowering, v: RVal, batch: tuple[int, ...]) -> RVal:

@@ -24,7 +24,7 @@ from lcpaq.ir.layers import QuantLayer
 @register_backend
 class X86VnniBackend(Backend):
     name = "x86-vnni"
-    conventions = Conventions(act_dtype="uint8", integer_bits=8, in_multiple=DEPTH, out_multiple=LANES)
+    conventions = Conventions(act_dtype="uint8", integer_bits=8, in_multiple=DEPTH, out_multiple=LANES, integer_glue=True)
     integer_kernels = {"conv": (8,), "linear": (8,), "matmul": (8,)}
     tunable = True
 

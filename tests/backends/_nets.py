@@ -105,3 +105,48 @@ class TinyEncoder(nn.Module):
         att = torch.softmax(q @ k.transpose(-1, -2) / (d // self.heads) ** 0.5, dim=-1)
         x = self.ln1(x + self.proj((att @ v).transpose(1, 2).reshape(b, t, d)))
         return self.ln2(x + self.down(nn.functional.gelu(self.up(x))))
+
+
+class TinyBert(nn.Module):
+    """A BERT-style layer as Hugging Face writes it: token and position embeddings added and
+    layer-normed, separate q / k / v linears split into heads by view + transpose, scores
+    scaled by a Python scalar plus an additive mask (-3.4e38 at padding), softmax, residual
+    adds into layer norms, a GELU MLP. Inputs: token ids and an attention mask (int64)."""
+
+    def __init__(self, vocab: int = 40, dim: int = 32, heads: int = 2, tokens: int = 8) -> None:
+        super().__init__()
+        self.heads = heads
+        self.embed, self.pos = nn.Embedding(vocab, dim), nn.Embedding(tokens, dim)
+        self.ln0, self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.up, self.down = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, t = ids.shape
+        x = self.ln0(self.embed(ids) + self.pos.weight[:t])
+        split = lambda y: y.view(b, t, self.heads, -1).transpose(1, 2)  # noqa: E731
+        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+        bias = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+        att = torch.softmax(q @ k.transpose(-1, -2) * (q.shape[-1] ** -0.5) + bias, dim=-1)
+        x = self.ln1(x + self.o((att @ v).transpose(1, 2).reshape(b, t, -1)))
+        return self.ln2(x + self.down(nn.functional.gelu(self.up(x))))
+
+
+def tiny_bert_inputs(rows: int, seed: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded token ids and masks (each row padded after a random length)."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 40, (rows, 8), generator=gen)
+    lengths = torch.randint(3, 9, (rows,), generator=gen)
+    mask = (torch.arange(8)[None, :] < lengths[:, None]).long()
+    return ids * mask, mask
+
+
+def quantized_bert(model: nn.Module) -> "torch.fx.GraphModule":
+    """``model`` (a :class:`TinyBert`) at W8A8, calibrated on seeded token batches."""
+    from lcpaq.passes import PassContext
+
+    torch.manual_seed(0)
+    example = tiny_bert_inputs(1)
+    gm = capture(model.eval(), example)
+    ctx = PassContext(load_target("x86-host"), example, tuple(tiny_bert_inputs(4, seed=s) for s in range(3)))
+    return Pipeline.from_spec(PREPARE + ",uniform{w=8,a=8},fake-quant")(gm, ctx).graph_module

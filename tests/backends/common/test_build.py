@@ -11,7 +11,7 @@ from lcpaq.hw_targets import load_target
 from lcpaq.ir.metrics import first_output
 from lcpaq.ir.errors import ConfigError, CorruptFileError, LoweringError
 from tests.conftest import unimplemented_target
-from tests.backends._nets import TinyEncoder, TinyMobile, TinyResNet, mixed, quantized, sqnr
+from tests.backends._nets import TinyBert, TinyEncoder, TinyMobile, TinyResNet, mixed, quantized, quantized_bert, sqnr, tiny_bert_inputs
 
 SPECS = {
     "w8a8": "uniform{w=8,a=8},fake-quant",
@@ -64,7 +64,7 @@ def test_float_layers_run_on_fp32_kernels(model_and_input, float_layers) -> None
             np.testing.assert_allclose(y, model(x[:1]).numpy(), rtol=1e-4, atol=1e-4)
 
 
-def test_transformer_builds_with_float_glue_from_tvm_frontend() -> None:
+def test_transformer_with_float_glue_from_tvm_frontend() -> None:
     """int8 linears (3-d inputs), float layer norm / softmax / GELU / matmul through TVM's frontend."""
     torch.manual_seed(0)
     model = TinyEncoder().eval()
@@ -76,7 +76,8 @@ def test_transformer_builds_with_float_glue_from_tvm_frontend() -> None:
     gm = capture(model, (ids[:1],))
     ctx = PassContext(load_target("x86-host"), (ids[:1],), tuple((torch.randint(0, 50, (4, 8), generator=gen),) for _ in range(3)))
     gm = Pipeline.from_spec("fold-bn,shape-prop,cost,quant-scheme,calibrate,uniform{w=8,a=8},fake-quant")(gm, ctx).graph_module
-    built = build_model(gm, (ids[:1],), load_target("x86-host"))
+    built = build_model(gm, (ids[:1],), load_target("x86-host"), glue="float")
+    assert "layer_norm" in built.float_fallbacks and "softmax" in built.float_fallbacks
     y = built.run(ids[:1])
     with torch.no_grad():
         ref = first_output(built.integer_graph(ids[:1])).numpy()
@@ -85,6 +86,23 @@ def test_transformer_builds_with_float_glue_from_tvm_frontend() -> None:
     # float glue rounds differently from torch, and a code may flip at a requantization: close, not equal
     assert np.abs(y - ref).max() < 0.1 and np.mean(np.abs(y - ref) > 1e-3) < 0.05
     assert sqnr(fp32, torch.from_numpy(y)) > 15.0
+
+
+def test_transformer_with_integer_glue_is_bit_exact() -> None:
+    """A BERT-style layer: embeddings, layer norms, masked softmax and GELU on integer codes."""
+    torch.manual_seed(0)
+    model = TinyBert().eval()
+    gm = quantized_bert(model)
+    x = tiny_bert_inputs(4, seed=9)
+    built = build_model(gm, x, load_target("x86-host"), batch=None)
+    # float only where the mask and the position rows are made, before they become codes
+    mask_and_positions = {"slice_1", "slice_2", "unsqueeze", "unsqueeze_1", "_assert_tensor_metadata_default", "to", "rsub", "mul"}
+    assert set(built.float_fallbacks) == mask_and_positions, built.float_fallbacks
+    with torch.no_grad():
+        ref, fp32 = first_output(built.integer_graph(*x)).numpy(), model(*x)
+    y = built.run(*x)
+    np.testing.assert_array_equal(y, ref)
+    assert sqnr(fp32, torch.from_numpy(y)) > 25.0
 
 
 class _Scores(nn.Module):

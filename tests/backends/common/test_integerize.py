@@ -5,7 +5,8 @@ import torch
 
 from lcpaq.backends.common import integer_ops as iops
 from lcpaq.backends.common.backend import Conventions
-from lcpaq.backends.common.integerize import FINE_BITS, integerize
+from lcpaq.backends.common.code_domains import FINE_BITS
+from lcpaq.backends.common.integerize import integerize
 from lcpaq.ir.meta import DOMAIN
 from lcpaq.ir.metrics import first_output
 from tests.backends._nets import TinyResNet, quantized, sqnr

@@ -1,0 +1,170 @@
+"""Integer-only transformer glue, after I-BERT: softmax, layer norm and GELU on integer codes.
+
+These are ops of the integer graph (see :mod:`lcpaq.backends.common.integerize`), and running
+them *is* the integer reference: int64 arithmetic only (adds, multiplies, arithmetic shifts,
+floor divisions, min / max), each op over the last dimension of its input. Backends lower each
+to a kernel computing the same bits (:mod:`lcpaq.backends.common.glue_kernels`). Every constant
+a kernel needs (fixed-point multipliers, polynomial tables) is computed once when the graph is
+made, in Python, and passed in; so a kernel and this reference cannot disagree about them.
+
+- **softmax**: ``x - max`` is turned into a base-2 exponent in fixed point (``EXP_FRAC``
+  fraction bits), ``2^-frac`` is a degree-5 polynomial (``EXP2_POLY``, error 5e-8), the
+  integer part is a right shift (I-BERT's ``i-exp`` with a better polynomial); probabilities
+  are ``e`` times one reciprocal of ``sum(e)`` per row (a floor division), then requantized
+  to the output codes.
+- **layer norm**: the mean is subtracted exactly (``n * x - sum(x)``), each row is normalised
+  by a power of two to ``LN_NORM_BITS`` bits, its standard deviation is an integer square root
+  (Newton's method, exact floor), and ``gamma / sigma`` is a multiply by one reciprocal per row
+  (a floor division per row, none per element: kernels vectorize).
+- **GELU**: ``x * Phi(x)`` with ``Phi`` a cubic per segment of 1/4 on ``|x| < 4`` (``GELU_TABLE``,
+  error 7e-7; ``Phi`` is 0 or 1 beyond), in fixed point.
+
+Softmax and GELU outputs go through :func:`fixed_to_codes`: a clamp that keeps the dyadic
+multiply in int64, round half up, then the zero point and the output range. The one float
+operation is the starting guess of the integer square root, which Newton's method corrects to
+the exact floor whatever the guess (so it does not affect the result).
+"""
+from __future__ import annotations
+
+import torch
+
+#: Fraction bits of the softmax's base-2 exponent ``(max - x) * scale / ln 2``.
+EXP_FRAC = 16
+#: ``2^-phi`` for ``phi`` in [0, 1) as a polynomial in ``phi`` (lowest degree first), at 2^30.
+EXP2_POLY = (1073741765, -744256846, 257890763, -59377501, 9890102, -1017428)
+#: Layer norm: each row's centred values are scaled by a power of two to this many bits ...
+LN_NORM_BITS = 14
+#: ... and its standard deviation is computed with this many fraction bits.
+LN_SQRT_BITS = 10
+#: ``2^LN_RECIP_BITS // sigma`` is each row's reciprocal; ``x_hat`` has ``LN_XHAT_BITS`` fraction bits.
+LN_RECIP_BITS = 46
+LN_XHAT_BITS = 20
+#: Largest epsilon term: shifted left by up to ``2 * LN_NORM_BITS`` it stays below 2^62.
+LN_MAX_EPS = 2**33
+#: Largest layer-norm width: ``n * 2^(2 * (LN_NORM_BITS + LN_SQRT_BITS))`` must fit int64.
+LN_MAX_WIDTH = 2**14
+#: Fraction bits of the GELU input in fixed point; segments of ``Phi`` are ``2^-GELU_SEG_BITS`` wide.
+GELU_FRAC = 16
+GELU_SEG_BITS = 2
+#: ``Phi(a) - 1/2`` on segment ``j`` (``a`` in [j/4, (j+1)/4)) as a cubic in ``a - j/4``, at 2^30.
+GELU_TABLE = torch.tensor([
+    [-181, 428382770, -387345, -69530392], [105984582, 415248304, -53193671, -57046837],
+    [205580529, 378119458, -96336645, -35740184], [293530917, 323437383, -123132997, -11458513],
+    [366515556, 259888311, -131415969, 9961153], [423429996, 196161812, -123480894, 24577449],
+    [465137129, 139081606, -104590826, 31170591], [493857803, 92629478, -80875381, 30897874],
+    [512443324, 57949568, -57524115, 26221503], [523745188, 34054164, -37819527, 19745849],
+    [530203514, 18797806, -23060408, 13433670], [533671550, 9746736, -13071976, 8343304],
+    [535421559, 4747062, -6900935, 4761917], [536251390, 2171716, -3397450, 2508874],
+    [536621158, 933238, -1561470, 1224115], [536775989, 376697, -670522, 554427],
+], dtype=torch.int64)
+#: ``|x|`` from which GELU's ``Phi`` is taken as exactly 0 or 1 (``Phi(-4) = 3.2e-5``).
+GELU_EDGE = 4
+ONE_30 = 1 << 30
+#: Softmax probabilities are ``(e << PROB_BITS) // sum(e)`` before requantization.
+PROB_BITS = 24
+#: ... computed as ``e * (2^SOFTMAX_RECIP_BITS // sum(e)) >> (SOFTMAX_RECIP_BITS - PROB_BITS)``.
+SOFTMAX_RECIP_BITS = 61
+
+_DTYPES = {"uint8": torch.uint8, "int8": torch.int8, "int32": torch.int32}
+
+
+def clamp_bound(mult: int) -> int:
+    """The largest ``|y|`` :func:`fixed_to_codes` multiplies by ``mult`` (``|y| * mult <= 2^62``)."""
+    return (1 << 62) // max(int(mult), 1)
+
+
+def fixed_to_codes(y: torch.Tensor, mult: int, shift: int, zp: int, qmin: int, qmax: int) -> torch.Tensor:
+    """``clamp(((clamp(y, -B, B) * mult + 2^(shift-1)) >> shift) + zp, qmin, qmax)`` (int64),
+    ``B = clamp_bound(mult)``: exact whenever ``|y| * mult / 2^shift`` stays below 2^(62 - shift)
+    (for ``shift <= 53`` every clamped value lands outside an 8-bit code range anyway)."""
+    b = clamp_bound(mult)
+    r = (torch.clamp(y, -b, b) * int(mult) + (1 << (int(shift) - 1))) >> int(shift)
+    return torch.clamp(r + int(zp), int(qmin), int(qmax))
+
+
+def horner(coeffs: torch.Tensor, w: torch.Tensor, frac: int) -> torch.Tensor:
+    """``sum_i coeffs[..., i] * (w / 2^frac)^i`` in the coefficients' fixed point, by Horner's
+    rule with a floor shift after each multiply; ``coeffs`` [..., d] broadcasts against ``w``."""
+    h = coeffs[..., -1]
+    for i in range(coeffs.shape[-1] - 2, -1, -1):
+        h = ((h * w) >> frac) + coeffs[..., i]
+    return h
+
+
+def bit_length(m: torch.Tensor) -> torch.Tensor:
+    """Bits of non-negative int64 ``m`` (0 for 0): how many of 2^0 .. 2^62 it reaches."""
+    powers = torch.tensor([1 << j for j in range(63)], dtype=torch.int64)
+    return (m.unsqueeze(-1) >= powers).sum(-1)
+
+
+def isqrt(t: torch.Tensor) -> torch.Tensor:
+    """``floor(sqrt(t))`` of int64 ``t >= 1``: a float64 guess plus one (>= the floor, at most
+    3 above it), then three integer Newton steps ``x = min(x, (x + t // x) // 2)``, each of
+    which lowers any ``x`` above the floor and keeps the floor."""
+    x = torch.floor(torch.sqrt(t.double())).long() + 1
+    for _ in range(3):
+        x = torch.minimum(x, (x + t // x) // 2)
+    return x
+
+
+def _out(y: torch.Tensor, out_dtype: str) -> torch.Tensor:
+    if out_dtype not in _DTYPES:
+        raise ValueError(f"integer glue outputs {', '.join(_DTYPES)}, got {out_dtype!r}")
+    return y.to(_DTYPES[out_dtype])
+
+
+def qsoftmax(x: torch.Tensor, x_zp: int, mult: int, shift: int, out_mult: int, out_shift: int,
+             out_zp: int, qmin: int, qmax: int, out_dtype: str = "uint8") -> torch.Tensor:
+    """Softmax over the last dimension of codes ``x``; ``(mult, shift)`` is the dyadic form of
+    ``scale * 2^EXP_FRAC / ln 2`` and ``(out_mult, out_shift)`` that of ``2^-PROB_BITS / out_scale``."""
+    q = x.to(torch.int64) - int(x_zp)
+    t = torch.clamp(q.amax(-1, keepdim=True) - q, max=2**31 - 1)
+    u = (t * int(mult) + (1 << (int(shift) - 1))) >> int(shift)
+    p = horner(torch.tensor(EXP2_POLY, dtype=torch.int64), u & ((1 << EXP_FRAC) - 1), EXP_FRAC)
+    e = p >> torch.clamp(u >> EXP_FRAC, max=62)
+    inv = (1 << SOFTMAX_RECIP_BITS) // e.sum(-1, keepdim=True)  # one division per row
+    prob = (e * inv) >> (SOFTMAX_RECIP_BITS - PROB_BITS)
+    return _out(fixed_to_codes(prob, out_mult, out_shift, out_zp, qmin, qmax), out_dtype)
+
+
+def qlayer_norm(x: torch.Tensor, x_zp: int, gamma: torch.Tensor, beta: torch.Tensor, frac: int, eps: int,
+                out_zp: int, qmin: int, qmax: int, out_dtype: str = "uint8") -> torch.Tensor:
+    """Layer norm over the last dimension (width ``n``) of codes ``x``. ``gamma`` / ``beta`` [n]
+    are ``gamma / out_scale`` and ``beta / out_scale`` at 2^``frac``; ``eps`` is
+    ``eps * n^2 * 2^(2 * LN_SQRT_BITS) / x_scale^2`` (the real epsilon in the units the
+    variance is computed in, before the row's power-of-two normalisation), at most ``LN_MAX_EPS``."""
+    if not 0 <= int(eps) <= LN_MAX_EPS:
+        raise ValueError(f"layer norm epsilon term {eps} is outside [0, {LN_MAX_EPS}]")
+    n = x.shape[-1]
+    q = x.to(torch.int64) - int(x_zp)
+    d = q * n - q.sum(-1, keepdim=True)  # n * (x - mean), exact
+    k = bit_length(d.abs().amax(-1, keepdim=True)) - LN_NORM_BITS
+    e = torch.where(k >= 0, d >> torch.clamp(k, min=0), d << torch.clamp(-k, min=0))
+    eps_term = torch.where(k >= 0, int(eps) >> torch.clamp(2 * k, min=0, max=62), int(eps) << torch.clamp(-2 * k, min=0))
+    var = ((e * e).sum(-1, keepdim=True) << (2 * LN_SQRT_BITS)) // n + eps_term
+    inv = (1 << LN_RECIP_BITS) // isqrt(torch.clamp(var, min=1))  # one division per row
+    xhat = (e * inv) >> (LN_RECIP_BITS - LN_SQRT_BITS - LN_XHAT_BITS)
+    z = (xhat * gamma.to(torch.int64)) >> LN_XHAT_BITS
+    y = ((z + beta.to(torch.int64) + (1 << (int(frac) - 1))) >> int(frac)) + int(out_zp)
+    return _out(torch.clamp(y, int(qmin), int(qmax)), out_dtype)
+
+
+def qgelu(x: torch.Tensor, x_zp: int, mult: int, shift: int, table: torch.Tensor, out_mult: int, out_shift: int,
+          out_zp: int, qmin: int, qmax: int, out_dtype: str = "uint8") -> torch.Tensor:
+    """GELU (erf form) of codes ``x``; ``(mult, shift)`` is the dyadic form of
+    ``scale * 2^GELU_FRAC``, ``table`` is :data:`GELU_TABLE` and ``(out_mult, out_shift)`` that
+    of ``2^-GELU_FRAC / out_scale``."""
+    q = x.to(torch.int64) - int(x_zp)
+    v = torch.clamp((q * int(mult) + (1 << (int(shift) - 1))) >> int(shift), -(2**32), 2**32)
+    edge = GELU_EDGE << GELU_FRAC
+    a = torch.clamp(v.abs(), max=edge - 1)
+    seg = GELU_FRAC - GELU_SEG_BITS
+    h = horner(table.to(torch.int64)[a >> seg], a & ((1 << seg) - 1), GELU_FRAC)
+    h = torch.where(v.abs() >= edge, ONE_30 >> 1, h)
+    phi = (ONE_30 >> 1) + torch.where(v < 0, -h, h)
+    y = (v * phi + (ONE_30 >> 1)) >> 30
+    return _out(fixed_to_codes(y, out_mult, out_shift, out_zp, qmin, qmax), out_dtype)
+
+
+#: The glue ops; each clamps its output to its (qmin, qmax) arguments.
+GLUE_OPS = (qsoftmax, qlayer_norm, qgelu)

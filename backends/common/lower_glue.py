@@ -1,0 +1,66 @@
+"""Lowerings of the integer transformer glue (:mod:`lcpaq.backends.common.integer_glue`: softmax,
+layer norm, GELU on codes) to the kernels of :mod:`lcpaq.backends.common.glue_kernels`.
+
+:data:`GLUE` is a table whose parent is the CPU families' :data:`~lcpaq.backends.common.lower_codes.CODES`;
+a family whose ``Conventions.integer_glue`` is set makes it its table's parent. Each op reads its
+input in the logical layout (unpadded, 4-d as NCHW: the glue works over the last logical
+dimension) and writes its output the same way.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch.fx as fx
+from tvm import relax
+
+from lcpaq.backends.common import glue_kernels as gk
+from lcpaq.backends.common import integer_glue as glue
+from lcpaq.backends.common.lower_codes import CODES
+from lcpaq.backends.common.relax_lower import LoweringTable, RelaxLowering, RVal, channels_of, codes, logical
+
+#: The glue lowerings; parent: the code lowerings every CPU family shares.
+GLUE = LoweringTable("integer-glue", parent=CODES)
+
+
+def _schedule(lw: RelaxLowering):  # noqa: ANN202 (a schedule function or None)
+    """The glue kernels' CPU schedule where the family schedules its code kernels itself."""
+    return gk.schedule_glue if lw.code_schedule is not None else None
+
+
+def _out(lw: RelaxLowering, gv: relax.GlobalVar, args: list[relax.Expr], x: RVal, node: fx.Node) -> RVal:
+    dtype = node.kwargs.get("out_dtype", "uint8")
+    return RVal(lw.call(gv, args, x.shape, dtype), x.shape, dtype, channels_of(x.shape), "NCHW")
+
+
+def _scalars(node: fx.Node, first: int, last: int) -> tuple[int, ...]:
+    return tuple(int(a) for a in node.args[first:last])
+
+
+def _tail(node: fx.Node) -> tuple:
+    kw = node.kwargs
+    return int(kw["out_zp"]), int(kw["qmin"]), int(kw["qmax"]), kw.get("out_dtype", "uint8")
+
+
+@GLUE.register(glue.qsoftmax)
+def _softmax(lw: RelaxLowering, node: fx.Node) -> RVal:
+    x = logical(lw, codes(lw, node))
+    params = (*_scalars(node, 1, 6), *_tail(node))
+    gv = lw.prim(("qsoftmax", x.shape, x.dtype, params), lambda: gk.softmax_func(x.shape, x.dtype, *params), _schedule(lw))
+    return _out(lw, gv, [x.expr], x, node)
+
+
+@GLUE.register(glue.qgelu)
+def _gelu(lw: RelaxLowering, node: fx.Node) -> RVal:
+    x = logical(lw, codes(lw, node))
+    params = (*_scalars(node, 1, 4), *_scalars(node, 5, 7), *_tail(node))
+    table = relax.const(np.ascontiguousarray(lw.tensor(node.args[4]).numpy()), "int64")
+    gv = lw.prim(("qgelu", x.shape, x.dtype, params), lambda: gk.gelu_func(x.shape, x.dtype, *params), _schedule(lw))
+    return _out(lw, gv, [x.expr, table], x, node)
+
+
+@GLUE.register(glue.qlayer_norm)
+def _layer_norm(lw: RelaxLowering, node: fx.Node) -> RVal:
+    x = logical(lw, codes(lw, node))
+    params = (int(node.args[1]), *_scalars(node, 4, 6), *_tail(node))
+    gamma, beta = (relax.const(np.ascontiguousarray(lw.tensor(node.args[i]).numpy()), "int64") for i in (2, 3))
+    gv = lw.prim(("qlayer_norm", x.shape, x.dtype, params), lambda: gk.layer_norm_func(x.shape, x.dtype, *params), _schedule(lw))
+    return _out(lw, gv, [x.expr, gamma, beta], x, node)
