@@ -33,6 +33,8 @@ import tvm
 
 from lcpaq.backends.common.backend import backend_for
 from lcpaq.backends.common.build import build_model
+from lcpaq.backends.common.integer_glue import GLUE_OPS
+from lcpaq.backends.common.integerize import integerize
 from lcpaq.backends.common.measure import measure_latency
 from lcpaq.hw_targets import load_target
 from lcpaq.hw_targets.host import default_target_name, host_cpu_name, host_features
@@ -96,12 +98,12 @@ def _outputs(predict: Callable[[Inputs], np.ndarray], data: Inputs, batch: int) 
     return np.concatenate([np.asarray(predict(_rows(data, i, batch))) for i in range(0, n, batch)])
 
 
-def lcpaq_build(gm: Any, x: Inputs, trials: int, data: Inputs) -> tuple[Any, dict[str, Any]]:
-    """Build ``gm`` at ``x``'s batch and check it bit-exact against its integer reference on
-    every held-out row: (the built model or None, its results row without timing)."""
+def lcpaq_build(gm: Any, x: Inputs, trials: int, data: Inputs, glue: str = "integer") -> tuple[Any, dict[str, Any]]:
+    """Build ``gm`` at ``x``'s batch (with ``glue``) and check it bit-exact against its integer
+    reference on every held-out row: (the built model or None, its results row without timing)."""
     start = time.perf_counter()
     try:
-        built = build_model(gm, list(x), load_target(default_target_name()), trials=trials, batch=None)
+        built = build_model(gm, list(x), load_target(default_target_name()), trials=trials, batch=None, glue=glue)
     except LcpaqError as exc:
         return None, {"built": False, "reason": str(exc)}
     build_s = time.perf_counter() - start
@@ -112,7 +114,8 @@ def lcpaq_build(gm: Any, x: Inputs, trials: int, data: Inputs) -> tuple[Any, dic
     choices = built.schedule_choices or {}
     return built, {
         "built": True, "bit_exact": bool(np.array_equal(y, ref)), "max_diff_vs_integer_ref": float(np.abs(y - ref).max()),
-        "kernels": built.kernels, "build_s": build_s, "trials": trials,
+        "kernels": built.kernels, "build_s": build_s, "trials": trials, "glue": glue,
+        "integer_glue_ops": sum(n.target in GLUE_OPS for n in built.integer_graph.graph.nodes),
         "tuned_kept": sum(v == "tuned" for v in choices.values()), "tuned_kernels": len(choices), "_outputs": y,
     }
 
@@ -147,8 +150,11 @@ def bench_model(name: str, batches: list[int], trials: int, repeat: int, rounds:
         rows_out[key] = {"recipe": recipe["recipe"]}
     gm = _configured(*_prepared(bundle), 8)
     lcpaq_keys = ["lcpaq-w8a8"] + ([f"lcpaq-w8a8 tuned ({trials} trials/kernel)"] if trials > 0 else [])
-    for key in lcpaq_keys:
-        rows_out[key] = {"recipe": "W8A8, per-channel weights, MinMax"}
+    variants = {key: (t, "integer") for key, t in zip(lcpaq_keys, (0, trials))}
+    if any(n.target in GLUE_OPS for n in integerize(gm, backend_for(load_target(default_target_name())).conventions).graph.nodes):
+        variants["lcpaq-w8a8 float glue"] = (0, "float")  # the integer glue's accuracy and speed against float glue
+    for key in variants:
+        rows_out[key] = {"recipe": "W8A8, per-channel weights, MinMax" + ("; layer norm, softmax, GELU in float32" if key.endswith("float glue") else "")}
     macs = sum(COST.get(layer.node).macs for layer in find_layers(gm) if assignment_of(gm)[layer.name].w_bits <= 8)
     results: dict[str, Any] = {"rows": len(data[0]), "batches": {}, "int8_macs_per_row": macs}
     for batch in batches:
@@ -161,8 +167,8 @@ def bench_model(name: str, batches: list[int], trials: int, repeat: int, rounds:
         with torch.no_grad():
             for key, fn in predictors.items():
                 per[key].update(_cosines(_outputs(fn, data, batch), ref))
-        for key, t in zip(lcpaq_keys, (0, trials)):
-            built, per[key] = lcpaq_build(gm, x, t, data)
+        for key, (t, glue) in variants.items():
+            built, per[key] = lcpaq_build(gm, x, t, data, glue)
             if built is not None:
                 per[key].update(_cosines(per[key].pop("_outputs"), ref))
                 args = built.inputs(*x)

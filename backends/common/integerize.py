@@ -189,6 +189,8 @@ class Integerizer:
                 self.env[node] = self.lower_call(node)
             else:
                 raise LoweringError(f"{node.name}{source_location(node)}: cannot lower a {node.op} node ({node.target})")
+        if self.glue:
+            gl.fuse_adds(self.graph)
         self.graph.lint()
         return fx.GraphModule(self.root, self.graph, class_name="IntegerGraph")
 

@@ -12,6 +12,8 @@ more than reading the float, far below the quantizer's step). Around the glue:
 * an embedding lookup in a constant table, read by glue (through the adds of token, type and
   position embeddings), gathers int32 codes of the table quantized at 2^-EMBED_BITS of its
   largest magnitude;
+* a residual or mask add read only by a layer norm or softmax is fused into it (its ``add``
+  argument, :func:`fuse_adds`): the int32 sum is never stored;
 * an add of codes and a float tensor read by glue (attention's additive mask, a relative
   position bias) quantizes the float operand into the wide int32 domain (saturating: a mask of
   -3.4e38 becomes the most negative code) and adds as codes.
@@ -180,3 +182,18 @@ def lower_embedding(iz: "Integerizer", node: fx.Node) -> "Value | None":
     codes = iz.const(f"{node.name}_codes", torch.round(table.double() / dom.scale).to(torch.int32))
     ids = iz.value(node.args[1]).node
     return iz.emit(aten.embedding.default, (codes, ids, *node.args[2:]), dict(node.kwargs), dom, node)
+
+
+def fuse_adds(graph: fx.Graph) -> None:
+    """Each ``qadd`` whose one reader is a softmax or layer norm (as its input) becomes that op's
+    ``add`` argument (``(b, a_zp, a_mult, a_shift, b_zp, b_mult, b_shift, out_zp, qmin, qmax)``)."""
+    for node in list(graph.nodes):
+        if node.target not in (glue.qsoftmax, glue.qlayer_norm) or "add" in node.kwargs:
+            continue
+        add = node.args[0]
+        if not (isinstance(add, fx.Node) and add.target is iops.qadd and len(add.users) == 1 and add.kwargs.get("out_dtype") == "int32"):
+            continue
+        a, b, *params = add.args
+        node.args = (a, *node.args[1:])
+        node.update_kwarg("add", (b, *params, add.kwargs["qmin"], add.kwargs["qmax"]))
+        graph.erase_node(add)

@@ -232,6 +232,7 @@ def _qmatmul(lw: RelaxLowering, node: fx.Node) -> RVal:
     out_zp, qmin, qmax, dtype = int(kw["out_zp"]), int(kw["qmin"]), int(kw["qmax"]), kw.get("out_dtype", "uint8")
     shape = (*a.shape[:-1], b.shape[-1])
     key = ("qmatmul", a.shape, b.shape, a_zp, b_zp, mult, shift, out_zp, qmin, qmax, dtype, code)
+    schedule = ck.schedule_qmatmul if lw.code_schedule is not None else None  # a GPU family's pipeline schedules it
     gv = lw.prim(key, lambda: ck.qmatmul_func(a.shape, b.shape, a_zp, b_zp, mult, shift, out_zp, qmin, qmax, dtype, code),
-                 lw.code_schedule)
+                 schedule)
     return RVal(lw.call(gv, [a.expr, b.expr], shape, dtype), shape, dtype, channels_of(shape), "NCHW")

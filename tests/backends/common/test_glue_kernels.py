@@ -248,3 +248,30 @@ def test_schedule_parallel_rows_vectorized_columns() -> None:
 def test_bad_dtype_is_refused() -> None:
     with pytest.raises(ValueError, match="int16"):
         gk.softmax_func((2, 4), "int16", 0, 2**30, 31, 2**30, 31, 0, 0, 255, "uint8")
+
+
+# -- fused adds ---------------------------------------------------------------------------------
+
+def test_fused_mask_and_residual_adds() -> None:
+    """A mask add broadcast over heads and queries fused into softmax, a residual add fused into
+    layer norm (both saturating terms): the same bits as ``qadd`` then the op."""
+    gen = torch.Generator().manual_seed(21)
+    scores = _codes(gen, (2, 3, 8, 16), "int32", -40000, 40000)
+    mask = torch.zeros(2, 1, 1, 16, dtype=torch.int32)
+    mask[0, ..., 11:] = -(2**31 - 128)
+    params = (0, 2**30, 30, 0, 2**30, 30, 0, INT32_MIN, INT32_MAX)
+    add = gk.FusedAdd((2, 1, 1, 16), "int32", params)
+    mult, shift = quantize_multiplier(1e-3 * 2**ig.EXP_FRAC / math.log(2))
+    out = _out_params("uint8", ig.PROB_BITS, 1 / 255, 0)
+    want = ig.qsoftmax(scores, 0, mult, shift, *out, "uint8", add=(mask, *params))
+    _assert_equal(_run(gk.softmax_func, ((2, 3, 8, 16), "int32", 0, mult, shift, *out, "uint8", add), [scores, mask], "uint8"), want)
+    assert int(want[0, ..., 11:].max()) == 0
+
+    n = 48
+    a, r = _codes(gen, (2, 5, n), "int32"), _codes(gen, (2, 5, n), "uint8")
+    params = (0, *quantize_multiplier(0.5), 128, *quantize_multiplier(300.0), 0, INT32_MIN, INT32_MAX)
+    g, b = torch.randint(-(2**20), 2**20, (n,), generator=gen), torch.randint(-(2**24), 2**24, (n,), generator=gen)
+    add = gk.FusedAdd((2, 5, n), "uint8", params)
+    args = ((2, 5, n), "int32", 0, 20, 1000, 7, 0, 255, "uint8", add)
+    want = ig.qlayer_norm(a, 0, g, b, 20, 1000, 7, 0, 255, "uint8", add=(r, *params))
+    _assert_equal(_run(gk.layer_norm_func, args, [a, r, g, b], "uint8"), want)
