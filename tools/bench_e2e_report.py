@@ -50,7 +50,7 @@ def _model_table(name: str, res: dict[str, Any], peak: dict[str, Any] | None = N
                 diff = r["max_diff_vs_integer_ref"]
                 exact = "bit-exact" if r["bit_exact"] else f"max diff {diff:.1e}" + (
                     " (float32 ops after the integer part)" if r.get("integer_glue_ops") and diff < 1e-5 else "")
-                glue = ("integer glue; " if r.get("integer_glue_ops") else "float glue; ") if r.get("glue") else ""
+                glue = "integer glue; " if r.get("integer_glue_ops") else "float glue; " if r.get("glue") == "float" else ""
                 sched = (f"{r['trials']} trials/kernel, tuned kept for {r['tuned_kept']}/{r['tuned_kernels']} kernels"
                          if r["trials"] else "hand schedules")
                 note = f"{glue}{exact} vs integer reference on every held-out row; {r['kernels']} kernels; {sched}"

@@ -28,7 +28,8 @@ DEFAULT_CORES = 4
 @register_backend
 class ArmDotprodBackend(Backend):
     name = "arm-dotprod"
-    conventions = Conventions(act_dtype="int8", integer_bits=8, in_multiple=SDOT_BLOCKING.depth, out_multiple=SDOT_BLOCKING.lanes)
+    conventions = Conventions(act_dtype="int8", integer_bits=8, in_multiple=SDOT_BLOCKING.depth, out_multiple=SDOT_BLOCKING.lanes,
+                              integer_glue=True)
     integer_kernels = {"conv": (8,), "linear": (8,), "matmul": (8,)}
 
     def has_integer_kernel(self, gm: fx.GraphModule, layer: QuantLayer) -> bool:

@@ -178,6 +178,7 @@ def lower_embedding(iz: "Integerizer", node: fx.Node) -> "Value | None":
     table = getattr(iz.root, str(w.node.target), None) if w.domain is None and w.node.op == "get_attr" else None
     if table is None or table.dim() != 2 or not table.is_floating_point():
         return None
+    table = table.detach()
     dom = int32_domain((float(table.abs().max()) or 1.0) / 2**EMBED_BITS)
     codes = iz.const(f"{node.name}_codes", torch.round(table.double() / dom.scale).to(torch.int32))
     ids = iz.value(node.args[1]).node
