@@ -2,9 +2,10 @@
 
 Each function returns an unscheduled PrimFunc computing exactly the bits of the op of the same
 name in :mod:`lcpaq.backends.common.integer_glue` (``softmax_func`` is ``qsoftmax`` and so on),
-over the last dimension of its input (every other dimension is a row), in int64 arithmetic: the
-same adds, multiplies, arithmetic shifts, floor divisions and clamps, and every constant taken
-from that module. The reference was written so that no division is per element; the kernels
+over the last dimension of its input (every other dimension is a row), in the same integer
+arithmetic (int64, and int32 where the reference fits it): the same adds, multiplies,
+arithmetic shifts, floor divisions and clamps, and every constant taken from that module. The
+GELU kernel is in :mod:`lcpaq.backends.common.gelu_kernel`. The reference was written so that no division is per element; the kernels
 keep that shape: each per-row quantity (maximum, sums, bit length, square root, reciprocal) is a
 small block of its own over the leading dimensions, and the per-element work is spatial blocks
 over the whole shape. :func:`schedule_glue` computes the row blocks once per row, inside a
@@ -208,50 +209,6 @@ def layer_norm_func(shape: Shape, in_dtype: str, x_zp: int, frac: int, eps: int,
 
 def _newton(x: te.Tensor, t: te.Tensor) -> Any:
     return lambda *r: tir.min(x(*r), tir.floordiv(x(*r) + tir.floordiv(t(*r), x(*r)), _c(2)))
-
-
-def _select_row(table: te.Tensor, row: Any, col: int) -> Any:
-    """``table[row, col]`` for ``row`` in [0, rows) as a tree of selects on the bits of ``row``
-    (TVM scalarizes a vector gather into one load per lane: ``rows - 1`` blends are cheaper)."""
-    rows = int(table.shape[0])
-    bits = (rows - 1).bit_length()
-    level = [table[min(j, rows - 1), col] for j in range(1 << bits)]
-    for b in range(bits):
-        bit = (row & _c(1 << b)) != _c(0)
-        level = [tir.Select(bit, level[2 * m + 1], level[2 * m]) for m in range(len(level) // 2)]
-    return level[0]
-
-
-def gelu_func(shape: Shape, in_dtype: str, x_zp: int, mult: int, shift: int, out_mult: int, out_shift: int,
-              out_zp: int, qmin: int, qmax: int, out_dtype: str) -> tvm.tirx.PrimFunc:
-    """``Y = integer_glue.qgelu(X, x_zp, mult, shift, T, out_mult, out_shift, out_zp, qmin, qmax, out_dtype)``;
-    params ``[X, T, Y]``, ``T`` int64 ``[16, 4]`` (:data:`integer_glue.GELU_TABLE`).
-
-    ``v``, ``|v|`` and the segment are let-bound (each is used many times); ``|v|`` and
-    ``where(v < 0, -h, h)`` are ``(v ^ s) - s`` and ``(h ^ s) - s`` with ``s = v >> 63`` (as
-    selects, TVM's simplifier would push them into the table lookups and make two of each).
-    The cubic's ``a & (2^seg - 1)`` takes ``|v|`` unclamped: it differs from the reference's
-    ``min(|v|, edge - 1)`` only where ``|v| >= edge``, where the cubic is not used."""
-    _check_dtypes(in_dtype, out_dtype)
-    shape, _, _ = _split(shape)
-    x = te.placeholder(shape, in_dtype, name="X")
-    table = te.placeholder(tuple(int(v) for v in ig.GELU_TABLE.shape), "int64", name="T")
-    edge = ig.GELU_EDGE << ig.GELU_FRAC
-    seg = ig.GELU_FRAC - ig.GELU_SEG_BITS
-    half = ig.ONE_30 >> 1
-
-    def gelu(*i: Any) -> Any:
-        v, sign, a, row = (tir.Var(name, "int64") for name in ("v", "sign", "a", "row"))
-        coeffs = [_select_row(table, row, c) for c in range(int(table.shape[1]))]
-        h = tir.Select(a >= _c(edge), _c(half), _horner(coeffs, a & _c((1 << seg) - 1), ig.GELU_FRAC))
-        phi = _c(half) + ((h ^ sign) - sign)
-        y = _fixed_to_codes((v * phi + _c(half)) >> _c(30), out_mult, out_shift, out_zp, qmin, qmax, out_dtype)
-        y = tir.Let(row, tir.min(a, _c(edge - 1)) >> _c(seg), y)
-        y = tir.Let(a, (v ^ sign) - sign, y)  # |v|
-        y = tir.Let(sign, v >> _c(63), y)
-        return tir.Let(v, _clamp(_dyadic(_i64(x(*i)) - _c(x_zp), mult, shift), -(2**32), 2**32), y)
-
-    return te.create_prim_func([x, table, te.compute(shape, gelu, name="gelu")])
 
 
 def _lanes(extent: int) -> int:

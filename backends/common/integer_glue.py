@@ -16,8 +16,9 @@ made, in Python, and passed in; so a kernel and this reference cannot disagree a
   by a power of two to ``LN_NORM_BITS`` bits, its standard deviation is an integer square root
   (Newton's method, exact floor), and ``gamma / sigma`` is a multiply by one reciprocal per row
   (a floor division per row, none per element: kernels vectorize).
-- **GELU**: ``x * Phi(x)`` with ``Phi`` a cubic per segment of 1/4 on ``|x| < 4`` (``GELU_TABLE``,
-  error 7e-7; ``Phi`` is 0 or 1 beyond), in fixed point.
+- **GELU**: ``relu(x) - R(|x|)`` with ``R(a) = a * Phi(-a)`` (``x * Phi(x)`` exactly), ``R`` a
+  quartic per segment of 5/8 on ``|x| < 5`` (``GELU_TABLE``; ``R`` within 7.6e-6, see there),
+  evaluated in int32 (kernels run all but the input and output scaling in 32-bit lanes).
 
 Softmax and GELU outputs go through :func:`fixed_to_codes`: a clamp that keeps the dyadic
 multiply in int64, round half up, then the zero point and the output range. The one float
@@ -45,23 +46,40 @@ LN_XHAT_BITS = 20
 LN_MAX_EPS = 2**33
 #: Largest layer-norm width: ``n * 2^(2 * (LN_NORM_BITS + LN_SQRT_BITS))`` must fit int64.
 LN_MAX_WIDTH = 2**14
-#: Fraction bits of the GELU input in fixed point; segments of ``Phi`` are ``2^-GELU_SEG_BITS`` wide.
-GELU_FRAC = 16
-GELU_SEG_BITS = 2
-#: ``Phi(a) - 1/2`` on segment ``j`` (``a`` in [j/4, (j+1)/4)) as a cubic in ``a - j/4``, at 2^30.
+#: Fraction bits of GELU's fixed point: its input ``v`` and its output ``y``.
+GELU_FRAC = 20
+#: ``R``'s argument is ``min(|v|, GELU_EDGE - 1) >> GELU_ARG_SHIFT`` (at 2^-16), in segments
+#: ``GELU_SEG_WIDTH`` wide (5/8), ``GELU_SEGMENTS`` of them: from ``|x| = 5`` on, ``R`` is its value
+#: at the edge (``R(5) = 1.4e-6``, the polynomial gives 1.9e-6).
+GELU_ARG_SHIFT = 4
+GELU_SEG_WIDTH = 5 << 13
+GELU_SEGMENTS = 8
+GELU_EDGE = (GELU_SEGMENTS * GELU_SEG_WIDTH) << GELU_ARG_SHIFT
+#: Row ``j`` of ``GELU_TABLE``: ``R`` on segment ``j`` as a quartic, ``R = sum_k C[k] *
+#: 2^-GELU_COEF_FRAC[k] * (w / 2^15)^k`` with ``w`` the argument's offset from the segment's centre
+#: (in [-2^14.3, 2^14.3]); the row is ``C[0], C[1], C[2]`` and ``C[3]``, ``C[4]`` as the low and high
+#: 16-bit halves of one int32 (:func:`gelu_coefficients`: one table lookup fewer per element).
+#: Horner's rule is ``h = ((h * w) >> GELU_SHIFTS[k]) + C[k]``: every product and sum fits int32
+#: (2^30.93 at most, checked over every argument). ``h`` ends at 2^33 and ``C[0]`` includes 2^12,
+#: so ``h >> GELU_OUT_SHIFT`` is ``R`` rounded half up to 2^-20. Fit offline (numpy): per segment
+#: a minimax quartic of ``R`` at the middle of the 16 values of ``|v|`` that share an argument,
+#: quantized from the top coefficient down with the lower ones refitted (minimax), then ``C[1]``
+#: and ``C[0]`` adjusted against the exact integer evaluation. Over every ``|v|`` the result is
+#: within 7.6e-6 of ``R(|v| / 2^20)`` (up to 3.6e-6 of it the argument's truncation to 2^-16,
+#: worst near 0 where ``R' = 1/2``; 1.9e-6 far past the edge).
+GELU_COEF_FRAC = (33, 19, 20, 20, 23)
+GELU_SHIFTS = tuple(GELU_COEF_FRAC[k + 1] + 15 - GELU_COEF_FRAC[k] for k in range(len(GELU_COEF_FRAC) - 1))
+GELU_OUT_SHIFT = GELU_COEF_FRAC[0] - GELU_FRAC
 GELU_TABLE = torch.tensor([
-    [-181, 428382770, -387345, -69530392], [105984582, 415248304, -53193671, -57046837],
-    [205580529, 378119458, -96336645, -35740184], [293530917, 323437383, -123132997, -11458513],
-    [366515556, 259888311, -131415969, 9961153], [423429996, 196161812, -123480894, 24577449],
-    [465137129, 139081606, -104590826, 31170591], [493857803, 92629478, -80875381, 30897874],
-    [512443324, 57949568, -57524115, 26221503], [523745188, 34054164, -37819527, 19745849],
-    [530203514, 18797806, -23060408, 13433670], [533671550, 9746736, -13071976, 8343304],
-    [535421559, 4747062, -6900935, 4761917], [536251390, 2171716, -3397450, 2508874],
-    [536621158, 933238, -1561470, 1224115], [536775989, 376697, -670522, 554427],
-], dtype=torch.int64)
-#: ``|x|`` from which GELU's ``Phi`` is taken as exactly 0 or 1 (``Phi(-4) = 3.2e-5``).
-GELU_EDGE = 4
-ONE_30 = 1 << 30
+    [1012904524, 67803, -94719, 1768892034],
+    [1403253300, -17486, -37785, -476758257],
+    [793026393, -32722, 6801, -1176889159],
+    [269700037, -17151, 13313, -353240284],
+    [59383064, -4991, 5923, 115079399],
+    [8671115, -899, 1395, 94567798],
+    [852083, -104, 197, 24838022],
+    [58503, -7, 18, 3538930],
+], dtype=torch.int32)
 #: Softmax probabilities are ``(e << PROB_BITS) // sum(e)`` before requantization.
 PROB_BITS = 24
 #: ... computed as ``e * (2^SOFTMAX_RECIP_BITS // sum(e)) >> (SOFTMAX_RECIP_BITS - PROB_BITS)``.
@@ -159,20 +177,37 @@ def qlayer_norm(x: torch.Tensor, x_zp: int, gamma: torch.Tensor, beta: torch.Ten
     return _out(torch.clamp(y, int(qmin), int(qmax)), out_dtype)
 
 
+def gelu_segment(a):  # noqa: ANN001, ANN201 (a tensor or a TVM expression)
+    """``a // GELU_SEG_WIDTH`` for ``0 <= a < GELU_SEGMENTS * GELU_SEG_WIDTH``, without a division:
+    ``((a >> 13) * 13) >> 6`` (``(t * 13) >> 6 == t // 5`` for every ``t < 64``)."""
+    return ((a >> 13) * 13) >> 6
+
+
+def gelu_coefficients(row: torch.Tensor) -> list[torch.Tensor]:
+    """``C[0] .. C[4]`` of rows of :data:`GELU_TABLE` (``[..., 4]``, int64)."""
+    packed = row[..., 3]
+    return [row[..., 0], row[..., 1], row[..., 2], ((packed & 0xFFFF) ^ 0x8000) - 0x8000, packed >> 16]
+
+
 def qgelu(x: torch.Tensor, x_zp: int, mult: int, shift: int, table: torch.Tensor, out_mult: int, out_shift: int,
           out_zp: int, qmin: int, qmax: int, out_dtype: str = "uint8") -> torch.Tensor:
     """GELU (erf form) of codes ``x``; ``(mult, shift)`` is the dyadic form of
     ``scale * 2^GELU_FRAC``, ``table`` is :data:`GELU_TABLE` and ``(out_mult, out_shift)`` that
-    of ``2^-GELU_FRAC / out_scale``."""
+    of ``2^-GELU_FRAC / out_scale``. ``GELU(v) = relu(v) - R(|v|)``, ``R(a) = a * Phi(-a)``:
+    ``R`` is subtracted, not multiplied, so its error is the output's (not scaled by ``|v|``);
+    ``y`` is within 8.1e-6 of the exact GELU of the input (``R``'s 7.6e-6 and ``v``'s rounding),
+    before :func:`fixed_to_codes` (whose clamp bounds ``y``). ``v`` and ``y`` are int64, ``R``'s
+    evaluation fits int32."""
     q = x.to(torch.int64) - int(x_zp)
-    v = torch.clamp((q * int(mult) + (1 << (int(shift) - 1))) >> int(shift), -(2**32), 2**32)
-    edge = GELU_EDGE << GELU_FRAC
-    a = torch.clamp(v.abs(), max=edge - 1)
-    seg = GELU_FRAC - GELU_SEG_BITS
-    h = horner(table.to(torch.int64)[a >> seg], a & ((1 << seg) - 1), GELU_FRAC)
-    h = torch.where(v.abs() >= edge, ONE_30 >> 1, h)
-    phi = (ONE_30 >> 1) + torch.where(v < 0, -h, h)
-    y = (v * phi + (ONE_30 >> 1)) >> 30
+    v = (q * int(mult) + (1 << (int(shift) - 1))) >> int(shift)
+    a = torch.clamp(v.abs(), max=GELU_EDGE - 1) >> GELU_ARG_SHIFT
+    j = gelu_segment(a)
+    c = gelu_coefficients(table.to(torch.int64)[j])
+    w = a - j * GELU_SEG_WIDTH - GELU_SEG_WIDTH // 2  # offset from the segment's centre
+    h = c[-1]
+    for k in range(len(c) - 2, -1, -1):
+        h = ((h * w) >> GELU_SHIFTS[k]) + c[k]
+    y = torch.clamp(v, min=0) - (h >> GELU_OUT_SHIFT)
     return _out(fixed_to_codes(y, out_mult, out_shift, out_zp, qmin, qmax), out_dtype)
 
 

@@ -15,6 +15,7 @@ import torch
 import torch.fx as fx
 from tvm import relax
 
+from lcpaq.backends.common import gelu_kernel
 from lcpaq.backends.common import glue_kernels as gk
 from lcpaq.backends.common import integer_glue as glue
 from lcpaq.backends.common.lower_codes import CODES
@@ -72,8 +73,8 @@ def _softmax(lw: RelaxLowering, node: fx.Node) -> RVal:
 def _gelu(lw: RelaxLowering, node: fx.Node) -> RVal:
     x = logical(lw, codes(lw, node))
     params = (*_scalars(node, 1, 4), *_scalars(node, 5, 7), *_tail(node))
-    table = relax.const(np.ascontiguousarray(lw.tensor(node.args[4]).numpy()), "int64")
-    gv = lw.prim(("qgelu", x.shape, x.dtype, params), lambda: gk.gelu_func(x.shape, x.dtype, *params), _schedule(lw))
+    table = relax.const(np.ascontiguousarray(lw.tensor(node.args[4]).numpy()), "int32")
+    gv = lw.prim(("qgelu", x.shape, x.dtype, params), lambda: gelu_kernel.gelu_func(x.shape, x.dtype, *params), _schedule(lw))
     return _out(lw, gv, [x.expr, table], x, node)
 
 

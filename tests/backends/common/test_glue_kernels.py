@@ -18,6 +18,7 @@ import pytest
 import torch
 import tvm
 
+from lcpaq.backends.common import gelu_kernel
 from lcpaq.backends.common import glue_kernels as gk
 from lcpaq.backends.common import integer_glue as ig
 from lcpaq.backends.common.integer_ref import INT32_MAX, INT32_MIN, quantize_multiplier
@@ -191,7 +192,7 @@ def _check_gelu(x: torch.Tensor, in_dtype: str, x_zp: int, scale: float, out_dty
     out = _out_params(out_dtype, ig.GELU_FRAC, out_scale, out_zp)
     args = (tuple(x.shape), in_dtype, x_zp, mult, shift, *out, out_dtype)
     want = ig.qgelu(x, x_zp, mult, shift, ig.GELU_TABLE, *out, out_dtype)
-    got = _run(gk.gelu_func, args, [x, ig.GELU_TABLE], out_dtype)
+    got = _run(gelu_kernel.gelu_func, args, [x, ig.GELU_TABLE], out_dtype)
     _assert_equal(got, want)
     return got
 
@@ -204,8 +205,8 @@ def test_gelu_random_int32_codes(shape: tuple[int, ...], out_dtype: str) -> None
 
 
 def test_gelu_full_int32_range() -> None:
-    """All of int32 (``v`` clamped to +-2^32, ``Phi`` exactly 0 or 1 beyond +-4), at scales
-    that put the codes well past the table's edge and ones that keep them inside it."""
+    """All of int32 (``v`` in int64, ``R`` its edge value beyond +-5), at scales that put the
+    codes well past the table's edge and ones that keep them inside it."""
     gen = torch.Generator().manual_seed(8)
     special = torch.tensor([[INT32_MIN, INT32_MAX, -1, 0, 1] * 4 + [0] * 44], dtype=torch.int32)
     x = torch.cat([_codes(gen, (2, 64), "int32"), special])
@@ -215,20 +216,21 @@ def test_gelu_full_int32_range() -> None:
 
 @pytest.mark.parametrize("in_dtype,x_zp,out_dtype", [("uint8", 128, "uint8"), ("int8", -7, "int8"), ("uint8", 60, "int32")])
 def test_gelu_every_8bit_code(in_dtype: str, x_zp: int, out_dtype: str) -> None:
-    """Every code, at a scale that crosses every table segment (and the edges at +-4)."""
+    """Every code, at a scale that crosses every table segment (and the edges at +-5)."""
     lo, hi = _LIMITS[in_dtype]
     x = torch.arange(lo, hi + 1, dtype=torch.int64).to(_TORCH[in_dtype]).reshape(2, 128)
-    _check_gelu(x, in_dtype, x_zp, 5.0 / 128, out_dtype, 0.03, out_zp=-20 if out_dtype == "int8" else 15)
+    _check_gelu(x, in_dtype, x_zp, 6.0 / 128, out_dtype, 0.03, out_zp=-20 if out_dtype == "int8" else 15)
 
 
 def test_gelu_every_segment_boundary() -> None:
-    """int32 codes that land on and next to every segment boundary of ``v`` (scale 2^-16 makes
-    ``v`` the code itself) and on the edges ``+-GELU_EDGE``."""
-    step = 1 << (ig.GELU_FRAC - ig.GELU_SEG_BITS)
-    edges = torch.arange(-(ig.GELU_EDGE << ig.GELU_SEG_BITS) - 1, (ig.GELU_EDGE << ig.GELU_SEG_BITS) + 2) * step
-    x = (edges[:, None] + torch.tensor([-1, 0, 1])).flatten().to(torch.int32)
-    _check_gelu(x.reshape(1, -1), "int32", 0, 2.0**-ig.GELU_FRAC, "int32", 1.0)
-    _check_gelu(x.reshape(1, -1), "int32", 0, 2.0**-ig.GELU_FRAC, "uint8", 0.02, out_zp=8)
+    """int32 codes that land on and next to every segment boundary of ``|v|`` (scale
+    2^-GELU_FRAC makes ``v`` the code itself) and on the edges ``+-GELU_EDGE``."""
+    step = ig.GELU_SEG_WIDTH << ig.GELU_ARG_SHIFT
+    edges = torch.arange(-ig.GELU_SEGMENTS - 1, ig.GELU_SEGMENTS + 2) * step
+    x = (edges[:, None] + torch.tensor([-17, -1, 0, 1, 16])).flatten().to(torch.int32)
+    for codes in (x, torch.cat([x, x[:1]])):  # 95 elements: one stream; 96: two (see gelu_func)
+        _check_gelu(codes.reshape(1, -1), "int32", 0, 2.0**-ig.GELU_FRAC, "int32", 1.0)
+        _check_gelu(codes.reshape(1, -1), "int32", 0, 2.0**-ig.GELU_FRAC, "uint8", 0.02, out_zp=8)
 
 
 # -- schedule -----------------------------------------------------------------------------------
@@ -241,7 +243,7 @@ def test_schedule_parallel_rows_vectorized_columns() -> None:
     row_loop = sch.get_loops(sch.get_sblock("layer_norm"))[0]
     for name in ("row_sum", "row_recip"):
         assert sch.get(sch.get_loops(sch.get_sblock(name))[0]).same_as(sch.get(row_loop))
-    sch = gk.schedule_glue(gk.gelu_func((3, 7), "int32", 0, 2**30, 31, 2**30, 31, 0, 0, 255, "uint8"))
+    sch = gk.schedule_glue(gelu_kernel.gelu_func((3, 7), "int32", 0, 2**30, 31, 2**30, 31, 0, 0, 255, "uint8"))
     assert "T.vectorized(7)" in sch.mod.script()
 
 

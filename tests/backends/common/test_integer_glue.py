@@ -88,4 +88,27 @@ def test_gelu_within_half_a_code_and_exact_at_the_edges() -> None:
     y = g.qgelu(x, 0, mult, shift, g.GELU_TABLE, om, osh, 20, 0, 255).double()
     ref = (torch.nn.functional.gelu(x.double() * x_scale) / out_scale + 20).clamp(0, 255)
     assert float((y - ref).abs().max()) <= 0.5 + 1e-3
-    assert y[-5:].tolist() == [20, ref[-4].round().item(), 20, 255, 20]  # 0, +-4 (the edge), saturation
+    assert y[-5:].tolist() == [20, ref[-4].round().item(), 20, 255, 20]  # 0, +-4, saturation
+
+
+def test_gelu_polynomial_fits_int32_and_is_within_its_bound() -> None:
+    """Over every ``|v|`` up to past the edge (at 2^-GELU_FRAC): the segment is ``a //
+    GELU_SEG_WIDTH``, each Horner product and sum of ``R(a) = a * Phi(-a)`` fits int32 (the kernel
+    computes them in int32), and ``R`` rounded to 2^-GELU_FRAC is within 7.6e-6 of the exact one."""
+    v = torch.arange(0, g.GELU_EDGE + (1 << 16), dtype=torch.int64)
+    a = torch.clamp(v, max=g.GELU_EDGE - 1) >> g.GELU_ARG_SHIFT
+    j = g.gelu_segment(a)
+    assert torch.equal(j, a // g.GELU_SEG_WIDTH)
+    c = g.gelu_coefficients(g.GELU_TABLE.to(torch.int64)[j])
+    assert torch.equal(g.gelu_coefficients(g.GELU_TABLE.to(torch.int64))[3],
+                       g.GELU_TABLE[:, 3].to(torch.int16).to(torch.int64))  # the kernel's unpacking
+    w = a - j * g.GELU_SEG_WIDTH - g.GELU_SEG_WIDTH // 2
+    h, widest = c[-1], 0
+    for k in range(len(c) - 2, -1, -1):
+        p = h * w
+        h = (p >> g.GELU_SHIFTS[k]) + c[k]
+        widest = max(widest, int(p.abs().max()), int(h.abs().max()))
+    assert widest < 2**31
+    x = v.double() / 2**g.GELU_FRAC
+    exact = x * torch.special.erfc(x / math.sqrt(2)) / 2
+    assert float(((h >> g.GELU_OUT_SHIFT).double() / 2**g.GELU_FRAC - exact).abs().max()) <= 7.6e-6
