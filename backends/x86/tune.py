@@ -3,8 +3,10 @@
 
 TVM's target-derived rules for a VNNI CPU tensorize with its own ``dot_16x4_vnni``, which does not
 build in 0.27 (see :mod:`lcpaq.backends.x86.vnni`), so the rules are given explicitly: the generic
-llvm rules, with :class:`MultiLevelTilingWithIntrin` on our corrected :data:`VNNI_INTRIN` ahead of
-plain multi-level tiling, and the ``RewriteTensorize`` postproc that lowers the tensorized blocks.
+llvm rules, with :class:`MultiLevelTilingWithIntrin` on our corrected :data:`VNNI_INTRIN` in place
+of plain multi-level tiling (so every candidate of an int8 kernel is tensorized: with both, a
+short search could keep an untensorized one), and the ``RewriteTensorize`` postproc that lowers
+the tensorized blocks.
 """
 from __future__ import annotations
 
@@ -24,12 +26,10 @@ def vnni_rules() -> tuple[list[Any], list[Any]]:
     register_vnni_intrinsic()
     rules: list[Any] = []
     for rule in ms.ScheduleRule.create("llvm"):
-        if isinstance(rule, MultiLevelTiling):
-            rules.append(
-                MultiLevelTilingWithIntrin(
-                    VNNI_INTRIN, structure="SSRSRS", max_innermost_factor=64,
-                    reuse_write=ReuseType(req="may", levels=[1, 2], scope="global"),
-                )
+        if isinstance(rule, MultiLevelTiling):  # replaced: every candidate is tensorized with VNNI
+            rule = MultiLevelTilingWithIntrin(
+                VNNI_INTRIN, structure="SSRSRS", max_innermost_factor=64,
+                reuse_write=ReuseType(req="may", levels=[1, 2], scope="global"),
             )
         rules.append(rule)
     postprocs = [
