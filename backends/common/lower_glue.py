@@ -1,5 +1,6 @@
 """Lowerings of the integer transformer glue (:mod:`lcpaq.backends.common.integer_glue`: softmax,
-layer norm, GELU on codes) to the kernels of :mod:`lcpaq.backends.common.glue_kernels`.
+layer norm, GELU on codes) to the kernels of :mod:`lcpaq.backends.common.glue_kernels` (GELU's:
+:mod:`lcpaq.backends.common.gelu_kernel`).
 
 :data:`GLUE` is a table whose parent is the CPU families' :data:`~lcpaq.backends.common.lower_codes.CODES`;
 a family whose ``Conventions.integer_glue`` is set makes it its table's parent. Each op reads its
