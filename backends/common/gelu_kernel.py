@@ -12,7 +12,8 @@ from tvm import s_tir, te
 from tvm import tirx as tir
 
 from lcpaq.backends.common import integer_glue as ig
-from lcpaq.backends.common.glue_kernels import MAX_LANES, Shape, _c, _check_dtypes, _dyadic, _fixed_to_codes, _i64, _split
+from lcpaq.backends.common.code_kernels import _dyadic, _i64
+from lcpaq.backends.common.glue_kernels import MAX_LANES, Shape, _c, _check_dtypes, _fixed_to_codes, _split
 
 
 def _i32(v: int) -> Any:

@@ -21,6 +21,7 @@ from tvm import s_tir, te
 from tvm import tirx as tir
 
 from lcpaq.backends.common import integer_glue as ig
+from lcpaq.backends.common.code_kernels import _clamp, _dyadic, _i64  # the code kernels' int64 helpers
 
 Shape = Sequence[int]
 
@@ -33,19 +34,6 @@ _INT32_MAX = 2**31 - 1
 
 def _c(v: int) -> Any:
     return tir.const(int(v), "int64")
-
-
-def _i64(v: Any) -> Any:
-    return v.astype("int64")
-
-
-def _clamp(v: Any, lo: int, hi: int) -> Any:
-    return tir.max(tir.min(v, _c(hi)), _c(lo))
-
-
-def _dyadic(v: Any, mult: int, shift: int) -> Any:
-    """``(v * mult + 2^(shift-1)) >> shift`` in int64 (round half up)."""
-    return (v * _c(mult) + _c(1 << (int(shift) - 1))) >> _c(shift)
 
 
 def _fixed_to_codes(y: Any, mult: int, shift: int, zp: int, qmin: int, qmax: int, out_dtype: str) -> Any:
