@@ -310,7 +310,7 @@ class CodeDomain:
     zero_point: int
     qmin: int
     qmax: int
-    dtype: Literal["uint8", "int8", "int32"] = "uint8"
+    dtype: Literal["uint8", "int8", "int16", "int32"] = "uint8"
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.scale) or self.scale <= 0:

@@ -48,11 +48,15 @@ def two_values(add: fx.Node) -> bool:
 def act_domain(fq: FakeQuantize, act_dtype: str = "uint8") -> CodeDomain:
     """The code domain of an activation quantizer in ``act_dtype`` codes: in uint8, signed
     (symmetric) codes are offset by +128; in int8, unsigned (asymmetric) codes by -128. The
-    offset moves the zero point with the codes, so ``(code - zero_point) * scale`` is unchanged."""
+    offset moves the zero point with the codes, so ``(code - zero_point) * scale`` is unchanged.
+    A quantizer of 9 to 16 bits has int16 codes (unsigned ones offset by -2^15), whatever
+    ``act_dtype`` (only wide kernels read them)."""
     spec = fq.spec
-    if spec.bits > 8 or spec.ch_axis is not None:
+    if spec.bits > 16 or spec.ch_axis is not None:
         raise LoweringError(f"activation quantizer ({spec.bits} bits, per-channel={spec.ch_axis is not None}) has no {act_dtype} integer form")
-    if act_dtype == "uint8":
+    if spec.bits > 8:
+        act_dtype, offset = "int16", 0 if spec.symmetric else -(2**15)
+    elif act_dtype == "uint8":
         offset = 128 if spec.symmetric else 0
     else:
         offset = 0 if spec.symmetric else -128

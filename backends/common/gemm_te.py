@@ -27,8 +27,8 @@ from lcpaq.backends.common.op_args import conv_out_size
 
 #: Output dtypes of the requantizing kernels: activation codes, or int32 (an intermediate on a
 #: finer scale, e.g. a conv output that a residual add combines before the final requantization).
-OUT_DTYPES = ("uint8", "int8", "int32")
-_RANGE = {"uint8": (0, 255), "int8": (-128, 127), "int32": (-(2**31), 2**31 - 1)}
+OUT_DTYPES = ("uint8", "int8", "int16", "int32")
+_RANGE = {"uint8": (0, 255), "int8": (-128, 127), "int16": (-(2**15), 2**15 - 1), "int32": (-(2**31), 2**31 - 1)}
 
 
 @dataclass(frozen=True)
@@ -70,15 +70,17 @@ class Requant:
 
 
 def requant_compute(
-    acc: te.Tensor, ch_axis: int, out_dtype: str = "uint8", qp: te.Tensor | None = None, name: str = "requant"
+    acc: te.Tensor, ch_axis: int, out_dtype: str = "uint8", qp: te.Tensor | None = None, name: str = "requant",
+    bias_dtype: str = "int32",
 ) -> tuple[te.Tensor, ...]:
-    """TE stage ``acc (int32) -> out_dtype`` with per-channel bias, multiplier and shift (int32
-    inputs of length ``acc.shape[ch_axis]``) and the run-time vector ``qp = [x_zp, out_zp, qmin,
-    qmax]`` (a new placeholder unless given). Returns (bias, multiplier, shift, qp, out)."""
+    """TE stage ``acc (int32, or int64 with an int64 bias) -> out_dtype`` with per-channel bias,
+    multiplier and shift (int32 inputs of length ``acc.shape[ch_axis]``) and the run-time vector
+    ``qp = [x_zp, out_zp, qmin, qmax]`` (a new placeholder unless given). Returns (bias,
+    multiplier, shift, qp, out)."""
     if out_dtype not in OUT_DTYPES:
         raise ValueError(f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype!r}")
     n = acc.shape[ch_axis]
-    bias = te.placeholder((n,), "int32", name="bias")
+    bias = te.placeholder((n,), bias_dtype, name="bias")
     mult = te.placeholder((n,), "int32", name="multiplier")
     shift = te.placeholder((n,), "int32", name="shift")
     qp = te.placeholder((4,), "int32", name="qp") if qp is None else qp

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 import torch.fx as fx
 
-from lcpaq.backends.common.op_args import integer_conv_reason, is_global_pool, pool_reason
+from lcpaq.backends.common.op_args import conv_geometry, integer_conv_reason, is_global_pool, pool_reason
 from lcpaq.ir.capture import get_attr
 from lcpaq.ir.layers import ADD_OPS, CONV_OPS, LINEAR_OPS, MATMUL_OPS, is_quantizer
 from lcpaq.ir.meta import QUANTIZER
@@ -49,17 +49,28 @@ def layer_reason(gm: fx.GraphModule, node: fx.Node) -> str | None:
     return integer_conv_reason(node) if node.target in CONV_OPS else None
 
 
-def float_reason(gm: fx.GraphModule, node: fx.Node, bits: int, codes: Callable[[fx.Node], bool]) -> str:
-    """Why ``node`` (of ``gm``) runs in float, given which of its inputs are integer ``codes``
-    and the width of the backend's integer kernels (``bits``)."""
+def wide_form(node: fx.Node) -> bool:
+    """A layer the wide (16-bit) kernels compute: a linear, ``x @ W``, or a conv with groups = 1."""
+    if node.target in CONV_OPS:
+        return (conv_geometry(node) or {}).get("groups") == 1
+    return node.target in LINEAR_OPS or node.target in MATMUL_OPS
+
+
+def float_reason(gm: fx.GraphModule, node: fx.Node, bits: int, codes: Callable[[fx.Node], bool], wide_bits: int | None = None) -> str:
+    """Why ``node`` (of ``gm``) runs in float, given which of its inputs are integer ``codes``,
+    the width of the backend's integer kernels (``bits``) and of its wide ones (``wide_bits``,
+    dense convs and linears only)."""
     t, name = node.target, _op(node)
+    wide_bits = bits if wide_bits is None else wide_bits
     if t in CONV_OPS | LINEAR_OPS or constant_matmul(gm, node):
         for a in node.args[:2]:
             if not (isinstance(a, fx.Node) and is_quantizer(a)):
                 return "layer left in float by the assignment (no quantizer on its input or weight)"
             width = gm.get_submodule(str(a.target)).spec.bits
+            if width > wide_bits:
+                return f"{width}-bit quantizer: the backend's integer kernels are {wide_bits}-bit at most"
             if width > bits:
-                return f"{width}-bit quantizer: the backend's integer kernels are {bits}-bit"
+                return f"{width}-bit quantizer: the backend's {wide_bits}-bit kernels cover linears and convs with groups = 1"
     if t in MATMUL_OPS:
         return "matmul whose operands are not both quantized activations (of rank 2 or more)"
     inputs = [a for a in node.all_input_nodes if a.op != "get_attr"]

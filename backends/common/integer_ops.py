@@ -20,7 +20,7 @@ INT32_RANGE = (ir.INT32_MIN, ir.INT32_MAX)
 FLOAT_REASON = "lcpaq.float_reason"
 
 
-_DTYPES = {"uint8": torch.uint8, "int8": torch.int8, "int32": torch.int32}
+_DTYPES = {"uint8": torch.uint8, "int8": torch.int8, "int16": torch.int16, "int32": torch.int32}
 
 
 def _dtype(out_dtype: str) -> torch.dtype:
@@ -55,13 +55,18 @@ def requantize(
     return ir.requantize(acc, multiplier, shift, out_zp, qmin, qmax).to(_dtype(out_dtype))
 
 
+def _acc_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    return torch.int64 if ir.is_wide(x, weight) else torch.int32
+
+
 def qconv2d(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, multiplier: torch.Tensor, shift: torch.Tensor,
     x_zp: int, out_zp: int, qmin: int, qmax: int, stride: int, padding: int, groups: int = 1, out_dtype: str = "uint8",
 ) -> torch.Tensor:
     """Quantized conv2d, NCHW: int32 accumulation of ``(x - x_zp) * w`` plus int32 bias, per-channel
-    dyadic requantization to ``out_dtype`` codes clamped to [qmin, qmax]."""
-    acc = ir.conv2d_acc(x, x_zp, weight, bias, stride, padding, groups)
+    dyadic requantization to ``out_dtype`` codes clamped to [qmin, qmax]. A wide layer (int16
+    codes on either side) accumulates in int64 (:mod:`~lcpaq.backends.common.integer_ref`)."""
+    acc = ir.conv2d_acc(x, x_zp, weight, bias, stride, padding, groups, _acc_dtype(x, weight))
     return ir.requantize(acc, multiplier, shift, out_zp, qmin, qmax, ch_axis=1).to(_dtype(out_dtype))
 
 
@@ -69,9 +74,9 @@ def qlinear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, multiplier: torch.Tensor, shift: torch.Tensor,
     x_zp: int, out_zp: int, qmin: int, qmax: int, out_dtype: str = "uint8",
 ) -> torch.Tensor:
-    """Quantized linear over the last dimension (leading dimensions are rows)."""
+    """Quantized linear over the last dimension (leading dimensions are rows); wide as :func:`qconv2d`."""
     lead = x.shape[:-1]
-    acc = ir.dense_acc(x.reshape(-1, x.shape[-1]), x_zp, weight, bias)
+    acc = ir.dense_acc(x.reshape(-1, x.shape[-1]), x_zp, weight, bias, _acc_dtype(x, weight))
     y = ir.requantize(acc, multiplier, shift, out_zp, qmin, qmax, ch_axis=1).to(_dtype(out_dtype))
     return y.reshape(*lead, weight.shape[0])
 

@@ -8,6 +8,10 @@ Conventions (those of ``lcpaq.ir.quantizer`` and gemmlowp / HAWQ-V3):
   output channel;
 - bias: int32, in units of ``x_scale * w_scale[n]`` (so it adds straight to the accumulator);
 - accumulation: int32, ``acc[n] = sum_k (x_q - x_zp) * w_q[n, k] + bias[n]``;
+- *wide* layers (16-bit activation codes in int16, or weights in the restricted int16 range
+  [-32767, 32767]): the same sums exact in int64 (``acc_dtype=torch.int64``), int64 bias, and
+  requantization multipliers of fewer bits (:func:`wide_requant_params`) so that
+  ``acc * M`` stays below 2^62;
 - requantization: ``y = clamp(round(acc * M[n] * 2^-shift[n]) + out_zp, qmin, qmax)`` with a
   31-bit integer ``M[n]`` (dyadic fixed point) and rounding **half up** (ties toward +inf),
   computed exactly as ``(acc * M + 2^(shift-1)) >> shift`` in int64 (arithmetic shift).
@@ -25,30 +29,56 @@ INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 MAX_SHIFT = 62
 
 
-def quantize_multiplier(real: float) -> tuple[int, int]:
+def quantize_multiplier(real: float, bits: int = 31) -> tuple[int, int]:
     """Dyadic approximation ``real ≈ multiplier * 2^-shift``.
 
-    Guarantees: ``multiplier`` in [2^30, 2^31 - 1] (a normalised 31-bit mantissa, so the relative
-    error is at most 2^-31), ``1 <= shift <= MAX_SHIFT``; ``real == 0`` gives ``(0, 1)``.
-    Raises ValueError for negative, non-finite, or out-of-range (>= 2^30 or < 2^-32) values."""
+    Guarantees: ``multiplier`` in [2^(bits-1), 2^bits - 1] (a normalised ``bits``-bit mantissa,
+    so the relative error is at most 2^-bits; 31 by default), ``1 <= shift <= MAX_SHIFT``;
+    ``real == 0`` gives ``(0, 1)``. Raises ValueError for negative, non-finite, or out-of-range
+    (no shift in [1, MAX_SHIFT]) values."""
+    if not 2 <= bits <= 31:
+        raise ValueError(f"a multiplier has 2 to 31 bits, got {bits}")
     if not math.isfinite(real) or real < 0:
         raise ValueError(f"requantization scale must be finite and >= 0, got {real!r}")
     if real == 0:
         return 0, 1
     mantissa, exponent = math.frexp(real)  # real = mantissa * 2^exponent, mantissa in [0.5, 1)
-    multiplier = round(mantissa * 2**31)
-    if multiplier == 2**31:  # mantissa rounded up to 1.0
+    multiplier = round(mantissa * 2**bits)
+    if multiplier == 2**bits:  # mantissa rounded up to 1.0
         multiplier //= 2
         exponent += 1
-    shift = 31 - exponent
+    shift = bits - exponent
     if not 1 <= shift <= MAX_SHIFT:
-        raise ValueError(f"requantization scale {real:g} is outside [2^-32, 2^30): no 31-bit dyadic form")
+        raise ValueError(f"requantization scale {real:g} has no {bits}-bit dyadic form with a shift in [1, {MAX_SHIFT}]")
     return multiplier, shift
 
 
 def requant_params(x_scale: float, w_scales: torch.Tensor | Sequence[float], out_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel ``(multiplier, shift)`` int64 tensors for ``x_scale * w_scale[n] / out_scale``."""
     pairs = [quantize_multiplier(float(x_scale) * float(s) / float(out_scale)) for s in torch.as_tensor(w_scales).flatten()]
+    return torch.tensor([p[0] for p in pairs], dtype=torch.int64), torch.tensor([p[1] for p in pairs], dtype=torch.int64)
+
+
+def acc_bound(w_q: torch.Tensor, x_span: int, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Per output channel (dim 0 of ``w_q``), the largest ``|acc|`` a layer can reach when
+    ``|x_q - x_zp| <= x_span``: ``x_span * sum|w| + |bias|`` (int64)."""
+    bound = w_q.to(torch.int64).abs().flatten(1).sum(1) * int(x_span)
+    return bound if bias is None else bound + bias.to(torch.int64).abs().flatten()
+
+
+def multiplier_bits(bound: int) -> int:
+    """The most multiplier bits (at most 31) for accumulators up to ``bound`` in magnitude, so
+    that ``bound * M + 2^(shift-1)`` stays below 2^63: ``M < 2^bits`` with ``bound < 2^(62 - bits)``."""
+    return max(2, min(31, 62 - max(int(bound), 1).bit_length()))
+
+
+def wide_requant_params(x_scale: float, w_scales: torch.Tensor | Sequence[float], out_scale: float,
+                        bound: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`requant_params` for int64 accumulators of magnitude at most ``bound[n]``: each
+    channel's multiplier has :func:`multiplier_bits` of its bound (31 where it fits)."""
+    scales = torch.as_tensor(w_scales, dtype=torch.float64).flatten().expand(bound.numel())
+    pairs = [quantize_multiplier(float(x_scale) * float(s) / float(out_scale), multiplier_bits(int(b)))
+             for s, b in zip(scales, bound)]
     return torch.tensor([p[0] for p in pairs], dtype=torch.int64), torch.tensor([p[1] for p in pairs], dtype=torch.int64)
 
 
@@ -75,11 +105,12 @@ def requantize(
     qmax: int = 255,
     ch_axis: int = 1,
 ) -> torch.Tensor:
-    """int32 accumulators to clamped integer codes (int32 tensor), round half up.
+    """int32 (or int64) accumulators to clamped integer codes (int32 tensor), round half up.
 
     ``multiplier``/``shift`` are scalars or per-channel tensors along ``ch_axis`` of ``acc``.
     Guarantees: the result equals ``clamp(floor(acc * multiplier / 2^shift + 1/2) + out_zero_point,
-    qmin, qmax)`` exactly (no intermediate overflow, all in int64)."""
+    qmin, qmax)`` exactly (no intermediate overflow, all in int64). Raises OverflowError when an
+    int64 accumulator times its multiplier reaches 2^62 (see :func:`wide_requant_params`)."""
     if acc.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"requantize takes int32 accumulators, got {acc.dtype}")
     if qmin > qmax:
@@ -91,35 +122,47 @@ def requantize(
         raise ValueError(f"shift must lie in [1, {MAX_SHIFT}]")
     if bool((m < 0).any()) or bool((m >= 2**31).any()):
         raise ValueError("multiplier must lie in [0, 2^31)")
+    if acc.dtype == torch.int64 and bool((a.abs().to(torch.float64) * m.to(torch.float64) >= 2.0**62).any()):
+        raise OverflowError("int64 accumulator times its multiplier reaches 2^62: the multiplier needs fewer bits")
     rounding = torch.ones_like(s) << (s - 1)
     y = torch.bitwise_right_shift(a * m + rounding, s) + int(out_zero_point)
     return torch.clamp(y, qmin, qmax).to(torch.int32)
 
 
+def is_wide(x_q: torch.Tensor, w_q: torch.Tensor) -> bool:
+    """A wide layer: 16-bit activation codes (int16) or 16-bit weight codes (int16)."""
+    return torch.int16 in (x_q.dtype, w_q.dtype)
+
+
 def _check_codes(x_q: torch.Tensor, w_q: torch.Tensor) -> None:
     if x_q.is_floating_point() or w_q.is_floating_point():
         raise TypeError("integer kernels take integer codes, not float tensors")
-    if int(x_q.min()) < -128 or int(x_q.max()) > 255:
-        raise ValueError("activation codes must be uint8 values in [0, 255] or int8 values in [-128, 127]")
-    if int(w_q.min()) < -127 or int(w_q.max()) > 127:
-        raise ValueError("weight codes must lie in the restricted int8 range [-127, 127]")
+    (x_lo, x_hi), w_hi = ((-(2**15), 2**15 - 1), 2**15 - 1) if is_wide(x_q, w_q) else ((-128, 255), 127)
+    if int(x_q.min()) < x_lo or int(x_q.max()) > x_hi:
+        raise ValueError("activation codes must be uint8 values in [0, 255] or int8 values in [-128, 127] (int16 in a wide layer)")
+    if int(w_q.min()) < -w_hi or int(w_q.max()) > w_hi:
+        raise ValueError(f"weight codes must lie in the restricted range [-{w_hi}, {w_hi}]")
 
 
-def _to_int32(acc: torch.Tensor) -> torch.Tensor:
+def _to_acc(acc: torch.Tensor, acc_dtype: torch.dtype) -> torch.Tensor:
+    if acc_dtype == torch.int64:
+        return acc
     if bool((acc < INT32_MIN).any()) or bool((acc > INT32_MAX).any()):
         raise OverflowError("int32 accumulator overflow")
     return acc.to(torch.int32)
 
 
-def dense_acc(x_q: torch.Tensor, x_zp: int, w_q: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """int32 ``[M, N]`` accumulators of ``(x_q[M, K] - x_zp) @ w_q[N, K]^T + bias[N]``, exact."""
+def dense_acc(x_q: torch.Tensor, x_zp: int, w_q: torch.Tensor, bias: torch.Tensor | None = None,
+              acc_dtype: torch.dtype = torch.int32) -> torch.Tensor:
+    """``[M, N]`` accumulators of ``(x_q[M, K] - x_zp) @ w_q[N, K]^T + bias[N]``, exact, in
+    ``acc_dtype`` (int32: OverflowError when a sum does not fit; int64 for wide layers)."""
     _check_codes(x_q, w_q)
     if x_q.dim() != 2 or w_q.dim() != 2 or x_q.shape[1] != w_q.shape[1]:
         raise ValueError(f"dense needs x [M, K] and w [N, K], got {tuple(x_q.shape)} and {tuple(w_q.shape)}")
     acc = (x_q.to(torch.int64) - int(x_zp)) @ w_q.to(torch.int64).T
     if bias is not None:
         acc = acc + bias.to(torch.int64).reshape(1, -1)
-    return _to_int32(acc)
+    return _to_acc(acc, acc_dtype)
 
 
 def conv2d_acc(
@@ -130,8 +173,9 @@ def conv2d_acc(
     stride: int = 1,
     padding: int = 0,
     groups: int = 1,
+    acc_dtype: torch.dtype = torch.int32,
 ) -> torch.Tensor:
-    """int32 NCHW accumulators of a (grouped) conv2d, no dilation, over ``x_q - x_zp``.
+    """NCHW accumulators (``acc_dtype``, as :func:`dense_acc`) of a (grouped) conv2d, no dilation, over ``x_q - x_zp``.
 
     Padding is with real zero, i.e. code ``x_zp`` (which contributes nothing after the zero-point
     subtraction). ``x_q`` is [B, C, H, W], ``w_q`` is [O, C / groups, KH, KW] with C and O
@@ -160,7 +204,7 @@ def conv2d_acc(
     acc = acc.reshape(x.shape[0], o, ho, wo)
     if bias is not None:
         acc = acc + bias.to(torch.int64).reshape(1, -1, 1, 1)
-    return _to_int32(acc)
+    return _to_acc(acc, acc_dtype)
 
 
 def dense(

@@ -22,7 +22,10 @@ result is a new ``fx.GraphModule`` (the input is not changed) in which
   without an integer form, run in float on dequantized inputs, each node marked with the reason
   (:mod:`lcpaq.backends.common.integer_forms`; backends may not lower every float op). 16-bit
   quantizers have no integer kernel: their layers run in float on fake-quantized weights, and
-  the 16-bit rounding of their activations is not applied;
+  the 16-bit rounding of their activations is not applied; on a family with wide kernels
+  (``Conventions.wide_bits``), 16-bit activations are int16 codes, and a dense conv or a linear
+  up to 16 bits on either side is a *wide* ``qconv2d`` / ``qlinear`` (int64 accumulation, int64
+  bias, multipliers sized to their accumulator bound, :mod:`~lcpaq.backends.common.integer_ref`);
 * with integer glue (the backend's ``Conventions.integer_glue``), layer norm, softmax and GELU
   on codes are integer ops too, and the values they read are int32 codes
   (:mod:`lcpaq.backends.common.integerize_glue`).
@@ -46,7 +49,9 @@ from lcpaq.backends.common.code_domains import WIDE, Fine, act_domain, finer, in
 from lcpaq.backends.common.integer_forms import (
     CLAMP_OPS, DOMAIN_PRESERVING, GLOBAL_POOL_OPS, IDENTITY_OPS, RELU6_OPS, RELU_OPS, RESHAPE_OPS, TRANSPOSE_OPS,
 )
-from lcpaq.backends.common.integer_ref import INT32_MAX, INT32_MIN, quantize_multiplier, requant_params
+from lcpaq.backends.common.integer_ref import (
+    INT32_MAX, INT32_MIN, acc_bound, quantize_multiplier, requant_params, wide_requant_params,
+)
 from lcpaq.backends.common.op_args import conv_args, is_global_pool, keepdim, pool_args, pool_reason, source_location
 from lcpaq.ir.capture import get_attr
 from lcpaq.ir.errors import LoweringError
@@ -73,6 +78,7 @@ class Integerizer:
         self.gm = gm
         self.glue = conventions.integer_glue if glue is None else glue
         self.bits, self.act_dtype = conventions.integer_bits, conventions.act_dtype
+        self.wide_bits = conventions.wide_bits
         self.graph = fx.Graph()
         self.root = torch.nn.Module()
         self.env: dict[fx.Node, Value] = {}
@@ -109,7 +115,7 @@ class Integerizer:
         for user in node.users:
             if is_quantizer(user) and QUANTIZER.get(user).role == "act":
                 fq = self.module(user)
-                found.append(act_domain(fq, self.act_dtype) if fq.spec.bits <= self.bits else None)
+                found.append(act_domain(fq, self.act_dtype) if fq.spec.bits <= self.wide_bits else None)
             elif self.glue and gl.reads_as_glue(user, node):
                 found.append(WIDE)
             elif self.glue and gl.scalar_factor(user) is not None and user.args[0] is node:
@@ -178,7 +184,7 @@ class Integerizer:
                     with torch.no_grad():
                         w = fq(get_attr(self.gm, str(node.args[0].target)))
                     self.env[node] = Value(self.const(f"{node.name}_fq", w.detach().clone()), None)
-                elif fq.spec.bits > self.bits:  # no integer kernel: float (16-bit rounding not applied)
+                elif fq.spec.bits > self.wide_bits:  # no integer kernel: float (16-bit rounding not applied)
                     self.env[node] = self.to_float(self.value(node.args[0]), node)
                 else:
                     self.env[node] = self.into_domain(self.value(node.args[0]), act_domain(fq, self.act_dtype), node)
@@ -253,11 +259,16 @@ class Integerizer:
         def codes(a: fx.Node) -> bool:
             return a.op != "get_attr" and a in self.env and self.value(a).domain is not None
 
-        return forms.float_reason(self.gm, node, self.bits, codes)
+        return forms.float_reason(self.gm, node, self.bits, codes, self.wide_bits)
 
     def _quantized_layer(self, node: fx.Node) -> bool:
+        """Both inputs quantized within the integer kernels' width (the wide kernels' for a dense
+        conv or a linear)."""
         x, w = node.args[0], node.args[1]
-        return all(isinstance(a, fx.Node) and is_quantizer(a) and self.module(a).spec.bits <= self.bits for a in (x, w))
+        if not all(isinstance(a, fx.Node) and is_quantizer(a) for a in (x, w)):
+            return False
+        bits = max(self.module(a).spec.bits for a in (x, w))
+        return bits <= self.bits or bits <= self.wide_bits and forms.wide_form(node)
 
     def _quantized_acts(self, node: fx.Node) -> bool:
         """Both operands read through activation quantizers with an integer form."""
@@ -300,9 +311,10 @@ class Integerizer:
         fq_w = self.module(wq)
         weight = get_attr(self.gm, str(wq.args[0].target))
         spec = fq_w.spec
-        if spec.bits > self.bits or not spec.symmetric:
-            raise LoweringError(f"{node.name}{source_location(node)}: {spec.bits}-bit weights have no int8 kernel")
-        w_codes = quantize_codes(weight.detach(), fq_w.scale, fq_w.zero_point, spec).to(torch.int8)
+        if spec.bits > self.wide_bits or not spec.symmetric:
+            raise LoweringError(f"{node.name}{source_location(node)}: {spec.bits}-bit weights have no integer kernel")
+        wide = spec.bits > 8 or x.domain.dtype == "int16"
+        w_codes = quantize_codes(weight.detach(), fq_w.scale, fq_w.zero_point, spec).to(torch.int16 if spec.bits > 8 else torch.int8)
         linear = node.target in LINEAR_OPS or node.target in MATMUL_OPS
         if node.target in MATMUL_OPS:  # x @ W[K, N]: the linear with weight W^T (channels last)
             w_codes = w_codes.T.contiguous()
@@ -314,9 +326,11 @@ class Integerizer:
         if isinstance(bias_arg, fx.Node):
             real = get_attr(self.gm, str(bias_arg.target)).detach().double()
             bias = torch.round(real / acc_scale)
-            if bool((bias.abs() > INT32_MAX).any()):
-                raise LoweringError(f"{node.name}{source_location(node)}: bias does not fit int32 at scale x_scale * w_scale")
-            bias = bias.to(torch.int32)
+            if bool((bias.abs() > (2**46 if wide else INT32_MAX)).any()):
+                raise LoweringError(f"{node.name}{source_location(node)}: bias does not fit {'2^46' if wide else 'int32'} at scale x_scale * w_scale")
+            bias = bias.to(torch.int64 if wide else torch.int32)
+        if wide:
+            return self.lower_wide_layer(node, x, w_codes, w_scale, acc_scale, bias, linear)
         out = self.out_domain(node, lambda: int32_domain(float(acc_scale.max())))
         if out is None:  # no quantized reader: accumulators in int32, dequantized per channel below
             mult = torch.full((out_ch,), 2**30, dtype=torch.int64)
@@ -340,6 +354,29 @@ class Integerizer:
             axis = -1 if linear else 1
             return self.emit(iops.dequantize_channels, (v.node, scales), {"axis": axis}, None, node)
         return v
+
+    def lower_wide_layer(self, node: fx.Node, x: Value, w_codes: torch.Tensor, w_scale: torch.Tensor,
+                         acc_scale: torch.Tensor, bias: torch.Tensor | None, linear: bool) -> Value:
+        """A wide layer: int64 accumulators requantized with multipliers sized to each channel's
+        accumulator bound; with no quantized reader, into int32 codes on a scale that holds the
+        largest accumulator (2^30 codes), dequantized after."""
+        d = x.domain
+        bound = acc_bound(w_codes, max(d.zero_point - d.qmin, d.qmax - d.zero_point), bias)
+        holds = int32_domain(max(float(acc_scale.max()), float((bound.double() * acc_scale).max()) / 2**30))
+        target = self.out_domain(node, lambda: holds)
+        out = holds if target is None else target
+        mult, shift = wide_requant_params(d.scale, w_scale, out.scale, bound)
+        kw_out = dict(out_zp=out.zero_point, qmin=out.qmin, qmax=out.qmax, out_dtype=out.dtype)
+        label = node.name
+        tensors = (
+            self.const(f"{label}_w", w_codes), self.const(f"{label}_b", bias) if bias is not None else None,
+            self.const(f"{label}_m", mult), self.const(f"{label}_s", shift),
+        )
+        if linear:
+            v = self.emit(iops.qlinear, (x.node, *tensors), dict(x_zp=d.zero_point, **kw_out), out, node)
+        else:
+            v = self.emit(iops.qconv2d, (x.node, *tensors), dict(x_zp=d.zero_point, **conv_args(node), **kw_out), out, node)
+        return v if target is not None else self.emit(iops.dequantize, (v.node, out.scale, 0), {}, None, node)
 
     def lower_clamp(self, node: fx.Node) -> Value:
         x = self.value(node.args[0])
