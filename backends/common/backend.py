@@ -163,9 +163,14 @@ class Backend(ABC):
         if bits.w_bits == FLOAT_BITS and bits.a_bits == FLOAT_BITS:
             return False
         widths = self.integer_kernels.get(kind, ())
-        a_ok = bits.a_bits <= self.conventions.integer_bits or (kind == "embedding" and bits.a_bits == FLOAT_BITS)
+        lookup = kind == "embedding" and bits.a_bits == FLOAT_BITS
         w = bits.a_bits if kind == "matmul" else bits.w_bits
-        return a_ok and any(w <= width for width in widths)
+        # a kernel of width W reads activations up to W bits (the 8-bit ones: integer_bits)
+        return any(w <= width and (lookup or bits.a_bits <= max(width, self.conventions.integer_bits)) for width in widths)
+
+    def layer_executes(self, gm: "fx.GraphModule", layer: Any, bits: BitAssignment) -> bool:
+        """:meth:`executes` for one layer (its geometry too). Default: as its kind says."""
+        return self.executes(layer.kind, bits)
 
     def has_integer_kernel(self, gm: "fx.GraphModule", layer: Any) -> bool:
         """Whether ``layer`` (a :class:`~lcpaq.ir.layers.QuantLayer`: its op and geometry, not
@@ -175,11 +180,11 @@ class Backend(ABC):
     def layer_precisions(self, gm: "fx.GraphModule", layer: Any, target: Target) -> Executable:
         """The precisions this family executes for ``layer`` on ``target``: float always, and,
         where the layer has an integer kernel, each precision the target offers for its kind
-        that the kernel computes (:meth:`executes`). Float alone comes with why."""
+        that the kernel computes (:meth:`layer_executes`). Float alone comes with why."""
         fp32 = BitAssignment(FLOAT_BITS, FLOAT_BITS)
         if not self.has_integer_kernel(gm, layer):
             return Executable((fp32,), f"backend {self.name!r} has no integer kernel for {describe_layer(gm, layer)}")
-        bits = tuple(c for c in target.candidates(layer.kind) if c != fp32 and self.executes(layer.kind, c))
+        bits = tuple(c for c in target.candidates(layer.kind) if c != fp32 and self.layer_executes(gm, layer, c))
         why = "" if bits else f"backend {self.name!r} executes none of the precisions target {target.name!r} offers for {layer.kind} layers"
         return Executable((*bits, fp32), why)
 

@@ -21,14 +21,13 @@ from tvm import s_tir, te
 from tvm import tirx as tir
 
 from lcpaq.backends.common import integer_glue as ig
+from lcpaq.backends.common.integer_ops import CODE_DTYPES
 from lcpaq.backends.common.code_kernels import _clamp, _dyadic, _i64  # the code kernels' int64 helpers
 
 Shape = Sequence[int]
 
 #: Most lanes a per-element loop is vectorized with (int64: two AVX-512 registers).
 MAX_LANES = 16
-#: Code dtypes the kernels take and make (those of :mod:`integer_glue`).
-CODE_DTYPES = ("uint8", "int8", "int32")
 _INT32_MAX = 2**31 - 1
 
 

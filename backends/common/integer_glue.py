@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from lcpaq.backends.common.integer_ops import qadd
+from lcpaq.backends.common.integer_ops import CODE_DTYPES, qadd
 
 #: Fraction bits of the softmax's base-2 exponent ``(max - x) * scale / ln 2``.
 EXP_FRAC = 16
@@ -85,9 +85,6 @@ PROB_BITS = 24
 #: ... computed as ``e * (2^SOFTMAX_RECIP_BITS // sum(e)) >> (SOFTMAX_RECIP_BITS - PROB_BITS)``.
 SOFTMAX_RECIP_BITS = 61
 
-_DTYPES = {"uint8": torch.uint8, "int8": torch.int8, "int32": torch.int32}
-
-
 def clamp_bound(mult: int) -> int:
     """The largest ``|y|`` :func:`fixed_to_codes` multiplies by ``mult`` (``|y| * mult <= 2^62``)."""
     return (1 << 62) // max(int(mult), 1)
@@ -128,9 +125,9 @@ def isqrt(t: torch.Tensor) -> torch.Tensor:
 
 
 def _out(y: torch.Tensor, out_dtype: str) -> torch.Tensor:
-    if out_dtype not in _DTYPES:
-        raise ValueError(f"integer glue outputs {', '.join(_DTYPES)}, got {out_dtype!r}")
-    return y.to(_DTYPES[out_dtype])
+    if out_dtype not in CODE_DTYPES:
+        raise ValueError(f"integer glue outputs {', '.join(CODE_DTYPES)}, got {out_dtype!r}")
+    return y.to(getattr(torch, out_dtype))
 
 
 def fused_input(x: torch.Tensor, add: tuple | None) -> torch.Tensor:

@@ -21,6 +21,8 @@ FLOAT_REASON = "lcpaq.float_reason"
 
 
 _DTYPES = {"uint8": torch.uint8, "int8": torch.int8, "int16": torch.int16, "int32": torch.int32}
+#: The types integer codes are stored in (int16: wide layers' activations; int32: intermediates).
+CODE_DTYPES = tuple(_DTYPES)
 
 
 def _dtype(out_dtype: str) -> torch.dtype:

@@ -143,11 +143,13 @@ class LinearRows:
     four_d: bool
 
 
-def linear_rows(lw: RelaxLowering, node: fx.Node) -> LinearRows:
+def linear_rows(lw: RelaxLowering, node: fx.Node, check: bool = True) -> LinearRows:
     """The codes a linear multiplies, every leading dimension a row (a 4-d input, e.g.
-    channels-last tokens after a permute, is read in its logical layout)."""
+    channels-last tokens after a permute, is read in its logical layout); ``check``: they must
+    be the family's activation code type (a wide kernel reads int16 too)."""
     x = codes(lw, node)
-    check_codes(lw, node, x, "linear")
+    if check:
+        check_codes(lw, node, x, "linear")
     four_d = len(x.shape) == 4
     if four_d:
         x = logical(lw, x)

@@ -14,6 +14,7 @@ import torch.fx as fx
 from tvm import relax
 
 from lcpaq.backends.common import integer_ops as iops
+from lcpaq.backends.common.integer_ops import CODE_DTYPES
 from lcpaq.backends.common.relax_lower import NotThisForm, RelaxLowering, RVal, channels_of, codes, logical, nhwc, round_up
 from lcpaq.backends.common import code_kernels as ck
 from lcpaq.backends.common.relax_frontend import COMMON
@@ -31,7 +32,7 @@ def _quantize(lw: RelaxLowering, node: fx.Node) -> RVal:
     x = lw.env[node.args[0]]
     conv = lw.backend.conventions
     code = node.kwargs.get("out_dtype", "uint8")
-    if code not in (conv.act_dtype, "int32"):
+    if code not in (conv.act_dtype, "int32") and not (code == "int16" and conv.wide_bits > 8):
         raise LoweringError(f"{node.name}: backend {lw.backend.name!r} reads {conv.act_dtype} activation codes, not {code}")
     inv, zp = float(node.args[1]), int(node.args[2])
     qmin, qmax = int(node.kwargs["qmin"]), int(node.kwargs["qmax"])
@@ -176,7 +177,7 @@ def _flatten(lw: RelaxLowering, node: fx.Node) -> RVal:
     if len(x.shape) == 4 and x.layout == "NHWC" and x.shape[2:] == (1, 1) and out_shape in (None, (x.shape[0], x.shape[1])):
         b = x.shape[0]
         return RVal(lw.bb.emit(relax.op.reshape(x.expr, (b, x.cp))), (b, x.shape[1]), x.dtype, x.cp)
-    if x.dtype not in ("uint8", "int8", "int32") or out_shape is None:
+    if x.dtype not in CODE_DTYPES or out_shape is None:
         raise NotThisForm(f"reshape of {x.dtype} values is TVM's frontend reshape")
     v = logical(lw, x)
     return RVal(lw.bb.emit(relax.op.reshape(v.expr, out_shape)), out_shape, x.dtype, channels_of(out_shape), "NCHW")
@@ -196,7 +197,7 @@ def _embedding(lw: RelaxLowering, node: fx.Node) -> RVal:
 def _transpose(lw: RelaxLowering, node: fx.Node) -> RVal:
     """Dimensions of codes reordered, in their logical layout. Float values: TVM's frontend."""
     x = lw.env[node.args[0]]
-    if x.dtype not in ("uint8", "int8", "int32"):
+    if x.dtype not in CODE_DTYPES:
         raise NotThisForm(f"transpose of {x.dtype} values is TVM's frontend transpose")
     v = logical(lw, x)
     rank = len(v.shape)

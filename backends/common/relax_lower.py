@@ -291,7 +291,7 @@ def nhwc(lw: RelaxLowering, v: RVal, multiple: int = 1, at_least: int = 0) -> RV
 def codes(lw: RelaxLowering, node: fx.Node, i: int = 0) -> RVal:
     """Input ``i`` of ``node``, which must be integer codes."""
     v = lw.env[node.args[i]]
-    if v.dtype not in ("uint8", "int8", "int32") or not v.shape:
+    if v.dtype not in iops.CODE_DTYPES or not v.shape:
         raise LoweringError(f"{node.name}: expects integer codes, got {v.dtype} {v.shape}")
     return v
 

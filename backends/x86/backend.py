@@ -1,4 +1,5 @@
 """The x86 backend family (``backend = "x86-vnni"``): int8 on AVX-512 VNNI (u8 x s8 -> s32),
+16-bit dense convs and linears on ``vpdpwssd`` (int16 pairs, exact int64 sums),
 depthwise convs on AVX-512, fp32 kernels for float layers, TVM's CPU Relax pipeline with
 default schedules, MetaSchedule tuning with the corrected VNNI intrinsic, run on this host."""
 from __future__ import annotations
@@ -10,6 +11,7 @@ import tvm
 
 from lcpaq.backends.common.backend import Backend, Conventions, LayerTimer, register_backend
 from lcpaq.backends.common import integer_layers
+from lcpaq.backends.common.integer_forms import wide_form
 from lcpaq.backends.common.cpu_pipeline import compile_module
 from lcpaq.backends.common.relax_lower import LoweringTable
 from lcpaq.backends.common.tuning import cached_schedule, faster_schedule, tuning_dir
@@ -19,17 +21,24 @@ from lcpaq.backends.x86.tune import kernel_ms, tuning_rules
 from lcpaq.backends.x86.vnni import DEPTH, LANES, resolve_tvm_target
 from lcpaq.hw_targets.target import Target
 from lcpaq.ir.layers import QuantLayer
+from lcpaq.ir.meta import BitAssignment
 
 
 @register_backend
 class X86VnniBackend(Backend):
     name = "x86-vnni"
-    conventions = Conventions(act_dtype="uint8", integer_bits=8, in_multiple=DEPTH, out_multiple=LANES, integer_glue=True)
-    integer_kernels = {"conv": (8,), "linear": (8,), "matmul": (8,)}
+    conventions = Conventions(act_dtype="uint8", integer_bits=8, wide_bits=16, in_multiple=DEPTH, out_multiple=LANES, integer_glue=True)
+    integer_kernels = {"conv": (8, 16), "linear": (8, 16), "matmul": (8,)}
     tunable = True
 
     def has_integer_kernel(self, gm: fx.GraphModule, layer: QuantLayer) -> bool:
         return integer_layers.has_integer_kernel(gm, layer)
+
+    def layer_executes(self, gm: fx.GraphModule, layer: QuantLayer, bits: BitAssignment) -> bool:
+        """The 16-bit kernels compute linears and convs with groups = 1 only."""
+        if max(bits.w_bits, bits.a_bits) > 8 and layer.kind == "conv" and not wide_form(layer.node):
+            return False
+        return self.executes(layer.kind, bits)
 
     def tvm_target(self, target: Target) -> tvm.target.Target:
         return resolve_tvm_target(target.tvm_target)

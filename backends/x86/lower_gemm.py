@@ -1,7 +1,8 @@
 """x86 lowerings of the integer graph's GEMM ops: dense convs and linears on the VNNI kernels,
 depthwise convs on the vector depthwise kernel (both through
 :mod:`lcpaq.backends.common.lower_blocked`), other grouped convs on the windowed VNNI conv
-(:mod:`lcpaq.backends.x86.int8_grouped`). With ``trials`` the conv and dense kernels are tuned
+(:mod:`lcpaq.backends.x86.int8_grouped`), wide (16-bit) layers on the ``vpdpwssd`` kernels
+(:mod:`lcpaq.backends.x86.lower_wide`). With ``trials`` the int8 conv and dense kernels are tuned
 (:meth:`RelaxLowering.kernel_schedule`).
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from lcpaq.backends.common.op_args import conv_out_size
 from lcpaq.backends.common.relax_lower import RelaxLowering, RVal, codes, logical, nhwc, pad_last
 from lcpaq.backends.x86 import int8 as t8
 from lcpaq.backends.x86 import int8_grouped as gw
+from lcpaq.backends.x86.lower_wide import is_wide, lower_wide_conv, lower_wide_linear
 from lcpaq.backends.x86.lowerings import LOWERINGS
 from lcpaq.backends.x86.vnni import LANES, VNNI_BLOCKING
 from lcpaq.ir.errors import LoweringError
@@ -30,8 +32,10 @@ def _qconv2d(lw: RelaxLowering, node: fx.Node) -> RVal:
     """Dense convs on the VNNI conv, depthwise ones on the vector depthwise kernel, other grouped
     ones on the windowed VNNI conv; any kernel size."""
     x = codes(lw, node)
-    if x.dtype != "uint8" or len(x.shape) != 4:
-        raise LoweringError(f"{node.name}: conv input must be uint8 NCHW codes")
+    if x.dtype not in ("uint8", "int16") or len(x.shape) != 4:
+        raise LoweringError(f"{node.name}: conv input must be uint8 (or int16) NCHW codes")
+    if is_wide(x, lw.tensor(node.args[1])):
+        return lower_wide_conv(lw, node, x)
     groups = int(node.kwargs.get("groups", 1))
     if groups == 1:
         return lb.lower_conv(lw, node, x, KERNELS)
@@ -75,4 +79,6 @@ def _qgrouped(lw: RelaxLowering, node: fx.Node, x: RVal, groups: int) -> RVal:
 
 @LOWERINGS.register(iops.qlinear)
 def _qlinear(lw: RelaxLowering, node: fx.Node) -> RVal:
+    if is_wide(codes(lw, node), lw.tensor(node.args[1])):
+        return lower_wide_linear(lw, node)
     return lb.lower_linear(lw, node, KERNELS)

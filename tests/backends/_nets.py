@@ -85,6 +85,30 @@ def mixed(model: nn.Module, x: torch.Tensor, float_layers: int) -> "torch.fx.Gra
     return Pipeline.from_spec("fake-quant")(gm, ctx).graph_module
 
 
+def widths(gm: "torch.fx.GraphModule", pairs: list[tuple[int, int]], ctx: object) -> "torch.fx.GraphModule":
+    """``gm`` (calibrated, uniformly assigned) with layer ``i`` at ``pairs[i % len(pairs)]``
+    (weight, activation) bits, fake-quantized; layers without a weight or an activation
+    quantizer (matmuls, embeddings) keep their assignment."""
+    from dataclasses import replace
+
+    from lcpaq.ir import find_layers
+    from lcpaq.ir.meta import QSPEC, LayerQuantSpec
+
+    for i, layer in enumerate(find_layers(gm)):
+        spec, (w, a) = QSPEC.get(layer.node), pairs[i % len(pairs)]
+        if spec.weight is not None and spec.act is not None:
+            QSPEC.set(layer.node, LayerQuantSpec(replace(spec.weight, bits=w), replace(spec.act, bits=a)))
+    return Pipeline.from_spec("fake-quant")(gm, ctx).graph_module
+
+
+def mixed_widths(model: nn.Module, x: torch.Tensor, pairs: list[tuple[int, int]]) -> "torch.fx.GraphModule":
+    """``model`` with its layers cycling through ``pairs`` of (weight, activation) bits."""
+    torch.manual_seed(0)
+    gm = capture(model.eval(), (x[:1],))
+    ctx = make_ctx(load_target("x86-host"), x[:1])
+    return widths(Pipeline.from_spec(PREPARE + ",uniform{w=8,a=8}")(gm, ctx).graph_module, pairs, ctx)
+
+
 class TinyEncoder(nn.Module):
     """One transformer encoder layer on token ids (int64 input): embedding, attention with an
     additive mask, layer norms, GELU MLP. Linear layers are int8; the rest is float glue."""
@@ -141,12 +165,14 @@ def tiny_bert_inputs(rows: int, seed: int = 5) -> tuple[torch.Tensor, torch.Tens
     return ids * mask, mask
 
 
-def quantized_bert(model: nn.Module) -> "torch.fx.GraphModule":
-    """``model`` (a :class:`TinyBert`) at W8A8, calibrated on seeded token batches."""
+def quantized_bert(model: nn.Module, pairs: list[tuple[int, int]] | None = None) -> "torch.fx.GraphModule":
+    """``model`` (a :class:`TinyBert`) at W8A8 (or its layers cycling through ``pairs`` of
+    (weight, activation) bits), calibrated on seeded token batches."""
     from lcpaq.passes import PassContext
 
     torch.manual_seed(0)
     example = tiny_bert_inputs(1)
     gm = capture(model.eval(), example)
     ctx = PassContext(load_target("x86-host"), example, tuple(tiny_bert_inputs(4, seed=s) for s in range(3)))
-    return Pipeline.from_spec(PREPARE + ",uniform{w=8,a=8},fake-quant")(gm, ctx).graph_module
+    gm = Pipeline.from_spec(PREPARE + ",uniform{w=8,a=8}")(gm, ctx).graph_module
+    return widths(gm, pairs or [(8, 8)], ctx)
