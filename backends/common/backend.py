@@ -47,14 +47,14 @@ class Conventions:
     kernels execute as integers (narrower weights are held in int8 codes); a wider quantizer runs
     in float. ``wide_bits``: the widest quantizer width of the family's *wide* conv and linear
     kernels (16: int16 activation codes and weights up to 16 bits, int64 accumulation); equal
-    to ``integer_bits`` when it has none. ``in_multiple`` / ``out_multiple``: channel counts
+    to None when it has none. ``in_multiple`` / ``out_multiple``: channel counts
     the GEMM kernels pad their reduction and output dimensions to. ``integer_glue``: the family lowers the integer
     transformer glue (layer norm, softmax, GELU on codes, :mod:`~lcpaq.backends.common.integer_glue`);
     without it, that glue runs in float."""
 
     act_dtype: str = "uint8"
     integer_bits: int = 8
-    wide_bits: int = 8
+    wide_bits: int | None = None
     in_multiple: int = 1
     out_multiple: int = 1
     integer_glue: bool = False
@@ -62,8 +62,8 @@ class Conventions:
     def __post_init__(self) -> None:
         if self.act_dtype not in ("uint8", "int8"):
             raise ValueError(f"activation codes are uint8 or int8, got {self.act_dtype!r}")
-        if self.wide_bits not in (self.integer_bits, 16):
-            raise ValueError(f"wide kernels are 16-bit (or none: wide_bits = integer_bits), got {self.wide_bits}")
+        if self.wide_bits not in (None, 16):
+            raise ValueError(f"wide kernels are 16-bit (or None: no wide kernels), got {self.wide_bits}")
 
 
 @dataclass

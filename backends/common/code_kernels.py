@@ -126,16 +126,17 @@ def qadd_func(shape: Shape, a_dtype: str, b_dtype: str, a: tuple[int, int, int],
 def qmatmul_func(a_shape: Shape, b_shape: Shape, a_zp: int, b_zp: int, mult: int, shift: int, out_zp: int,
                  qmin: int, qmax: int, out_dtype: str, code_dtype: str = "uint8") -> tvm.tirx.PrimFunc:
     """``code_dtype`` codes ``[..., M, K] x [..., K, N]`` (equal batch dimensions): int32
-    ``sum_k (a - a_zp)(b - b_zp)``, then ``clamp(dyadic(acc) + out_zp)``."""
+    ``sum_k (a - a_zp)(b - b_zp)`` (int64 for int16 codes), then ``clamp(dyadic(acc) + out_zp)``."""
     *batch, m, k = a_shape
     n = b_shape[-1]
     xa = te.placeholder(tuple(a_shape), code_dtype, name="A")
     xb = te.placeholder(tuple(b_shape), code_dtype, name="B")
     r = te.reduce_axis((0, k), name="k")
-    za, zb = tir.const(a_zp, "int32"), tir.const(b_zp, "int32")
+    acc_dtype = "int64" if code_dtype == "int16" else "int32"
+    za, zb = tir.const(a_zp, acc_dtype), tir.const(b_zp, acc_dtype)
     acc = te.compute(
         (*batch, m, n),
-        lambda *i: te.sum((xa[(*i[:-1], r)].astype("int32") - za) * (xb[(*i[:-2], r, i[-1])].astype("int32") - zb), axis=r),
+        lambda *i: te.sum((xa[(*i[:-1], r)].astype(acc_dtype) - za) * (xb[(*i[:-2], r, i[-1])].astype(acc_dtype) - zb), axis=r),
         name="matmul",
     )
     y = te.compute(

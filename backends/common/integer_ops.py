@@ -88,8 +88,11 @@ def qmatmul(
     out_zp: int, qmin: int, qmax: int, out_dtype: str = "uint8",
 ) -> torch.Tensor:
     """Activation x activation matmul of codes ``[..., M, K] x [..., K, N]`` (equal batch
-    dimensions): int32 ``sum_k (a - a_zp)(b - b_zp)``, one dyadic requantization for the tensor."""
+    dimensions): int32 ``sum_k (a - a_zp)(b - b_zp)`` (int64 for int16 codes), one dyadic
+    requantization for the tensor."""
     acc = (a.to(torch.int64) - a_zp) @ (b.to(torch.int64) - b_zp)
+    if torch.int16 in (a.dtype, b.dtype):
+        return ir.requantize(acc, multiplier, shift, out_zp, qmin, qmax).to(_dtype(out_dtype))
     if bool((acc < ir.INT32_MIN).any()) or bool((acc > ir.INT32_MAX).any()):
         raise OverflowError("int32 accumulator overflow")
     return ir.requantize(acc.to(torch.int32), multiplier, shift, out_zp, qmin, qmax).to(_dtype(out_dtype))

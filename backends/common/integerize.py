@@ -50,7 +50,7 @@ from lcpaq.backends.common.integer_forms import (
     CLAMP_OPS, DOMAIN_PRESERVING, GLOBAL_POOL_OPS, IDENTITY_OPS, RELU6_OPS, RELU_OPS, RESHAPE_OPS, TRANSPOSE_OPS,
 )
 from lcpaq.backends.common.integer_ref import (
-    INT32_MAX, INT32_MIN, acc_bound, quantize_multiplier, requant_params, wide_requant_params,
+    INT32_MAX, INT32_MIN, acc_bound, multiplier_bits, quantize_multiplier, requant_params, wide_requant_params,
 )
 from lcpaq.backends.common.op_args import conv_args, is_global_pool, keepdim, pool_args, pool_reason, source_location
 from lcpaq.ir.capture import get_attr
@@ -61,6 +61,11 @@ from lcpaq.ir.qops import FakeQuantize
 from lcpaq.ir.quantizer import quantize as quantize_codes
 
 aten = torch.ops.aten
+
+
+def _span(d: CodeDomain) -> int:
+    """The largest ``|code - zero_point|`` of a domain."""
+    return max(d.zero_point - d.qmin, d.qmax - d.zero_point)
 
 
 @dataclass
@@ -78,7 +83,7 @@ class Integerizer:
         self.gm = gm
         self.glue = conventions.integer_glue if glue is None else glue
         self.bits, self.act_dtype = conventions.integer_bits, conventions.act_dtype
-        self.wide_bits = conventions.wide_bits
+        self.wide_bits = conventions.wide_bits or self.bits
         self.graph = fx.Graph()
         self.root = torch.nn.Module()
         self.env: dict[fx.Node, Value] = {}
@@ -274,7 +279,7 @@ class Integerizer:
         """Both operands read through activation quantizers with an integer form."""
         ops = node.args[:2]
         return len(node.args) == 2 and all(
-            isinstance(a, fx.Node) and is_quantizer(a) and QUANTIZER.get(a).role == "act" and self.module(a).spec.bits <= self.bits
+            isinstance(a, fx.Node) and is_quantizer(a) and QUANTIZER.get(a).role == "act" and self.module(a).spec.bits <= self.wide_bits
             and getattr(a.meta.get("val"), "ndim", 2) >= 2  # a 1-d operand (a dot product) stays float
             for a in ops
         )
@@ -284,12 +289,23 @@ class Integerizer:
         requantized into its readers' domain, or int32 dequantized to float when there is none."""
         a, b = (self.to_codes(self.value(arg), node) for arg in node.args[:2])
         acc_scale = a.domain.scale * b.domain.scale
-        out = self.out_domain(node, lambda: int32_domain(acc_scale))
+        bits, holds = 31, acc_scale
+        if "int16" in (a.domain.dtype, b.domain.dtype):  # int64 sums: the multiplier sized to their bound
+            k = int(getattr(node.args[0].meta.get("val"), "shape", [2**16])[-1])
+            bits = multiplier_bits(k * _span(a.domain) * _span(b.domain))
+            holds = acc_scale * 2.0 ** max(0, 32 - bits)  # int32 codes that hold the largest sum
+        out = self.out_domain(node, lambda: int32_domain(holds))
+        if out is None and bits < 31:  # no quantized reader: those int32 codes, dequantized
+            out = int32_domain(holds)
+            mult, shift = quantize_multiplier(acc_scale / out.scale, bits)
+            v = self.emit(iops.qmatmul, (a.node, b.node, a.domain.zero_point, b.domain.zero_point, mult, shift),
+                          dict(out_zp=0, qmin=INT32_MIN, qmax=INT32_MAX, out_dtype="int32"), out, node)
+            return self.emit(iops.dequantize, (v.node, out.scale, 0), {}, None, node)
         if out is None:
             mult, shift = 2**30, 30
             kw = dict(out_zp=0, qmin=INT32_MIN, qmax=INT32_MAX, out_dtype="int32")
         else:
-            mult, shift = quantize_multiplier(acc_scale / out.scale)
+            mult, shift = quantize_multiplier(acc_scale / out.scale, bits)
             kw = dict(out_zp=out.zero_point, qmin=out.qmin, qmax=out.qmax, out_dtype=out.dtype)
         args = (a.node, b.node, a.domain.zero_point, b.domain.zero_point, mult, shift)
         v = self.emit(iops.qmatmul, args, kw, out, node)
@@ -361,7 +377,7 @@ class Integerizer:
         accumulator bound; with no quantized reader, into int32 codes on a scale that holds the
         largest accumulator (2^30 codes), dequantized after."""
         d = x.domain
-        bound = acc_bound(w_codes, max(d.zero_point - d.qmin, d.qmax - d.zero_point), bias)
+        bound = acc_bound(w_codes, _span(d), bias)
         holds = int32_domain(max(float(acc_scale.max()), float((bound.double() * acc_scale).max()) / 2**30))
         target = self.out_domain(node, lambda: holds)
         out = holds if target is None else target

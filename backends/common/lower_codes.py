@@ -32,7 +32,7 @@ def _quantize(lw: RelaxLowering, node: fx.Node) -> RVal:
     x = lw.env[node.args[0]]
     conv = lw.backend.conventions
     code = node.kwargs.get("out_dtype", "uint8")
-    if code not in (conv.act_dtype, "int32") and not (code == "int16" and conv.wide_bits > 8):
+    if code not in (conv.act_dtype, "int32") and not (code == "int16" and conv.wide_bits):
         raise LoweringError(f"{node.name}: backend {lw.backend.name!r} reads {conv.act_dtype} activation codes, not {code}")
     inv, zp = float(node.args[1]), int(node.args[2])
     qmin, qmax = int(node.kwargs["qmin"]), int(node.kwargs["qmax"])
@@ -220,9 +220,11 @@ def _broadcast(lw: RelaxLowering, v: RVal, batch: tuple[int, ...]) -> RVal:
 
 @CODES.register(iops.qmatmul)
 def _qmatmul(lw: RelaxLowering, node: fx.Node) -> RVal:
-    """Activation x activation matmul of codes in their logical layout (plain int32 arithmetic)."""
+    """Activation x activation matmul of codes in their logical layout (plain int32 arithmetic;
+    int64 for the int16 codes of a family with wide kernels)."""
     a, b = (logical(lw, lw.env[arg]) for arg in node.args[:2])
-    code = lw.backend.conventions.act_dtype
+    conv = lw.backend.conventions
+    code = "int16" if a.dtype == "int16" and conv.wide_bits else conv.act_dtype
     if a.dtype != code or b.dtype != code or len(a.shape) < 2 or len(b.shape) < 2 or a.shape[-1] != b.shape[-2]:
         raise LoweringError(f"{node.name}: matmul of {a.dtype} {a.shape} and {b.dtype} {b.shape} is not lowered ({code} codes, 2-d or more)")
     if a.shape[:-2] != b.shape[:-2]:  # batch broadcasting: materialize both operands at the common batch shape

@@ -28,7 +28,7 @@ from lcpaq.ir.meta import BitAssignment
 class X86VnniBackend(Backend):
     name = "x86-vnni"
     conventions = Conventions(act_dtype="uint8", integer_bits=8, wide_bits=16, in_multiple=DEPTH, out_multiple=LANES, integer_glue=True)
-    integer_kernels = {"conv": (8, 16), "linear": (8, 16), "matmul": (8,)}
+    integer_kernels = {"conv": (8, 16), "linear": (8, 16), "matmul": (8, 16)}
     tunable = True
 
     def has_integer_kernel(self, gm: fx.GraphModule, layer: QuantLayer) -> bool:

@@ -5,6 +5,8 @@
   linear layer: fp32 on :mod:`lcpaq.backends.x86.fp32`, ``w8a8`` on the VNNI kernels of
   :mod:`lcpaq.backends.x86.int8` (requantization fused). Hand schedules with ``trials=0``; with
   ``trials > 0`` tuned by MetaSchedule, records kept in the tuning cache shared with builds.
+  ``w8a16``, ``w16a8`` and ``w16a16`` on the ``vpdpwssd`` kernels of :mod:`lcpaq.backends.x86.int16`
+  (hand schedules, as builds use them).
 * depthwise convs: ``w8a8`` on the AVX-512 depthwise kernel; other grouped convs (square):
   ``w8a8`` on the windowed VNNI conv of :mod:`lcpaq.backends.x86.int8_grouped`; fp32 for both
   as a build runs a float grouped conv: one Relax conv2d through the backend's pipeline.
@@ -32,7 +34,9 @@ from lcpaq.backends.common.layer_ops import float_op, one_op_module
 from lcpaq.backends.common.op_args import conv_out_size
 from lcpaq.backends.common.relax_lower import round_up
 from lcpaq.backends.common.tuning import cached_schedule, tuning_dir
+from lcpaq.backends.common import wide_te
 from lcpaq.backends.x86 import int8 as t8
+from lcpaq.backends.x86 import int16 as k16
 from lcpaq.backends.x86 import int8_depthwise as dw
 from lcpaq.backends.x86 import int8_grouped as gw
 from lcpaq.backends.x86.fp32 import fp32_conv_func, fp32_dense_func, schedule_fp32_conv, schedule_fp32_dense
@@ -44,6 +48,8 @@ from lcpaq.ir.meta import SHAPE
 
 aten = torch.ops.aten
 INT8 = "w8a8"
+#: The wide kernels' precision keys: (activation code type, weight bits) of each.
+WIDE = {"w8a16": ("int16", 8), "w16a8": ("uint8", 16), "w16a16": ("int16", 16)}
 
 
 def _shape(node: fx.Node) -> tuple[int, ...]:
@@ -121,7 +127,26 @@ class X86LayerTimer(LayerTimer):
             to_tvm(torch.randn(1, h, w_, c, generator=gen)), to_tvm(torch.randn(k, k, c, o16, generator=gen)),
             to_tvm(np.zeros((1, oh, ow, o16), np.float32)),
         ]
-        return {"fp32": self.tvm_seconds(f_kernel, f_args), INT8: self.tvm_seconds(q_kernel, q_args)}
+        wide = {key: self._wide_seconds(k16.schedule_qconv2d(k16.qconv2d_func((1, h, w_, c4), o16, k, s, p, act, bits), ow),
+                                        (1, h, w_, c4), (o16, c4, k, k), act, bits, (1, oh, ow, o16))
+                for key, (act, bits) in WIDE.items()}
+        return {"fp32": self.tvm_seconds(f_kernel, f_args), INT8: self.tvm_seconds(q_kernel, q_args), **wide}
+
+    def _wide_seconds(self, sch: s_tir.Schedule, x_shape: tuple[int, ...], w_shape: tuple[int, ...], act: str, bits: int,
+                      out_shape: tuple[int, ...]) -> float:
+        """Seconds of a wide kernel on random codes of its widths (int16 output codes)."""
+        gen, n = self.gen, w_shape[0]
+        x = (torch.randint(-(2**15), 2**15, x_shape, generator=gen, dtype=torch.int32).to(torch.int16) if act == "int16"
+             else torch.randint(0, 256, x_shape, generator=gen, dtype=torch.uint8))
+        top = 2**15 - 1 if bits > 8 else 127
+        w_q = torch.randint(-top, top + 1, w_shape, generator=gen, dtype=torch.int32).to(torch.int16)
+        args = [
+            to_tvm(x), to_tvm(wide_te.pack_wide_weight(w_q, wide_te.parts_of(act, bits), LANES)),
+            to_tvm(wide_te.wide_bias_eff(w_q, 3, None, n)), to_tvm(torch.randint(2**20, 2**21, (n,), generator=gen, dtype=torch.int32)),
+            to_tvm(torch.full((n,), 40, dtype=torch.int32)), to_tvm(t8.Requant(3, -(2**15), 2**15 - 1, "int16").qp(3, act)),
+            to_tvm(np.zeros(out_shape, np.int16)),
+        ]
+        return self.tvm_seconds(build(sch.mod, self.tvm_target), args)
 
     def _linear(self, layer: QuantLayer) -> dict[str, float]:
         """fp32 and w8a8 seconds of a linear layer: rows = the input's elements per sample / K."""
@@ -140,7 +165,9 @@ class X86LayerTimer(LayerTimer):
         f_kernel = self.kernel(f"{tag}-fp32", fp32_dense_func(m, n16, k), schedule_fp32_dense, int8=False)
         f_args = [to_tvm(torch.randn(m, k, generator=gen)), to_tvm(torch.randn(k, n16, generator=gen)),
                   to_tvm(np.zeros((m, n16), np.float32))]
-        return {"fp32": self.tvm_seconds(f_kernel, f_args), INT8: self.tvm_seconds(q_kernel, q_args)}
+        wide = {key: self._wide_seconds(k16.schedule_qdense(k16.qdense_func(m, n16, k4, act, bits)), (m, k4), (n16, k4), act, bits, (m, n16))
+                for key, (act, bits) in WIDE.items()}
+        return {"fp32": self.tvm_seconds(f_kernel, f_args), INT8: self.tvm_seconds(q_kernel, q_args), **wide}
 
     def _depthwise(self, gm: fx.GraphModule, layer: QuantLayer, geo: dict[str, int]) -> dict[str, float]:
         """w8a8 seconds on the AVX-512 depthwise kernel (hand schedule, as the build uses), and
@@ -223,6 +250,8 @@ class X86LayerTimer(LayerTimer):
             + ("with fixed hand schedules (untuned)" if self.trials <= 0 else f"tuned by MetaSchedule ({self.trials} trials each)")
             + "; w8a8 = u8 x s8 -> s32 on AVX-512 VNNI with fused requantization",
             "weights narrower than 8 bits run on the int8 kernels (codes held in int8): they cost the w8 entry",
+            "w8a16, w16a8, w16a16 (conv with groups=1, linear): int16 pairs on AVX-512 VNNI vpdpwssd, exact int64 sums, "
+            "hand schedules; depthwise and grouped convs have 8-bit kernels only (their 16-bit entries are the fp32 time)",
         ]
         if self.depthwise:
             notes.append(f"depthwise convs: w8a8 on the AVX-512 depthwise kernel (hand schedule), fp32 = one Relax conv2d through the build pipeline: {', '.join(self.depthwise)}")

@@ -31,7 +31,7 @@ def test_target_fields_as_written(name, backend, device, memory, requires, tvm) 
 
 
 @pytest.mark.parametrize(("name", "weights", "acts"), [
-    ("x86-host", (*STORAGE, 8), (8,)),
+    ("x86-host", (*STORAGE, 8, 16), (8, 16)),
     ("arm-a76", (*STORAGE, 8), (8,)),
     ("nvidia-sm90", (4, 8), (8,)),
     ("sim", ALL_BITS, ALL_BITS),
@@ -48,19 +48,21 @@ def test_target_precisions(name, weights, acts) -> None:
 
 def test_x86_host_precisions() -> None:
     t = load_target("x86-host")
-    assert t.native_weight_bits == {"conv": (8,), "linear": (8,), "matmul": (8,)}
+    assert t.native_weight_bits == {"conv": (8, 16), "linear": (8, 16), "matmul": (8, 16)}
     assert t.storage_weight_bits == STORAGE
-    assert t.act_bits == (8,)  # no int16 kernel: 16-bit is not offered
-    assert t.candidates("linear") == tuple(BitAssignment(w, 8) for w in (2, 3, 4, 5, 6, 7, 8))
-    assert t.candidates("matmul") == (BitAssignment(8, 8),)
+    assert t.act_bits == (8, 16)  # int8 on vpdpbusd, int16 on vpdpwssd
+    assert t.candidates("linear") == tuple(BitAssignment(w, a) for w in (2, 3, 4, 5, 6, 7, 8, 16) for a in (8, 16))
+    assert t.candidates("matmul") == (BitAssignment(8, 8), BitAssignment(16, 16))
     t.check("conv", BitAssignment(4, 8))
     t.check("linear", BitAssignment(32, 32))
-    with pytest.raises(ConfigError, match=r"^target 'x86-host' has no 16-bit activations; it offers 8 \(or 32 = float\)$"):
-        t.check("linear", BitAssignment(8, 16))
-    with pytest.raises(ConfigError, match=r"^target 'x86-host' has no 16-bit weights for conv; it offers 2, 3, 4, 5, 6, 7, 8 \(or 32 = float\)$"):
-        t.check("conv", BitAssignment(16, 8))
-    with pytest.raises(ConfigError, match="no 16-bit activations"):
-        t.check("matmul", BitAssignment(16, 16))
+    t.check("conv", BitAssignment(16, 8))
+    with pytest.raises(ConfigError, match=r"^target 'x86-host' has no 4-bit activations; it offers 8, 16 \(or 32 = float\)$"):
+        t.check("linear", BitAssignment(8, 4))
+    arm = load_target("arm-a76")
+    with pytest.raises(ConfigError, match=r"^target 'arm-a76' has no 16-bit weights for conv; it offers 2, 3, 4, 5, 6, 7, 8 \(or 32 = float\)$"):
+        arm.check("conv", BitAssignment(16, 8))
+    with pytest.raises(ConfigError, match="no 6-bit activations"):
+        t.check("matmul", BitAssignment(6, 6))
 
 
 def test_check_refuses_what_target_lacks() -> None:

@@ -85,7 +85,7 @@ def test_float_layers_left_alone(block, x86) -> None:
 def test_target_refuses_precision_it_lacks(block, x86) -> None:
     x = torch.randn(4, 3, 8, 8)
     gm, ctx = _prepared(block, x, x86)
-    with pytest.raises(ConfigError, match=r"target 'x86-host' has no 4-bit activations; it offers 8 \(or 32 = float\)"):
+    with pytest.raises(ConfigError, match=r"target 'x86-host' has no 4-bit activations; it offers 8, 16 \(or 32 = float\)"):
         Pipeline.from_spec("uniform{w=8,a=4}")(gm, ctx)
 
 

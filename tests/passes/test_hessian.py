@@ -64,8 +64,8 @@ def test_sensitivity_is_trace_times_error_at_every_target_width(x86, sim) -> Non
     Pipeline.from_spec("shape-prop,cost,quant-scheme,calibrate,hessian{probes=16}")(gm, ctx)
     sens = SENSITIVITY.get(find_layers(gm)[0].node)
     weights = dict(sens.weight)
-    assert list(weights) == [2, 3, 4, 5, 6, 7, 8]  # every weight width x86-host offers (no 16: no int16 kernel)
-    assert [b for b, _ in sens.act] == [8]
+    assert list(weights) == [2, 3, 4, 5, 6, 7, 8, 16]  # every weight width x86-host offers
+    assert [b for b, _ in sens.act] == [8, 16]
     w = model.weight.detach()
     for bits, value in weights.items():
         assert value == pytest.approx(sens.weight_trace / w.numel() * _symmetric_per_row_error(w, bits), rel=1e-6)

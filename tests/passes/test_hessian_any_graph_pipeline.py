@@ -45,7 +45,7 @@ def test_hessian_pass_gives_every_layer_a_finite_sensitivity(x86, case: str) -> 
     assert len(layers) >= 2
     sens = [SENSITIVITY.get(layer.node) for layer in layers]
     for s in sens:
-        assert s.probes == 8 and [b for b, _ in s.weight] == [2, 3, 4, 5, 6, 7, 8] and [b for b, _ in s.act] == [8]
+        assert s.probes == 8 and [b for b, _ in s.weight] == [2, 3, 4, 5, 6, 7, 8, 16] and [b for b, _ in s.act] == [8, 16]
         assert all(math.isfinite(v) and v >= 0 for v in (s.weight_trace, s.act_trace, *dict(s.weight).values(), *dict(s.act).values()))
     # 8 joint probes leave a layer whose trace is tiny beside the others at noise (a mean below
     # 0 counts as 0), but the model as a whole is sensitive

@@ -38,12 +38,30 @@ def test_every_native_precision_of_a_target_file_executes_at_that_precision(name
                 assert backend.executes(kind, bits), f"{name}: {kind} {bits} is listed native but has no integer kernel"
 
 
-def test_x86_executes_int8_only() -> None:
+def test_x86_executes_int8_and_int16() -> None:
     x86 = X86VnniBackend()
     assert x86.executes("conv", BitAssignment(8, 8)) and x86.executes("conv", BitAssignment(4, 8))  # int4 unpacked to int8
-    assert not x86.executes("conv", BitAssignment(16, 16)) and not x86.executes("conv", BitAssignment(8, 16))
+    for w, a in ((16, 16), (8, 16), (16, 8), (4, 16)):  # the vpdpwssd kernels
+        assert x86.executes("conv", BitAssignment(w, a)) and x86.executes("linear", BitAssignment(w, a))
+    assert x86.executes("matmul", BitAssignment(16, 16))
+    assert not x86.executes("conv", BitAssignment(32, 16)) and not x86.executes("linear", BitAssignment(8, 32))
     assert not x86.executes("embedding", BitAssignment(8, 32))  # a lookup: weights dequantized, no kernel
     assert not x86.executes("linear", BitAssignment(32, 32))
+
+
+def test_x86_sixteen_bit_kernels_skip_depthwise_convs() -> None:
+    """A depthwise conv gets the 8-bit precisions only: the wide kernels compute groups = 1."""
+    from lcpaq.ir import capture, find_layers
+    from lcpaq.passes import Pipeline
+    from tests.backends._nets import TinyMobile
+    from tests.conftest import make_ctx
+
+    target = load_target("x86-host")
+    backend, x = backend_for(target), torch.randn(1, 3, 12, 12)
+    gm = Pipeline.from_spec("shape-prop,cost")(capture(TinyMobile().eval(), (x,)), make_ctx(target, x)).graph_module
+    widest = {layer.name: max(max(b.w_bits, b.a_bits) for b in backend.layer_precisions(gm, layer, target).bits if b.w_bits < 32)
+              for layer in find_layers(gm)}
+    assert widest == {"stem": 16, "expand": 16, "dw": 8, "project": 16, "dw2": 8, "fc": 16}
 
 
 def test_a_new_x86_target_is_a_data_file_alone(tmp_path) -> None:
@@ -100,4 +118,4 @@ def test_layer_precisions_are_what_the_backend_executes_and_the_target_offers() 
         answer = backend.layer_precisions(gm, layer, target)
         assert BitAssignment(32, 32) in answer.bits and answer.integer  # every TinyResNet layer has a kernel
         integer = [b for b in answer.bits if b != BitAssignment(32, 32)]
-        assert integer == [c for c in target.candidates(layer.kind) if backend.executes(layer.kind, c)]
+        assert integer == [c for c in target.candidates(layer.kind) if backend.layer_executes(gm, layer, c)]

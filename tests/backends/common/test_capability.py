@@ -18,7 +18,9 @@ from lcpaq.passes.cost_model import reference_totals
 from tests.conftest import make_ctx, unimplemented_target
 
 FP32 = BitAssignment(32, 32)
-X86_CONV = tuple(BitAssignment(w, 8) for w in range(2, 9))  # x86-host: weights 2-8 (2-7 unpacked), activations 8
+#: x86-host: weights 2-8 (2-7 unpacked) and 16, activations 8 and 16; depthwise convs 8-bit only
+X86_CONV = tuple(BitAssignment(w, a) for w in (*range(2, 9), 16) for a in (8, 16))
+X86_DEPTHWISE = tuple(BitAssignment(w, 8) for w in range(2, 9))
 
 
 class Tagger(nn.Module):
@@ -59,7 +61,7 @@ def test_x86_answers_per_layer(x86) -> None:
     x = torch.randn(1, 3, 8, 8)
     gm = Pipeline.from_spec("shape-prop,cost,executable")(capture(Convs().eval(), (x,)), make_ctx(x86, x)).graph_module
     answers = {layer.name: EXECUTABLE.get(layer.node) for layer in find_layers(gm)}
-    assert answers["dense"].bits == (*X86_CONV, FP32) and answers["dw"].bits == (*X86_CONV, FP32)
+    assert answers["dense"].bits == (*X86_CONV, FP32) and answers["dw"].bits == (*X86_DEPTHWISE, FP32)
     assert answers["dilated"].bits == (FP32,) and not answers["dilated"].integer
     assert answers["dilated"].reason == ("backend 'x86-vnni' has no integer kernel for conv dilated "
                                          "(aten.conv2d.default, groups=1, dilation=2, kernel 3x3)")

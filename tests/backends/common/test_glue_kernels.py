@@ -248,8 +248,8 @@ def test_schedule_parallel_rows_vectorized_columns() -> None:
 
 
 def test_bad_dtype_is_refused() -> None:
-    with pytest.raises(ValueError, match="int16"):
-        gk.softmax_func((2, 4), "int16", 0, 2**30, 31, 2**30, 31, 0, 0, 255, "uint8")
+    with pytest.raises(ValueError, match="int64"):
+        gk.softmax_func((2, 4), "int64", 0, 2**30, 31, 2**30, 31, 0, 0, 255, "uint8")
 
 
 # -- fused adds ---------------------------------------------------------------------------------

@@ -38,9 +38,9 @@ def _costed(model: nn.Module, example: torch.Tensor):
 
 
 def test_precision_keys_of_x86_host() -> None:
-    assert precision_keys(X86, "conv") == ["fp32", "w8a8"]  # 2-7 bit weights are storage-only
-    assert precision_keys(X86, "matmul") == ["fp32", "w8a8"]
-    assert precision_keys(X86, "embedding") == ["fp32", "w8a32"]
+    assert precision_keys(X86, "conv") == ["fp32", "w16a16", "w16a8", "w8a16", "w8a8"]  # 2-7 bit weights are storage-only
+    assert precision_keys(X86, "matmul") == ["fp32", "w16a16", "w8a8"]
+    assert precision_keys(X86, "embedding") == ["fp32", "w16a32", "w8a32"]
     sim = load_target("sim")
     assert precision_keys(sim, "matmul") == ["fp32", *sorted(f"w{b}a{b}" for b in (2, 3, 4, 5, 6, 7, 8, 16))]
 
@@ -65,9 +65,15 @@ def test_tiny_model_has_every_layer_and_precision(tmp_path) -> None:
     assert set(table.entries) == {"conv", "dw", "fc"}
     for name, kind in (("conv", "conv"), ("dw", "conv"), ("fc", "linear")):
         row = table.entries[name]
-        assert sorted(row) == ["fp32", "w8a8"]
-    # The 64->64 3x3 conv: int8 on VNNI does 4x the MACs per instruction of fp32 FMA: faster.
-    assert table.entries["conv"]["w8a8"] < table.entries["conv"]["fp32"]
+        assert sorted(row) == ["fp32", "w16a16", "w16a8", "w8a16", "w8a8"]
+    # The 64->64 3x3 conv: int8 on VNNI does 4x the MACs per instruction of fp32 FMA: faster;
+    # int16 pairs do half the int8 work per instruction, and both sides at 16 bits take two passes.
+    conv = table.entries["conv"]
+    assert conv["w8a8"] < conv["w8a16"] < conv["w16a16"] and conv["w16a8"] < conv["w16a16"]
+    assert conv["w8a16"] < conv["fp32"] and conv["w16a8"] < conv["fp32"]
+    # The depthwise conv has no 16-bit kernel: its 16-bit entries are its fp32 time, noted.
+    assert table.entries["dw"]["w16a16"] == table.entries["dw"]["fp32"]
+    assert any(n.startswith("no kernel for w16a16, w16a8, w8a16") for n in table.notes)
     # The depthwise conv: w8a8 on the AVX-512 depthwise kernel, fp32 its torch time; noted.
     assert any("depthwise" in n and "dw" in n for n in table.notes)
     # Storage-only weights are charged the int8 entry.
@@ -99,7 +105,9 @@ def test_grouped_conv_is_timed_on_its_int8_kernel() -> None:
     model = nn.Sequential(nn.Conv2d(128, 128, 3, padding=1, groups=32), nn.ReLU(), nn.Conv2d(128, 128, 1))
     gm = _costed(model, torch.randn(1, 128, 14, 14))
     table = profile_model(gm, X86, model_name="grouped", repeats=3, number=2, progress=False)
-    assert sorted(table.entries["0"]) == ["fp32", "w8a8"] and table.entries["0"]["w8a8"] > 0
+    row = table.entries["0"]
+    assert sorted(row) == ["fp32", "w16a16", "w16a8", "w8a16", "w8a8"] and row["w8a8"] > 0
+    assert row["w16a16"] == row["fp32"]  # no 16-bit grouped kernel: the build runs it in float
     assert any(n.startswith("grouped convs: w8a8 on the windowed VNNI conv") and n.endswith(": 0") for n in table.notes)
 
 
