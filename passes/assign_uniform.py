@@ -26,8 +26,9 @@ class UniformBits(Pass):
     a layer carries ``lcpaq.executable`` and its backend cannot execute W``w``A``a`` for it,
     the layer is left in float, and so are the other readers of its weight (one tensor, one
     width); ``lcpaq.float_layers`` lists them with why. ``keep_float``: layers left in float
-    on purpose (a common deployment recipe keeps the first and last layers float); a name that
-    is no layer of the graph is refused."""
+    on purpose (a common deployment recipe keeps the first and last layers float); ``layers``:
+    ``(name, w, a)`` of layers given a precision of their own (checked like the rest); a name
+    that is no layer of the graph is refused."""
 
     name = "uniform"
     reads = (QUANT_SCHEME,)
@@ -35,21 +36,24 @@ class UniformBits(Pass):
     w: int = 8
     a: int = 8
     keep_float: tuple[str, ...] = ()
+    layers: tuple[tuple[str, int, int], ...] = ()
 
     def __post_init__(self) -> None:
         BitAssignment(self.w, self.a)  # validates both widths
 
     def call(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         layers = find_layers(gm)
-        unknown = sorted(set(self.keep_float) - {layer.name for layer in layers})
+        own = {name: (w, a) for name, w, a in self.layers}
+        unknown = sorted((set(self.keep_float) | set(own)) - {layer.name for layer in layers})
         if unknown:
-            raise ConfigError(f"pass 'uniform': keep_float names no layer of this model: {', '.join(unknown)}")
+            raise ConfigError(f"pass 'uniform': keep_float or layers names no layer of this model: {', '.join(unknown)}")
         wanted = {}
         for layer in layers:
             if layer.name in self.keep_float:
                 wanted[layer.name] = [BitAssignment(FLOAT_BITS, FLOAT_BITS)]
                 continue
-            bits = BitAssignment(self.a if layer.kind == "matmul" else self.w, FLOAT_BITS if layer.kind == "embedding" else self.a)
+            w, a = own.get(layer.name, (self.w, self.a))
+            bits = BitAssignment(a if layer.kind == "matmul" else w, FLOAT_BITS if layer.kind == "embedding" else a)
             ctx.target.check(layer.kind, bits)
             wanted[layer.name] = [bits]
         offered, why = offered_bits(gm, layers, wanted)

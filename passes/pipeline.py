@@ -77,10 +77,11 @@ def calibration_phase(
     return [SetQuantScheme(weight_granularity=weight_granularity, act_symmetric=act_symmetric), Calibrate(method=method)]
 
 
-def uniform_phase(target: Target, w_bits: int, a_bits: int, keep_float: tuple[str, ...] = ()) -> list[Pass]:
-    """Assign one precision to every layer (but those in ``keep_float``) and rewrite to the
-    fake-quantized graph."""
-    return [UniformBits(w=w_bits, a=a_bits, keep_float=keep_float), FakeQuant()]
+def uniform_phase(target: Target, w_bits: int, a_bits: int, keep_float: tuple[str, ...] = (),
+                  layers: tuple[tuple[str, int, int], ...] = ()) -> list[Pass]:
+    """Assign one precision to every layer (but those in ``keep_float``, and ``(name, w, a)``
+    of ``layers``) and rewrite to the fake-quantized graph."""
+    return [UniformBits(w=w_bits, a=a_bits, keep_float=keep_float, layers=layers), FakeQuant()]
 
 
 def sensitivity_phase(target: Target, probes: int = 64, sweep_points: int = 50, table: str = "") -> list[Pass]:

@@ -39,7 +39,7 @@ from lcpaq.backends.common.measure import measure_latency
 from lcpaq.hw_targets import load_target
 from lcpaq.hw_targets.host import default_target_name, host_cpu_name, host_features
 from lcpaq.ir.errors import LcpaqError
-from lcpaq.ir.layers import find_layers
+from lcpaq.ir.layers import find_layers, precision_groups
 from lcpaq.ir.meta import COST
 from lcpaq.ir.metrics import first_output
 from lcpaq.passes.cost_model import assignment_of
@@ -192,17 +192,35 @@ def _prepared(bundle: ModelBundle) -> tuple[Any, Any]:
     return prepared_graph(bundle, load_target(default_target_name()))
 
 
-def _configured(prepared: Any, ctx: Any, bits: int, keep_float: tuple[str, ...] = ()) -> Any:
-    """A copy of the prepared graph calibrated and at uniform ``bits``, ``keep_float`` layers fp32."""
-    passes = calibration_phase(ctx.target) + uniform_phase(ctx.target, bits, bits, keep_float=keep_float)
+def _configured(prepared: Any, ctx: Any, bits: int, keep_float: tuple[str, ...] = (),
+                layers: tuple[tuple[str, int, int], ...] = ()) -> Any:
+    """A copy of the prepared graph calibrated and at uniform ``bits``, ``keep_float`` layers
+    fp32, ``(name, w, a)`` of ``layers`` at their own widths."""
+    passes = calibration_phase(ctx.target) + uniform_phase(ctx.target, bits, bits, keep_float=keep_float, layers=layers)
     return Pipeline(passes)(copy.deepcopy(prepared), ctx).graph_module
 
 
-def check_configs(gm: Any) -> dict[str, tuple[str, ...]]:
-    """Mixed configurations (layers kept fp32, the rest W8A8) that calibrated nothing."""
-    names = [layer.name for layer in find_layers(gm)]
-    return {"first and last layers fp32": (names[0], names[-1]), "every other layer fp32": tuple(names[1::2]),
-            "first half fp32": tuple(names[: len(names) // 2])}
+Config = tuple[int, tuple[str, ...], tuple[tuple[str, int, int], ...]]
+
+
+def check_configs(gm: Any, target: Any) -> dict[str, Config]:
+    """Mixed configurations that calibrated nothing: layers kept fp32, the rest W8A8; and, where
+    the target offers 16 bits, 16-bit layers among 8-bit ones (activation widths chosen per
+    group of layers reading one tensor, as the ILP must)."""
+    layers = find_layers(gm)
+    names = [layer.name for layer in layers]
+    configs: dict[str, Config] = {
+        "first and last layers fp32": (8, (names[0], names[-1]), ()), "every other layer fp32": (8, tuple(names[1::2]), ()),
+        "first half fp32": (8, tuple(names[: len(names) // 2]), ()),
+    }
+    if 16 in target.act_bits:
+        grouped = {n for g in precision_groups(layers) for n in g}
+        units = sorted([*precision_groups(layers), *((n,) for n in names if n not in grouped)], key=lambda u: names.index(u[0]))
+        first = {n for u in units[: len(units) // 2] for n in u}
+        configs["W16A16"] = (16, (), ())
+        configs["every other layer W16A16, the rest W8A16"] = (8, (), tuple((n, 16 if i % 2 else 8, 16) for i, n in enumerate(names)))
+        configs["first half W8A16, the rest W8A8"] = (8, (), tuple((n, 8, 16) for n in names if n in first))
+    return configs
 
 
 def bench_mixed(name: str) -> dict[str, Any]:
@@ -212,13 +230,15 @@ def bench_mixed(name: str) -> dict[str, Any]:
     bundle = load_model(name)
     table = profile(bundle, trials=0)
     gm0, ctx = _prepared(bundle)
-    configs: dict[str, tuple[int, tuple[str, ...]]] = {"W8A8 (calibration point)": (8, ()), "fp32 (calibration point)": (32, ())}
-    configs.update({label: (8, keep) for label, keep in check_configs(gm0).items()})
+    configs: dict[str, Config] = {"W8A8 (calibration point)": (8, (), ()), "fp32 (calibration point)": (32, (), ())}
+    configs.update(check_configs(gm0, ctx.target))
     x = [t[:1] for t in bundle.example_inputs]
     rows: dict[str, Any] = {}
-    for label, (bits, keep) in configs.items():
-        gm = _configured(gm0, ctx, bits, keep)
-        row: dict[str, Any] = {"predicted_ms": table.total(assignment_of(gm)) * 1e3, "float_layers": len(keep) if bits == 8 else None}
+    for label, (bits, keep, own) in configs.items():
+        gm = _configured(gm0, ctx, bits, keep, own)
+        chosen = assignment_of(gm)
+        row: dict[str, Any] = {"predicted_ms": table.total(chosen) * 1e3, "float_layers": sum(b.w_bits == 32 for b in chosen.values()),
+                               "wide_layers": sum(16 in (b.w_bits, b.a_bits) for b in chosen.values())}
         try:
             built = build_model(gm, x, ctx.target, trials=0)
         except LcpaqError as exc:

@@ -66,14 +66,16 @@ def _model_table(name: str, res: dict[str, Any], peak: dict[str, Any] | None = N
 def _mixed_table(name: str, res: dict[str, Any]) -> list[str]:
     lines = [f"### {name}: {res['layers']} layers, fixed_seconds {res['fixed_ms']:.3f} ms, layer_scale {res['layer_scale']:.3f}", "",
              f"Fit: {res['fit_note']}.", "",
-             "| configuration | predicted ms | measured ms | measured / predicted | within 15% |", "|---|---:|---:|---:|---|"]
+             "| configuration | fp32 / 16-bit layers | predicted ms | measured ms | measured / predicted | within 15% |",
+             "|---|---:|---:|---:|---:|---|"]
     for label, r in res["configs"].items():
+        counts = f"{r.get('float_layers', '-')} / {r.get('wide_layers', '-')}"
         if not r.get("built", True):
-            lines.append(f"| {label} | {r['predicted_ms']:.2f} | - | - | not built: {r['reason']} |")
+            lines.append(f"| {label} | {counts} | {r['predicted_ms']:.2f} | - | - | not built: {r['reason']} |")
             continue
         ratio = r["measured_ms"] / r["predicted_ms"]
         verdict = "calibration point (fit on another timing of this build: any gap is run-to-run noise)" if "calibration" in label else ("yes" if abs(ratio - 1) <= 0.15 else "**no**")
-        lines.append(f"| {label} | {r['predicted_ms']:.2f} | {r['measured_ms']:.2f} | {ratio:.2f} | {verdict} |")
+        lines.append(f"| {label} | {counts} | {r['predicted_ms']:.2f} | {r['measured_ms']:.2f} | {ratio:.2f} | {verdict} |")
     return [*lines, ""]
 
 
@@ -98,9 +100,10 @@ def _host_section(family: str, host: dict[str, Any]) -> list[str]:
         lines += ["### The latency table's predictions", "",
                   "Each table is profiled layer by layer (hand schedules), then `layer_scale` and `fixed_seconds` are fitted "
                   "on two whole builds, uniform W8A8 and uniform fp32: those two rows are calibration points (the fit "
-                  "reproduces its own timings of them exactly; the rows here are a second timing). The other rows keep some layers fp32 and the rest W8A8: configurations the fit never saw. "
-                  "Times are TVM's time evaluator at batch 1, as the table's. (On x86-host every weight width 2-8 runs on "
-                  "the int8 kernels, so the ILP's latency budgets have nothing to trade yet: the checks are built directly.)", ""]
+                  "reproduces its own timings of them exactly; the rows here are a second timing). The other rows are configurations the fit never saw: "
+                  "some layers fp32 and the rest W8A8, and, where the target offers 16 bits, 16-bit layers (W8A16, W16A16 on the "
+                  "int16 kernels; a depthwise conv at 16 bits runs in float) among 8-bit ones. "
+                  "Times are TVM's time evaluator at batch 1, as the table's.", ""]
         for name, res in host["mixed"].items():
             lines += _mixed_table(name, res)
     return lines

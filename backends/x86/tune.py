@@ -5,8 +5,8 @@ TVM's target-derived rules for a VNNI CPU tensorize with its own ``dot_16x4_vnni
 build in 0.27 (see :mod:`lcpaq.backends.x86.vnni`), so the rules are given explicitly: the generic
 llvm rules, with :class:`MultiLevelTilingWithIntrin` on our corrected :data:`VNNI_INTRIN` in place
 of plain multi-level tiling (so every candidate of an int8 kernel is tensorized: with both, a
-short search could keep an untensorized one), and the ``RewriteTensorize`` postproc that lowers
-the tensorized blocks.
+short search could keep an untensorized one), the ``RewriteTensorize`` postproc that lowers
+the tensorized blocks, and :class:`RequireTensorized`, which rejects a candidate it left scalar.
 """
 from __future__ import annotations
 
@@ -17,9 +17,30 @@ import tvm
 from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.schedule_rule import MultiLevelTiling, MultiLevelTilingWithIntrin, ReuseType
+from tvm.ir.utils import derived_object
 
 from lcpaq.backends.common.tuning import TuningRules, tune_schedule
 from lcpaq.backends.x86.vnni import VNNI_INTRIN, Kernel, build, register_vnni_intrinsic, to_tvm
+
+#: The LLVM intrinsic a tensorized int8 kernel calls.
+_VNNI_CALL = "llvm.x86.avx512.vpdpbusd.512"
+
+
+@derived_object
+class RequireTensorized(ms.postproc.PyPostproc):
+    """Rejects a candidate whose int8 core is not tensorized: ``RewriteTensorize`` only warns
+    when an annotated block fails to tensorize and leaves it as scalar loops, so a short search
+    could otherwise keep such a candidate."""
+
+    def _initialize_with_tune_context(self, context: Any) -> None:
+        pass
+
+    def apply(self, sch: s_tir.Schedule) -> bool:
+        return _VNNI_CALL in sch.mod.script()
+
+    def clone(self) -> "RequireTensorized":
+        return RequireTensorized()
+
 
 def vnni_rules() -> tuple[list[Any], list[Any]]:
     """(schedule rules, postprocs) for u8 x s8 -> s32 blocks: tensorize with :data:`VNNI_INTRIN`."""
@@ -37,6 +58,7 @@ def vnni_rules() -> tuple[list[Any], list[Any]]:
         ms.postproc.RewriteParallelVectorizeUnroll(),
         ms.postproc.RewriteReductionBlock(),
         ms.postproc.RewriteTensorize(vectorize_init_loop=True),
+        RequireTensorized(),
     ]
     return rules, postprocs
 

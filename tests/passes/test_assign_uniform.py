@@ -31,5 +31,16 @@ def test_keep_float_leaves_named_layers_float(block, x86) -> None:
 
 def test_keep_float_refuses_unknown_layers(block, x86) -> None:
     gm, ctx = _prepared(block, x86)
-    with pytest.raises(ConfigError, match="pass 'uniform': keep_float names no layer of this model: nope"):
+    with pytest.raises(ConfigError, match="pass 'uniform': keep_float or layers names no layer of this model: nope"):
         UniformBits(keep_float=("nope",))(gm, ctx)
+
+
+def test_layers_of_their_own_precision(block, x86) -> None:
+    gm, ctx = _prepared(block, x86)
+    names = [layer.name for layer in find_layers(gm)]
+    out = UniformBits(w=8, a=8, layers=((names[0], 16, 16), (names[1], 4, 16)))(gm, ctx).graph_module
+    got = assignment_of(out)
+    assert (got[names[0]], got[names[1]]) == (BitAssignment(16, 16), BitAssignment(4, 16))
+    assert all(got[n] == BitAssignment(8, 8) for n in names[2:])
+    with pytest.raises(ConfigError, match="no 6-bit activations"):
+        UniformBits(layers=((names[0], 8, 6),))(gm, ctx)

@@ -11,7 +11,9 @@ from lcpaq.hw_targets import load_target
 from lcpaq.ir.metrics import first_output
 from lcpaq.ir.errors import ConfigError, CorruptFileError, LoweringError
 from tests.conftest import unimplemented_target
-from tests.backends._nets import TinyBert, TinyEncoder, TinyMobile, TinyResNet, mixed, quantized, quantized_bert, sqnr, tiny_bert_inputs
+from tests.backends._nets import (
+    TinyBert, TinyEncoder, TinyMobile, TinyResNet, mixed, mixed_widths, quantized, quantized_bert, sqnr, tiny_bert_inputs,
+)
 
 SPECS = {
     "w8a8": "uniform{w=8,a=8},fake-quant",
@@ -103,6 +105,39 @@ def test_transformer_with_integer_glue_is_bit_exact() -> None:
     y = built.run(*x)
     np.testing.assert_array_equal(y, ref)
     assert sqnr(fp32, torch.from_numpy(y)) > 25.0
+
+
+#: Layer widths a mixed-precision assignment on x86-host can give: every 8 / 16-bit pair, and
+#: 4-bit weights with 16-bit activations (stored narrow, computed on the wide kernel).
+WIDTH_CYCLE = [(8, 8), (8, 16), (16, 8), (16, 16), (4, 16)]
+
+
+@pytest.mark.parametrize("net", [TinyResNet, TinyMobile])
+def test_mixed_8_and_16_bit_layers_are_bit_exact(net) -> None:
+    """Layers cycling through 8 and 16 bits: int16 and uint8 codes meet in requantizations and
+    residual adds; 16-bit layers run on vpdpwssd, depthwise convs at 16 bits in float."""
+    torch.manual_seed(0)
+    model = net().eval()
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    built = build_model(mixed_widths(model, x, WIDTH_CYCLE), (x[:1],), load_target("x86-host"))
+    with torch.no_grad():
+        ref, fp32 = first_output(built.integer_graph(x[:1])).numpy(), model(x[:1])
+    y = built.run(x[:1])
+    np.testing.assert_array_equal(y, ref)
+    assert sqnr(fp32, torch.from_numpy(y)) > 20.0
+    assert set(built.float_fallbacks) <= {"conv2d_2", "relu6_2", "conv2d_4", "relu6_3", "mean"}  # TinyMobile's 16-bit depthwise
+    assert "vpdpwssd" in built.asm and "vpdpbusd" in built.asm
+
+
+def test_transformer_with_16_bit_layers_and_integer_glue_is_bit_exact() -> None:
+    torch.manual_seed(0)
+    model = TinyBert().eval()
+    x = tiny_bert_inputs(4, seed=9)
+    built = build_model(quantized_bert(model, WIDTH_CYCLE), x, load_target("x86-host"), batch=None)
+    with torch.no_grad():
+        ref, fp32 = first_output(built.integer_graph(*x)).numpy(), model(*x)
+    np.testing.assert_array_equal(built.run(*x), ref)
+    assert sqnr(fp32, torch.from_numpy(ref)) > 30.0  # W8A8 gives 25 dB
 
 
 class _Scores(nn.Module):

@@ -175,3 +175,48 @@ def test_bad_codes_are_rejected() -> None:
         ir.dense_acc(x_q.float(), 0, torch.zeros(3, 4, dtype=torch.int8))
     with pytest.raises(ValueError, match="dense needs"):
         ir.dense_acc(x_q, 0, torch.zeros(3, 5, dtype=torch.int8))
+
+
+# -- wide (16-bit) layers --------------------------------------------------------------------
+
+@pytest.mark.parametrize("bits", [2, 12, 20, 31])
+def test_quantize_multiplier_of_fewer_bits(bits: int) -> None:
+    real = 0.000123456789
+    m, s = ir.quantize_multiplier(real, bits)
+    assert 2 ** (bits - 1) <= m < 2**bits
+    assert abs(m / 2**s - real) <= real * 2.0**-bits
+
+
+def test_multiplier_bits_keep_the_product_below_2_62() -> None:
+    for bound in (1, 2**20, 2**31 - 1, 2**31, 3 * 2**40, 2**59):
+        bits = ir.multiplier_bits(bound)
+        assert bound * (2**bits - 1) < 2**62 and (bits == 31 or bound * 2 ** (bits + 1) >= 2**62)
+    assert ir.multiplier_bits(2**30) == 31 and ir.multiplier_bits(2**40) == 21
+
+
+def test_wide_dense_is_exact_in_int64_where_int32_overflows() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.full((2, 4608), -(2**15), dtype=torch.int16)
+    w = torch.full((3, 4608), 2**15 - 1, dtype=torch.int16)
+    acc = ir.dense_acc(x, 5, w, torch.tensor([1, 2, 3]), torch.int64)
+    assert acc.dtype == torch.int64 and int(acc[0, 0]) == 4608 * (-(2**15) - 5) * (2**15 - 1) + 1
+    with pytest.raises(OverflowError, match="int32"):
+        ir.dense_acc(x, 5, w)
+    bound = ir.acc_bound(w, 2**15 + 5, torch.tensor([1, 2, 3]))
+    assert int(bound[2]) == (2**15 + 5) * (2**15 - 1) * 4608 + 3 and int(bound[0]) >= int(acc.abs().max())
+    scales = torch.rand(3, generator=gen, dtype=torch.float64) * 1e-4
+    mult, shift = ir.wide_requant_params(3e-5, scales, 0.5, bound)
+    y = ir.requantize(acc, mult, shift, 0, -(2**15), 2**15 - 1)
+    real = acc.double() * 3e-5 * scales / 0.5
+    assert (y.double() - torch.clamp(real, -(2**15), 2**15 - 1)).abs().max() <= 1.0
+
+
+def test_requantize_refuses_an_int64_product_past_2_62() -> None:
+    with pytest.raises(OverflowError, match="fewer bits"):
+        ir.requantize(torch.tensor([[2**40]], dtype=torch.int64), 2**30, 40, 0, -(2**15), 2**15 - 1)
+
+
+def test_wide_codes_are_checked() -> None:
+    x16 = torch.zeros(1, 4, dtype=torch.int16)
+    with pytest.raises(ValueError, match=r"restricted range \[-32767, 32767\]"):
+        ir.dense_acc(x16, 0, torch.full((1, 4), -(2**15), dtype=torch.int16), acc_dtype=torch.int64)

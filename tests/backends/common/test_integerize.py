@@ -142,3 +142,43 @@ def test_conv_without_integer_form_runs_in_float_with_its_reason() -> None:
     assert _ops(ig)["qconv2d"] == 1
     with torch.no_grad():  # float on the fake-quantized weight and dequantized input: the fake-quant graph's numbers
         assert sqnr(first_output(gm(x)), first_output(ig(x))) > 35.0
+
+
+WIDE = Conventions(wide_bits=16)
+
+
+def test_sixteen_bit_layers_are_wide_integer_layers(tiny) -> None:
+    """With wide kernels, W16A16 layers are integer: int16 activation codes, int16 weights, int64
+    sums requantized by multipliers small enough that the largest sum times them stays below 2^62."""
+    from lcpaq.backends.common.integer_ref import acc_bound
+
+    model, _, _, x = tiny
+    gm = quantized(model, x, "uniform{w=16,a=16},fake-quant", target="sim")
+    ig = integerize(gm, WIDE)
+    assert _ops(ig) == {"quantize": 1, "qconv2d": 5, "max_pool2d": 1, "qadd": 1, "global_avg_pool": 1, "requantize": 1,
+                        "qlinear": 1, "dequantize": 1}
+    assert DOMAIN.get(next(n for n in ig.graph.nodes if n.target is iops.quantize)).dtype == "int16"
+    for node in (n for n in ig.graph.nodes if n.target in (iops.qconv2d, iops.qlinear)):
+        w, bias, mult = (getattr(ig, a.target) if a is not None else None for a in node.args[1:4])
+        src = node.args[0]
+        d = DOMAIN.get(src) if "lcpaq.domain" in src.meta else None
+        span = 2**16 if d is None else max(d.zero_point - d.qmin, d.qmax - d.zero_point)
+        assert w.dtype == torch.int16 and (bias is None or bias.dtype == torch.int64)
+        assert bool(((acc_bound(w, span, bias).double() * mult.double()) < 2.0**62).all())
+    with torch.no_grad():
+        y_int, y_fq = first_output(ig(x)), first_output(gm(x))
+    assert sqnr(y_fq, y_int) > 60.0  # 16-bit codes: far finer than 8-bit's 30 dB
+
+
+def test_wide_kernels_cover_only_convs_with_one_group() -> None:
+    from tests.backends._nets import TinyMobile
+
+    torch.manual_seed(0)
+    model = TinyMobile().eval()
+    x = torch.randn(4, 3, 12, 12, generator=torch.Generator().manual_seed(5))
+    ig = integerize(quantized(model, x, "uniform{w=16,a=16},fake-quant", target="sim"), WIDE)
+    reasons = {n.meta["lcpaq.source"]: n.meta[iops.FLOAT_REASON] for n in ig.graph.nodes if iops.FLOAT_REASON in n.meta}
+    assert reasons["conv2d_2"] == "16-bit quantizer: the backend's 16-bit kernels cover linears and convs with groups = 1"
+    assert _ops(ig)["qconv2d"] == 3  # stem, expand, project; both depthwise convs in float
+    with torch.no_grad():
+        assert sqnr(model(x), first_output(ig(x))) > 50.0
