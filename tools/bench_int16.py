@@ -20,6 +20,7 @@ from typing import Any
 from lcpaq.backends.common.profile import profile_model
 from lcpaq.hw_targets import load_target
 from lcpaq.hw_targets.host import default_target_name
+from lcpaq.ir.fileio import atomic_write_json
 from lcpaq.tools.bench_common import write_results
 from lcpaq.tools.bench_e2e import machine_info
 from lcpaq.tools.models.zoo import load_model
@@ -42,10 +43,12 @@ def _geomean(values: list[float]) -> float:
 
 def _model_section(name: str, res: dict[str, Any]) -> list[str]:
     rows = res["layers"]
-    wide = {n: r for n, r in rows.items() if all(k in r for k in KEYS) and r["w16a16"] != r["fp32"]}
-    totals = {k: sum(r[k] for r in rows.values()) * 1e3 for k in KEYS}
+    timed = {n: r for n, r in rows.items() if all(k in r for k in KEYS)}  # an embedding has weight-only keys
+    wide = {n: r for n, r in timed.items() if r["w16a16"] != r["fp32"]}
+    totals = {k: sum(r[k] for r in timed.values()) * 1e3 for k in KEYS}
     lines = [f"## {name}: {len(rows)} layers, {len(wide)} on 16-bit kernels", "",
-             "Sum over every layer (ms at batch 1; a layer without a 16-bit kernel counts its fp32 time there):", "",
+             f"Sum over the {len(timed)} layers timed at every precision (ms at batch 1; a layer without a 16-bit kernel "
+             "counts its fp32 time there):", "",
              "| " + " | ".join(KEYS) + " |", "|" + "---:|" * len(KEYS), "| " + " | ".join(f"{totals[k]:.3f}" for k in KEYS) + " |", "",
              "Geometric mean over the layers with 16-bit kernels of each time relative to W8A8 and to fp32:", "",
              "| precision | / W8A8 | / fp32 |", "|---|---:|---:|"]
@@ -87,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"command": command.strip(), "machine": machine_info(), "models": {}}
     for name in [m for m in args.models.split(",") if m]:
         results["models"][name] = bench_model(name, args.repeats)
+    if args.out is not None:  # the measurements first: a report that fails to render loses nothing
+        atomic_write_json(args.out / "int16_kernels.json", results)
     text = report(results)
     if args.out is not None:
         write_results(args.out, "int16_kernels", results, text)

@@ -38,14 +38,19 @@ def parts_of(act_dtype: str, w_bits: int) -> int:
     return 2 if act_dtype == "int16" and w_bits > 8 else 1
 
 
+def chunk_limit(act_dtype: str, w_bits: int) -> int:
+    """The most raw code products an int32 sum can hold without overflow."""
+    x_max = 255 if act_dtype == "uint8" else 2**15
+    w_max = 127 if w_bits <= 8 else 255 if parts_of(act_dtype, w_bits) == 2 else 2**15 - 1
+    return _INT32_MAX // (x_max * w_max)
+
+
 def chunk_size(reduction: int, act_dtype: str, w_bits: int) -> int:
     """Elements of the reduction summed in int32 before widening: the largest even divisor of
     ``reduction`` (even) whose int32 sum of raw code products cannot overflow."""
     if reduction % DEPTH:
         raise ValueError(f"a wide kernel's reduction must be even, got {reduction}")
-    x_max = 255 if act_dtype == "uint8" else 2**15
-    w_max = 127 if w_bits <= 8 else 255 if parts_of(act_dtype, w_bits) == 2 else 2**15 - 1
-    most = _INT32_MAX // (x_max * w_max)
+    most = chunk_limit(act_dtype, w_bits)
     return max(d for d in range(DEPTH, min(most, reduction) + 1, DEPTH) if reduction % d == 0)
 
 
@@ -103,7 +108,8 @@ def wide_conv2d_func(
 ) -> tvm.tirx.PrimFunc:
     """PrimFunc ``(X NHWC codes, W [parts, O/lanes, KH, KW, C/2, lanes, 2] int16, bias int64,
     multiplier, shift, qp, Y NHWC)``: blocks ``pad`` (int16, code ``qp[0]``), ``partial`` (int32
-    sums of chunks of channels, ``[parts, KH, KW, chunks, n, oh, ow, o]``), ``acc``, ``requant``."""
+    sums of chunks of channels, ``[parts, KH, KW, chunks, n, oh, ow, o]``; of the whole window,
+    ``[parts, n, oh, ow, o]``, when it fits one chunk), ``acc``, ``requant``."""
     b, h, w_, c = shape
     kh, kw = kernel_hw(kernel)
     if c % DEPTH or out_channels % lanes:
@@ -120,15 +126,26 @@ def wide_conv2d_func(
             x[nn, i - padding, j - padding, ch].astype("int16"), qp[0].astype("int16")),
         name="pad",
     )
-    r = te.reduce_axis((0, chunk), name="r")
-    part = te.compute(
-        (parts, kh, kw, c // chunk, b, oh, ow, out_channels),
-        lambda p, i_, j_, cc, nn, i, j, o: te.sum(
-            xp[nn, i * stride + i_, j * stride + j_, cc * chunk + r].astype("int32")
-            * wt[p, o // lanes, i_, j_, cc * (chunk // DEPTH) + r // DEPTH, o % lanes, r % DEPTH].astype("int32"), axis=r),
-        name="partial",
-    )
-    axes = [te.reduce_axis((0, e), name=nm) for e, nm in ((parts, "rp"), (kh, "rh"), (kw, "rw"), (c // chunk, "rc"))]
+    if kh * kw * c <= chunk_limit(act_dtype, w_bits):  # the whole window fits one int32 sum (a stem conv)
+        rh, rw, r = te.reduce_axis((0, kh), name="rh"), te.reduce_axis((0, kw), name="rw"), te.reduce_axis((0, c), name="r")
+        part = te.compute(
+            (parts, b, oh, ow, out_channels),
+            lambda p, nn, i, j, o: te.sum(
+                xp[nn, i * stride + rh, j * stride + rw, r].astype("int32")
+                * wt[p, o // lanes, rh, rw, r // DEPTH, o % lanes, r % DEPTH].astype("int32"), axis=[rh, rw, r]),
+            name="partial",
+        )
+        axes = [te.reduce_axis((0, parts), name="rp")]
+    else:
+        r = te.reduce_axis((0, chunk), name="r")
+        part = te.compute(
+            (parts, kh, kw, c // chunk, b, oh, ow, out_channels),
+            lambda p, i_, j_, cc, nn, i, j, o: te.sum(
+                xp[nn, i * stride + i_, j * stride + j_, cc * chunk + r].astype("int32")
+                * wt[p, o // lanes, i_, j_, cc * (chunk // DEPTH) + r // DEPTH, o % lanes, r % DEPTH].astype("int32"), axis=r),
+            name="partial",
+        )
+        axes = [te.reduce_axis((0, e), name=nm) for e, nm in ((parts, "rp"), (kh, "rh"), (kw, "rw"), (c // chunk, "rc"))]
     acc = te.compute((b, oh, ow, out_channels), lambda nn, i, j, o: _combine(part, parts, axes, (nn, i, j, o)), name="acc")
     bias, mult, shift, qp, y = requant_compute(acc, 3, out_dtype, qp, bias_dtype="int64")
     return te.create_prim_func([x, wt, bias, mult, shift, qp, y])

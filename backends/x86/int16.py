@@ -88,12 +88,12 @@ def qconv2d_func(shape: tuple[int, int, int, int], out_channels: int, kernel: in
     return wide_conv2d_func(shape, out_channels, kernel, stride, padding, LANES, act_dtype, w_bits, out_dtype)
 
 
-def _tensorize_partial(sch: s_tir.Schedule, part: Any, rows: Any, cols: Any, r: Any) -> None:
-    """The chunk block computed at its tile: ``r/2, rows, col blocks, [16 x 2 -> vpdpwssd]``."""
+def _tensorize_partial(sch: s_tir.Schedule, part: Any, rows: Any, cols: Any, r: Any, window: tuple[Any, ...] = ()) -> None:
+    """The chunk block computed at its tile: ``[window,] r/2, rows, col blocks, [16 x 2 -> vpdpwssd]``."""
     cm, cl = sch.split(cols, [None, LANES])
     ro, ri = sch.split(r, [None, DEPTH])
-    sch.reorder(ro, rows, cm, cl, ri)
-    sch.decompose_reduction(part, ro)
+    sch.reorder(*window, ro, rows, cm, cl, ri)
+    sch.decompose_reduction(part, window[0] if window else ro)
     sch.unroll(rows)
     sch.unroll(cm)
     sch.tensorize(cl, WIDE_INTRIN)
@@ -148,22 +148,25 @@ def schedule_qconv2d(func: tvm.tirx.PrimFunc, width: int) -> s_tir.Schedule:
     kw, chunk, [chunk sums, tensorized], int64 update``, padding per output row, epilogue fused."""
     sch = s_tir.Schedule(func)
     acc, part = sch.get_sblock("acc"), sch.get_sblock("partial")
-    n, oh, ow, o, rp, rh, rw, rc = sch.get_loops(acc)
+    n, oh, ow, o, *reduction = sch.get_loops(acc)  # rp, rh, rw, rc; or rp alone (the window in one chunk)
     channels = int(sch.get(o).extent)
     tile = gemm_schedule.col_tile(width, MAX_COL_TILE)
     blocks = CONV_COL_BLOCKS if (channels // LANES) % CONV_COL_BLOCKS == 0 else 1
     owo, owi = sch.split(ow, [None, tile])
     oo, oi = sch.split(o, [None, blocks * LANES])
-    sch.reorder(n, oh, owo, oo, rp, rh, rw, rc, owi, oi)
+    sch.reorder(n, oh, owo, oo, *reduction, owi, oi)
     sch.parallel(sch.fuse(n, oh))
     epilogue = sch.get_sblock("requant")
     sch.reverse_compute_at(epilogue, oo)
     sch.vectorize(sch.get_loops(epilogue)[-1])
-    sch.compute_at(part, rc, preserve_unit_loops=True)
-    sch.decompose_reduction(acc, rp)
+    sch.compute_at(part, reduction[-1], preserve_unit_loops=True)
+    sch.decompose_reduction(acc, reduction[0])
     _unroll_update(sch, owi, oi)
     pad = sch.get_sblock("pad")
     sch.parallel(sch.fuse(*sch.get_loops(pad)[:2]))
     loops = sch.get_loops(part)
-    _tensorize_partial(sch, part, loops[-3], loops[-2], loops[-1])
+    if len(reduction) == 1:  # partial loops ..., ow, o, rh, rw, r
+        _tensorize_partial(sch, part, loops[-5], loops[-4], loops[-1], (loops[-3], loops[-2]))
+    else:
+        _tensorize_partial(sch, part, loops[-3], loops[-2], loops[-1])
     return sch
