@@ -45,12 +45,13 @@ from lcpaq.backends.common import integer_ops as iops
 from lcpaq.backends.common.backend import Conventions
 from lcpaq.backends.common import integer_forms as forms
 from lcpaq.backends.common import integerize_glue as gl
+from lcpaq.backends.common import integerize_wide as iw
 from lcpaq.backends.common.code_domains import WIDE, Fine, act_domain, finer, int32_domain, two_values, wide_add_domain
 from lcpaq.backends.common.integer_forms import (
     CLAMP_OPS, DOMAIN_PRESERVING, GLOBAL_POOL_OPS, IDENTITY_OPS, RELU6_OPS, RELU_OPS, RESHAPE_OPS, TRANSPOSE_OPS,
 )
 from lcpaq.backends.common.integer_ref import (
-    INT32_MAX, INT32_MIN, acc_bound, multiplier_bits, quantize_multiplier, requant_params, wide_requant_params,
+    INT32_MAX, INT32_MIN, quantize_multiplier, requant_params,
 )
 from lcpaq.backends.common.op_args import conv_args, is_global_pool, keepdim, pool_args, pool_reason, source_location
 from lcpaq.ir.capture import get_attr
@@ -61,11 +62,6 @@ from lcpaq.ir.qops import FakeQuantize
 from lcpaq.ir.quantizer import quantize as quantize_codes
 
 aten = torch.ops.aten
-
-
-def _span(d: CodeDomain) -> int:
-    """The largest ``|code - zero_point|`` of a domain."""
-    return max(d.zero_point - d.qmin, d.qmax - d.zero_point)
 
 
 @dataclass
@@ -291,27 +287,13 @@ class Integerizer:
         acc_scale = a.domain.scale * b.domain.scale
         bits, holds = 31, acc_scale
         if "int16" in (a.domain.dtype, b.domain.dtype):  # int64 sums: the multiplier sized to their bound
-            k = int(getattr(node.args[0].meta.get("val"), "shape", [2**16])[-1])
-            bits = multiplier_bits(k * _span(a.domain) * _span(b.domain))
-            holds = acc_scale * 2.0 ** max(0, 32 - bits)  # int32 codes that hold the largest sum
-        out = self.out_domain(node, lambda: int32_domain(holds))
-        if out is None and bits < 31:  # no quantized reader: those int32 codes, dequantized
-            out = int32_domain(holds)
-            mult, shift = quantize_multiplier(acc_scale / out.scale, bits)
-            v = self.emit(iops.qmatmul, (a.node, b.node, a.domain.zero_point, b.domain.zero_point, mult, shift),
-                          dict(out_zp=0, qmin=INT32_MIN, qmax=INT32_MAX, out_dtype="int32"), out, node)
-            return self.emit(iops.dequantize, (v.node, out.scale, 0), {}, None, node)
-        if out is None:
-            mult, shift = 2**30, 30
-            kw = dict(out_zp=0, qmin=INT32_MIN, qmax=INT32_MAX, out_dtype="int32")
-        else:
-            mult, shift = quantize_multiplier(acc_scale / out.scale, bits)
-            kw = dict(out_zp=out.zero_point, qmin=out.qmin, qmax=out.qmax, out_dtype=out.dtype)
+            bits, holds = iw.matmul_bits(node, a.domain, b.domain)
+        target = self.out_domain(node, lambda: int32_domain(holds))
+        out = int32_domain(holds) if target is None else target  # no reader: int32 codes, dequantized
+        mult, shift = quantize_multiplier(acc_scale / out.scale, bits)
         args = (a.node, b.node, a.domain.zero_point, b.domain.zero_point, mult, shift)
-        v = self.emit(iops.qmatmul, args, kw, out, node)
-        if out is None:
-            return self.emit(iops.dequantize, (v.node, acc_scale, 0), {}, None, node)
-        return v
+        v = self.emit(iops.qmatmul, args, dict(out_zp=out.zero_point, qmin=out.qmin, qmax=out.qmax, out_dtype=out.dtype), out, node)
+        return v if target is not None else self.emit(iops.dequantize, (v.node, out.scale, 0), {}, None, node)
 
     def _codes_add(self, node: fx.Node) -> bool:
         """Both operands are codes, or (read by glue) one is and the other a float tensor."""
@@ -346,7 +328,7 @@ class Integerizer:
                 raise LoweringError(f"{node.name}{source_location(node)}: bias does not fit {'2^46' if wide else 'int32'} at scale x_scale * w_scale")
             bias = bias.to(torch.int64 if wide else torch.int32)
         if wide:
-            return self.lower_wide_layer(node, x, w_codes, w_scale, acc_scale, bias, linear)
+            return iw.lower_wide_layer(self, node, x, (w_codes, w_scale, acc_scale, bias), linear)
         out = self.out_domain(node, lambda: int32_domain(float(acc_scale.max())))
         if out is None:  # no quantized reader: accumulators in int32, dequantized per channel below
             mult = torch.full((out_ch,), 2**30, dtype=torch.int64)
@@ -355,44 +337,22 @@ class Integerizer:
         else:
             mult, shift = requant_params(x.domain.scale, w_scale, out.scale)
             kw_out = dict(out_zp=out.zero_point, qmin=out.qmin, qmax=out.qmax, out_dtype=out.dtype)
-        label = node.name
-        tensors = (
-            self.const(f"{label}_w", w_codes), self.const(f"{label}_b", bias) if bias is not None else None,
-            self.const(f"{label}_m", mult), self.const(f"{label}_s", shift),
-        )
-        if linear:
-            v = self.emit(iops.qlinear, (x.node, *tensors), dict(x_zp=x.domain.zero_point, **kw_out), out, node)
-        else:
-            geo = conv_args(node)
-            v = self.emit(iops.qconv2d, (x.node, *tensors), dict(x_zp=x.domain.zero_point, **geo, **kw_out), out, node)
+        v = self.emit_layer(node, x, (w_codes, bias, mult, shift), kw_out, out, linear)
         if out is None:
-            scales = self.const(f"{label}_acc_scale", acc_scale.float())
+            scales = self.const(f"{node.name}_acc_scale", acc_scale.float())
             axis = -1 if linear else 1
             return self.emit(iops.dequantize_channels, (v.node, scales), {"axis": axis}, None, node)
         return v
 
-    def lower_wide_layer(self, node: fx.Node, x: Value, w_codes: torch.Tensor, w_scale: torch.Tensor,
-                         acc_scale: torch.Tensor, bias: torch.Tensor | None, linear: bool) -> Value:
-        """A wide layer: int64 accumulators requantized with multipliers sized to each channel's
-        accumulator bound; with no quantized reader, into int32 codes on a scale that holds the
-        largest accumulator (2^30 codes), dequantized after."""
-        d = x.domain
-        bound = acc_bound(w_codes, _span(d), bias)
-        holds = int32_domain(max(float(acc_scale.max()), float((bound.double() * acc_scale).max()) / 2**30))
-        target = self.out_domain(node, lambda: holds)
-        out = holds if target is None else target
-        mult, shift = wide_requant_params(d.scale, w_scale, out.scale, bound)
-        kw_out = dict(out_zp=out.zero_point, qmin=out.qmin, qmax=out.qmax, out_dtype=out.dtype)
-        label = node.name
-        tensors = (
-            self.const(f"{label}_w", w_codes), self.const(f"{label}_b", bias) if bias is not None else None,
-            self.const(f"{label}_m", mult), self.const(f"{label}_s", shift),
-        )
+    def emit_layer(self, node: fx.Node, x: Value, params: tuple[torch.Tensor | None, ...], kw_out: dict[str, Any],
+                   out: CodeDomain | None, linear: bool) -> Value:
+        """The ``qlinear`` / ``qconv2d`` of ``node`` on ``x``: weight, bias, multiplier and shift
+        (``params``) as constants, the output domain's arguments in ``kw_out``."""
+        names = ("w", "b", "m", "s")
+        tensors = tuple(None if t is None else self.const(f"{node.name}_{n}", t) for n, t in zip(names, params))
         if linear:
-            v = self.emit(iops.qlinear, (x.node, *tensors), dict(x_zp=d.zero_point, **kw_out), out, node)
-        else:
-            v = self.emit(iops.qconv2d, (x.node, *tensors), dict(x_zp=d.zero_point, **conv_args(node), **kw_out), out, node)
-        return v if target is not None else self.emit(iops.dequantize, (v.node, out.scale, 0), {}, None, node)
+            return self.emit(iops.qlinear, (x.node, *tensors), dict(x_zp=x.domain.zero_point, **kw_out), out, node)
+        return self.emit(iops.qconv2d, (x.node, *tensors), dict(x_zp=x.domain.zero_point, **conv_args(node), **kw_out), out, node)
 
     def lower_clamp(self, node: fx.Node) -> Value:
         x = self.value(node.args[0])

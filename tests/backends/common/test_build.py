@@ -8,6 +8,7 @@ from torch import nn
 from lcpaq.backends.common.build import build_model, load_library
 from lcpaq.backends.common.measure import measure_latency
 from lcpaq.hw_targets import load_target
+from lcpaq.ir.meta import DOMAIN
 from lcpaq.ir.metrics import first_output
 from lcpaq.ir.errors import ConfigError, CorruptFileError, LoweringError
 from tests.conftest import unimplemented_target
@@ -138,6 +139,28 @@ def test_transformer_with_16_bit_layers_and_integer_glue_is_bit_exact() -> None:
         ref, fp32 = first_output(built.integer_graph(*x)).numpy(), model(*x)
     np.testing.assert_array_equal(built.run(*x), ref)
     assert sqnr(fp32, torch.from_numpy(ref)) > 30.0  # W8A8 gives 25 dB
+
+
+def test_sixteen_bit_attention_matmuls_sum_in_int64_and_are_bit_exact() -> None:
+    """Every layer at W16A16, attention's activation x activation matmuls too (int16 codes)."""
+    from lcpaq.backends.common import integer_ops as iops
+    from lcpaq.ir import capture
+    from lcpaq.passes import PassContext, Pipeline
+    from tests.backends._nets import PREPARE
+
+    torch.manual_seed(0)
+    model = TinyBert().eval()
+    example = tiny_bert_inputs(1)
+    ctx = PassContext(load_target("x86-host"), example, tuple(tiny_bert_inputs(4, seed=s) for s in range(3)))
+    gm = Pipeline.from_spec(PREPARE + ",uniform{w=16,a=16},fake-quant")(capture(model, example), ctx).graph_module
+    x = tiny_bert_inputs(4, seed=9)
+    built = build_model(gm, x, load_target("x86-host"), batch=None)
+    matmuls = [n for n in built.integer_graph.graph.nodes if n.target is iops.qmatmul]
+    assert len(matmuls) == 2 and all(DOMAIN.get(n.args[0]).dtype == "int16" for n in matmuls)
+    with torch.no_grad():
+        ref, fp32 = first_output(built.integer_graph(*x)).numpy(), model(*x)
+    np.testing.assert_array_equal(built.run(*x), ref)
+    assert sqnr(fp32, torch.from_numpy(ref)) > 35.0
 
 
 class _Scores(nn.Module):
