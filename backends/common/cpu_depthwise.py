@@ -37,14 +37,15 @@ MAX_COL_TILE = 8
 
 def qdepthwise_func(
     shape_nhwc: tuple[int, int, int, int], kernel: int, stride: int, padding: int, out_dtype: str = "uint8",
-    act_dtype: str = "uint8", lanes: int = LANES,
+    act_dtype: str = "uint8", lanes: int = LANES, narrow: bool = False,
 ) -> tvm.tirx.PrimFunc:
     """PrimFunc ``(X NHWC act_dtype codes, W int8 [KH, KW, C], bias, multiplier, shift, qp, Y NHWC out_dtype)``.
 
     ``shape_nhwc`` is the input shape, C % lanes == 0; square ``kernel``, symmetric ``stride`` and
     ``padding``. Computes ``acc[n, i, j, c] = sum_{kh, kw} int32(Xpad[n, i*s + kh, j*s + kw, c]) *
     int32(W[kh, kw, c])`` where padding is code ``qp[0]``; the input zero point is *not* subtracted
-    (fold it into the bias: ``bias - x_zp * sum(w[c])``), then the requantization epilogue."""
+    (fold it into the bias: ``bias - x_zp * sum(w[c])``), then the requantization epilogue (in
+    int32 with ``narrow``)."""
     b, h, w_, c = shape_nhwc
     if c % lanes:
         raise ValueError(f"depthwise kernel needs C % {lanes} == 0 (pad channels on the host), got C={c}")
@@ -64,7 +65,7 @@ def qdepthwise_func(
         ),
         name="dwconv",
     )
-    bias, mult, shift, qp, y = requant_compute(acc, 3, out_dtype, qp)
+    bias, mult, shift, qp, y = requant_compute(acc, 3, out_dtype, qp, narrow=narrow)
     return te.create_prim_func([x, wt, bias, mult, shift, qp, y])
 
 

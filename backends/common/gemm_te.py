@@ -71,12 +71,14 @@ class Requant:
 
 def requant_compute(
     acc: te.Tensor, ch_axis: int, out_dtype: str = "uint8", qp: te.Tensor | None = None, name: str = "requant",
-    bias_dtype: str = "int32",
+    bias_dtype: str = "int32", narrow: bool = False,
 ) -> tuple[te.Tensor, ...]:
     """TE stage ``acc (int32, or int64 with an int64 bias) -> out_dtype`` with per-channel bias,
     multiplier and shift (int32 inputs of length ``acc.shape[ch_axis]``) and the run-time vector
     ``qp = [x_zp, out_zp, qmin, qmax]`` (a new placeholder unless given). Returns (bias,
-    multiplier, shift, qp, out)."""
+    multiplier, shift, qp, out). ``narrow``: the whole requantization in int32 lanes, exact only
+    for constants that pass :func:`~lcpaq.backends.common.integer_ref.fits_int32` (the
+    sum ``acc + bias`` wraps in between but fits int32 at the end, as the reference checks)."""
     if out_dtype not in OUT_DTYPES:
         raise ValueError(f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype!r}")
     n = acc.shape[ch_axis]
@@ -85,6 +87,16 @@ def requant_compute(
     shift = te.placeholder((n,), "int32", name="shift")
     qp = te.placeholder((4,), "int32", name="qp") if qp is None else qp
     one = tvm.tirx.const(1, "int64")
+    if narrow:
+        if acc.dtype != "int32" or bias_dtype != "int32":
+            raise ValueError("a narrow (int32) requantization takes int32 accumulators and bias")
+
+        def g(*idx: Any) -> Any:
+            c = idx[ch_axis]
+            y = (((acc(*idx) + bias[c]) * mult[c] + (tvm.tirx.const(1, "int32") << (shift[c] - 1))) >> shift[c]) + qp[1]
+            return tvm.tirx.max(tvm.tirx.min(y, qp[3]), qp[2]).astype(out_dtype)
+
+        return bias, mult, shift, qp, te.compute(acc.shape, g, name=name)
 
     def f(*idx: Any) -> Any:
         c = idx[ch_axis]
@@ -142,20 +154,21 @@ def pack_weight(w_q: torch.Tensor, blocking: Blocking) -> np.ndarray:
     return np.ascontiguousarray(w.numpy())
 
 
-def qdense_func(m: int, n: int, k: int, blocking: Blocking, out_dtype: str = "uint8") -> tvm.tirx.PrimFunc:
-    """PrimFunc ``(X [m, k] codes, W blocked, bias, multiplier, shift, qp, Y [m, n])``."""
+def qdense_func(m: int, n: int, k: int, blocking: Blocking, out_dtype: str = "uint8", narrow: bool = False) -> tvm.tirx.PrimFunc:
+    """PrimFunc ``(X [m, k] codes, W blocked, bias, multiplier, shift, qp, Y [m, n])``
+    (``narrow``: int32 requantization, :func:`requant_compute`)."""
     x, w, acc = dense_compute(m, n, k, blocking)
-    bias, mult, shift, qp, y = requant_compute(acc, 1, out_dtype)
+    bias, mult, shift, qp, y = requant_compute(acc, 1, out_dtype, narrow=narrow)
     return te.create_prim_func([x, w, bias, mult, shift, qp, y])
 
 
 def qconv2d_func(
     shape: tuple[int, int, int, int], out_channels: int, kernel: int | tuple[int, int], stride: int, padding: int,
-    blocking: Blocking, out_dtype: str = "uint8",
+    blocking: Blocking, out_dtype: str = "uint8", narrow: bool = False,
 ) -> tvm.tirx.PrimFunc:
     """PrimFunc ``(X NHWC codes, W [O/lanes, KH, KW, C/depth, lanes, depth], bias, multiplier,
     shift, qp, Y NHWC)``: block ``conv`` (loops n, oh, ow, o, kh, kw, c), padding stage ``pad``
-    (code ``qp[0]``), epilogue ``requant``. ``shape`` is the NHWC input shape."""
+    (code ``qp[0]``), epilogue ``requant`` (``narrow``: in int32). ``shape`` is the NHWC input shape."""
     b, h, w_, c = shape
     kh, kw = kernel_hw(kernel)
     lanes, depth = blocking.lanes, blocking.depth
@@ -176,7 +189,7 @@ def qconv2d_func(
         ),
         name="conv",
     )
-    bias, mult, shift, qp, y = requant_compute(acc, 3, out_dtype, qp)
+    bias, mult, shift, qp, y = requant_compute(acc, 3, out_dtype, qp, narrow=narrow)
     return te.create_prim_func([x, wt, bias, mult, shift, qp, y])
 
 

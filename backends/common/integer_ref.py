@@ -53,9 +53,11 @@ def quantize_multiplier(real: float, bits: int = 31) -> tuple[int, int]:
     return multiplier, shift
 
 
-def requant_params(x_scale: float, w_scales: torch.Tensor | Sequence[float], out_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel ``(multiplier, shift)`` int64 tensors for ``x_scale * w_scale[n] / out_scale``."""
-    pairs = [quantize_multiplier(float(x_scale) * float(s) / float(out_scale)) for s in torch.as_tensor(w_scales).flatten()]
+def requant_params(x_scale: float, w_scales: torch.Tensor | Sequence[float], out_scale: float,
+                   bits: int = 31) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel ``(multiplier, shift)`` int64 tensors for ``x_scale * w_scale[n] / out_scale``,
+    multipliers of ``bits`` bits."""
+    pairs = [quantize_multiplier(float(x_scale) * float(s) / float(out_scale), bits) for s in torch.as_tensor(w_scales).flatten()]
     return torch.tensor([p[0] for p in pairs], dtype=torch.int64), torch.tensor([p[1] for p in pairs], dtype=torch.int64)
 
 
@@ -66,10 +68,46 @@ def acc_bound(w_q: torch.Tensor, x_span: int, bias: torch.Tensor | None = None) 
     return bound if bias is None else bound + bias.to(torch.int64).abs().flatten()
 
 
+def code_span(dtype: str, zero_point: int) -> int:
+    """The largest ``|code - zero_point|`` of any code of ``dtype`` (what a kernel, which sees
+    only the type, can assume)."""
+    info = torch.iinfo(getattr(torch, dtype))
+    return max(zero_point - info.min, info.max - zero_point)
+
+
+def narrow_requant(w_q: torch.Tensor, x_dtype: str, x_zp: int, bias: torch.Tensor | None,
+                   multiplier: torch.Tensor, shift: torch.Tensor) -> bool:
+    """Whether a layer's requantization is exact in int32 (:func:`fits_int32` of its bound over
+    every code of ``x_dtype``): the test a backend applies before it picks an int32 epilogue."""
+    return fits_int32(acc_bound(w_q, code_span(x_dtype, x_zp), bias), multiplier, shift)
+
+
 def multiplier_bits(bound: int) -> int:
     """The most multiplier bits (at most 31) for accumulators up to ``bound`` in magnitude, so
     that ``bound * M + 2^(shift-1)`` stays below 2^63: ``M < 2^bits`` with ``bound < 2^(62 - bits)``."""
     return max(2, min(31, 62 - max(int(bound), 1).bit_length()))
+
+
+#: Fewest multiplier bits an 8-bit layer's requantization is narrowed to so that it runs in
+#: int32 (a gain error of at most 2^-10 per channel, far under the weights' own quantization).
+NARROW_MIN_BITS = 10
+
+
+def narrow_multiplier_bits(bound: int) -> int | None:
+    """Multiplier bits that keep ``bound * M`` under 2^30, so that the whole requantization of
+    accumulators up to ``bound`` (with a shift of at most 31) is exact in int32 arithmetic; None
+    when that leaves fewer than :data:`NARROW_MIN_BITS`."""
+    bits = 30 - max(int(bound), 1).bit_length()
+    return min(bits, 31) if bits >= NARROW_MIN_BITS else None
+
+
+def fits_int32(bound: torch.Tensor, multiplier: torch.Tensor, shift: torch.Tensor) -> bool:
+    """Whether ``(acc * M + 2^(shift-1)) >> shift`` is exact in int32 for every channel's
+    accumulators up to ``bound``: no product or rounding sum reaches 2^31."""
+    b, m, s = (torch.as_tensor(t, dtype=torch.int64).flatten() for t in (bound, multiplier, shift))
+    if bool((s > 31).any()):
+        return False
+    return bool((b * m + (torch.ones_like(s) << (s - 1)) < 2**31).all())
 
 
 def wide_requant_params(x_scale: float, w_scales: torch.Tensor | Sequence[float], out_scale: float,

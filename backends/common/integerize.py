@@ -45,13 +45,13 @@ from lcpaq.backends.common import integer_ops as iops
 from lcpaq.backends.common.backend import Conventions
 from lcpaq.backends.common import integer_forms as forms
 from lcpaq.backends.common import integerize_glue as gl
-from lcpaq.backends.common import integerize_wide as iw
+from lcpaq.backends.common import integerize_bounds as iw
 from lcpaq.backends.common.code_domains import WIDE, Fine, act_domain, finer, int32_domain, two_values, wide_add_domain
 from lcpaq.backends.common.integer_forms import (
     CLAMP_OPS, DOMAIN_PRESERVING, GLOBAL_POOL_OPS, IDENTITY_OPS, RELU6_OPS, RELU_OPS, RESHAPE_OPS, TRANSPOSE_OPS,
 )
 from lcpaq.backends.common.integer_ref import (
-    INT32_MAX, INT32_MIN, quantize_multiplier, requant_params,
+    INT32_MAX, INT32_MIN, quantize_multiplier,
 )
 from lcpaq.backends.common.op_args import conv_args, is_global_pool, keepdim, pool_args, pool_reason, source_location
 from lcpaq.ir.capture import get_attr
@@ -335,7 +335,7 @@ class Integerizer:
             shift = torch.full((out_ch,), 30, dtype=torch.int64)
             kw_out = dict(out_zp=0, qmin=INT32_MIN, qmax=INT32_MAX, out_dtype="int32")
         else:
-            mult, shift = requant_params(x.domain.scale, w_scale, out.scale)
+            mult, shift = iw.layer_requant_params(x.domain, w_codes, w_scale, bias, out)
             kw_out = dict(out_zp=out.zero_point, qmin=out.qmin, qmax=out.qmax, out_dtype=out.dtype)
         v = self.emit_layer(node, x, (w_codes, bias, mult, shift), kw_out, out, linear)
         if out is None:

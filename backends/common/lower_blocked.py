@@ -5,7 +5,9 @@ its blocking and hand schedules, these functions do the plumbing. Families regis
 that call them (x86: ``backends/x86/lower_gemm.py``; Arm: ``backends/arm/lower_gemm.py``).
 
 Weights are padded and packed on the host into the kernels' blocked layouts and bound as
-constants, with the input zero point folded into the bias (``bias - x_zp * sum(w)``). Tunable
+constants, with the input zero point folded into the bias (``bias - x_zp * sum(w)``). A layer
+whose requantization is exact in int32 (``integer_ref.narrow_requant``: small accumulators, a
+multiplier narrowed by the integer lowering) gets kernels with an int32 epilogue. Tunable
 kernels go through :meth:`RelaxLowering.kernel_schedule` (the family's tuning, if any).
 """
 from __future__ import annotations
@@ -21,6 +23,7 @@ from tvm import relax
 
 from lcpaq.backends.common import cpu_depthwise as dw
 from lcpaq.backends.common import gemm_te
+from lcpaq.backends.common import integer_ref as ir
 from lcpaq.backends.common.op_args import conv_out_size
 from lcpaq.backends.common.relax_lower import RelaxLowering, RVal, channels_of, codes, logical, nhwc, pad_last, round_up
 from lcpaq.ir.errors import LoweringError
@@ -68,14 +71,16 @@ def lower_conv(lw: RelaxLowering, node: fx.Node, x: RVal, kernels: BlockedKernel
     oh, ow = conv_out_size(h, kh, stride, pad), conv_out_size(wd, kw, stride, pad)
     ksize = f"k{kh}" if kh == kw else f"k{kh}x{kw}"
     dtype = rq.out_dtype
-    tag = f"conv-{x.cp}x{h}x{wd}-o{o_p}-{ksize}s{stride}p{pad}-int8" + ("" if dtype == bl.act_dtype else "-i32") + ("" if b == 1 else f"-b{b}")
+    x_zp = int(node.kwargs["x_zp"])
+    narrow = ir.narrow_requant(w, x.dtype, x_zp, bias, mult, shift)
+    tag = (f"conv-{x.cp}x{h}x{wd}-o{o_p}-{ksize}s{stride}p{pad}-int8" + ("" if dtype == bl.act_dtype else "-i32")
+           + ("-n32" if narrow else "") + ("" if b == 1 else f"-b{b}"))
     sched = lw.kernel_schedule(tag)
     gv = lw.prim(
-        ("qconv2d", (b, h, wd, x.cp), o_p, (kh, kw), stride, pad, dtype, bl),
-        lambda: gemm_te.qconv2d_func((b, h, wd, x.cp), o_p, (kh, kw), stride, pad, bl, dtype),
+        ("qconv2d", (b, h, wd, x.cp), o_p, (kh, kw), stride, pad, dtype, bl, narrow),
+        lambda: gemm_te.qconv2d_func((b, h, wd, x.cp), o_p, (kh, kw), stride, pad, bl, dtype, narrow),
         lambda f: sched(f, lambda g: kernels.schedule_conv(g, ow)),
     )
-    x_zp = int(node.kwargs["x_zp"])
     args = [x.expr, relax.const(gemm_te.pack_conv_weight(w_p, bl)), *channel_vectors(gemm_te.bias_eff(w, x_zp, bias), mult, shift, o_p),
             relax.const(rq.qp(x_zp, bl.act_dtype))]
     return RVal(lw.call(gv, args, (b, oh, ow, o_p), dtype), (b, o, oh, ow), dtype, o_p)
@@ -107,10 +112,11 @@ def lower_depthwise_with(lw: RelaxLowering, node: fx.Node, x: RVal, lanes: int,
     w_p = torch.zeros(x.cp, 1, k, k, dtype=torch.int8)
     w_p[:c] = w.to(torch.int8)
     oh, ow = conv_out_size(h, k, stride, pad), conv_out_size(wd, k, stride, pad)
-    gv = lw.prim(("qdepthwise", (b, h, wd, x.cp), k, stride, pad, dtype, code, lanes),
-                 lambda: dw.qdepthwise_func((b, h, wd, x.cp), k, stride, pad, dtype, code, lanes),
-                 schedule)
     x_zp = int(node.kwargs["x_zp"])
+    narrow = ir.narrow_requant(w, code, x_zp, bias, mult, shift)
+    gv = lw.prim(("qdepthwise", (b, h, wd, x.cp), k, stride, pad, dtype, code, lanes, narrow),
+                 lambda: dw.qdepthwise_func((b, h, wd, x.cp), k, stride, pad, dtype, code, lanes, narrow),
+                 schedule)
     args = [x.expr, relax.const(dw.pack_depthwise_weight(w_p)),
             *channel_vectors(gemm_te.bias_eff(w, x_zp, bias), mult, shift, x.cp), relax.const(rq.qp(x_zp, code))]
     return RVal(lw.call(gv, args, (b, oh, ow, x.cp), dtype), (b, c, oh, ow), dtype, x.cp)
@@ -186,11 +192,12 @@ def lower_linear(lw: RelaxLowering, node: fx.Node, kernels: BlockedKernels) -> R
     expr = pad_last(lw, lin.expr, (rows, stored), k_p)  # padded features meet zero weights
     w_p = torch.zeros(n_p, k_p, dtype=torch.int8)
     w_p[:n, :k] = w.to(torch.int8)
-    tag = f"dense-m{m}-n{n_p}-k{k_p}-int8" + ("" if dtype == bl.act_dtype else "-i32")
-    sched = lw.kernel_schedule(tag)
-    gv = lw.prim(("qdense", m, n_p, k_p, dtype, bl), lambda: gemm_te.qdense_func(m, n_p, k_p, bl, dtype),
-                 lambda f: sched(f, kernels.schedule_dense))
     x_zp = int(node.kwargs["x_zp"])
+    narrow = ir.narrow_requant(w, bl.act_dtype, x_zp, bias, mult, shift)
+    tag = f"dense-m{m}-n{n_p}-k{k_p}-int8" + ("" if dtype == bl.act_dtype else "-i32") + ("-n32" if narrow else "")
+    sched = lw.kernel_schedule(tag)
+    gv = lw.prim(("qdense", m, n_p, k_p, dtype, bl, narrow), lambda: gemm_te.qdense_func(m, n_p, k_p, bl, dtype, narrow),
+                 lambda f: sched(f, kernels.schedule_dense))
     args = [expr, relax.const(gemm_te.pack_weight(w_p, bl)), *channel_vectors(gemm_te.bias_eff(w, x_zp, bias), mult, shift, n_p),
             relax.const(rq.qp(x_zp, bl.act_dtype))]
     return linear_result(lw, lw.call(gv, args, (m, n_p), dtype), lin, n, n_p, dtype)

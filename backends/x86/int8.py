@@ -27,9 +27,10 @@ from lcpaq.backends.common.op_args import conv_out_size
 from lcpaq.backends.x86.vnni import DEPTH, LANES, VNNI_BLOCKING, VNNI_INTRIN, Kernel, build, pack_weight, to_tvm
 
 
-def qdense_func(m: int, n: int, k: int, out_dtype: str = "uint8") -> tvm.tirx.PrimFunc:
-    """PrimFunc ``(X u8 [m,k], W packed, bias, multiplier, shift, qp, Y [m,n])``; n % 16 == k % 4 == 0."""
-    return gemm_te.qdense_func(m, n, k, VNNI_BLOCKING, out_dtype)
+def qdense_func(m: int, n: int, k: int, out_dtype: str = "uint8", narrow: bool = False) -> tvm.tirx.PrimFunc:
+    """PrimFunc ``(X u8 [m,k], W packed, bias, multiplier, shift, qp, Y [m,n])``; n % 16 == k % 4 == 0
+    (``narrow``: int32 epilogue)."""
+    return gemm_te.qdense_func(m, n, k, VNNI_BLOCKING, out_dtype, narrow)
 
 
 #: Output blocks of 16 lanes a VNNI dense tile computes together, and most rows: 8 x 2 = 16
@@ -49,11 +50,11 @@ def schedule_qdense(func: tvm.tirx.PrimFunc) -> s_tir.Schedule:
 
 def qconv2d_func(
     shape: tuple[int, int, int, int], out_channels: int, kernel: int | tuple[int, int], stride: int, padding: int,
-    out_dtype: str = "uint8",
+    out_dtype: str = "uint8", narrow: bool = False,
 ) -> tvm.tirx.PrimFunc:
     """PrimFunc ``(X u8 NHWC, W [O/16, KH, KW, C/4, 16, 4], bias, multiplier, shift, qp, Y NHWC)``
     (:func:`lcpaq.backends.common.gemm_te.qconv2d_func` with the VNNI blocking)."""
-    return gemm_te.qconv2d_func(shape, out_channels, kernel, stride, padding, VNNI_BLOCKING, out_dtype)
+    return gemm_te.qconv2d_func(shape, out_channels, kernel, stride, padding, VNNI_BLOCKING, out_dtype, narrow)
 
 
 #: Most output columns a VNNI conv tile computes together, and output-channel blocks of 16:
@@ -80,15 +81,16 @@ def schedule_qconv2d(func: tvm.tirx.PrimFunc, col_tile: int = 4) -> s_tir.Schedu
 
 def qdense(
     x_q: torch.Tensor, x_zp: int, w_q: torch.Tensor, bias: torch.Tensor | None,
-    multiplier: Any, shift: Any, out_zp: int, qmin: int = 0, qmax: int = 255,
+    multiplier: Any, shift: Any, out_zp: int, qmin: int = 0, qmax: int = 255, narrow: bool = False,
 ) -> torch.Tensor:
-    """Same contract as :func:`integer_ref.dense`, computed by an untuned VNNI TVM kernel."""
+    """Same contract as :func:`integer_ref.dense`, computed by an untuned VNNI TVM kernel
+    (``narrow``: its int32 epilogue, for constants that pass ``integer_ref.narrow_requant``)."""
     m, k = x_q.shape
     n = w_q.shape[0]
     x_p = pad_dim(x_q.to(torch.uint8), 1, DEPTH)
     w_p = pad_dim(pad_dim(w_q.to(torch.int8), 1, DEPTH), 0, LANES)
     qp = Requant(out_zp, qmin, qmax).qp(x_zp)
-    kernel = build(schedule_qdense(qdense_func(m, w_p.shape[0], w_p.shape[1])).mod)
+    kernel = build(schedule_qdense(qdense_func(m, w_p.shape[0], w_p.shape[1], narrow=narrow)).mod)
     out = to_tvm(np.zeros((m, w_p.shape[0]), np.uint8))
     params = channel_params(bias_eff(w_q, x_zp, bias), multiplier, shift, n, w_p.shape[0])
     kernel(to_tvm(x_p), to_tvm(pack_weight(w_p)), *map(to_tvm, params), to_tvm(qp), out)
@@ -103,15 +105,17 @@ def pack_conv_weight(w_q: torch.Tensor) -> np.ndarray:
 def qconv2d(
     x_q: torch.Tensor, x_zp: int, w_q: torch.Tensor, bias: torch.Tensor | None,
     multiplier: Any, shift: Any, out_zp: int, qmin: int = 0, qmax: int = 255, stride: int = 1, padding: int = 0,
+    narrow: bool = False,
 ) -> torch.Tensor:
-    """Same contract as :func:`integer_ref.conv2d` (NCHW in and out), by an untuned VNNI TVM kernel."""
+    """Same contract as :func:`integer_ref.conv2d` (NCHW in and out), by an untuned VNNI TVM kernel
+    (``narrow`` as :func:`qdense`)."""
     o, c, kh, kw = w_q.shape
     if x_q.shape[1] != c:
         raise ValueError(f"qconv2d needs matching channels, got x {tuple(x_q.shape)}, w {tuple(w_q.shape)}")
     x_nhwc = pad_dim(x_q.to(torch.uint8).permute(0, 2, 3, 1).contiguous(), 3, DEPTH)
     w_p = pad_dim(pad_dim(w_q.to(torch.int8), 1, DEPTH), 0, LANES)
     qp = Requant(out_zp, qmin, qmax).qp(x_zp)
-    func = qconv2d_func(tuple(x_nhwc.shape), w_p.shape[0], (kh, kw), stride, padding)
+    func = qconv2d_func(tuple(x_nhwc.shape), w_p.shape[0], (kh, kw), stride, padding, narrow=narrow)
     kernel = build(schedule_qconv2d(func).mod)
     b, h, w_, _ = x_nhwc.shape
     oh, ow = conv_out_size(h, kh, stride, padding), conv_out_size(w_, kw, stride, padding)

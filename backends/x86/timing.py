@@ -14,7 +14,8 @@
   layer's ATen op in fp32 with torch, standing for every precision.
 
 Kernels are timed with their weights flushed from the caches before each call, as inside a
-whole model, whose weights are read once per inference.
+whole model, whose weights are read once per inference. A layer whose 8-bit weights keep its
+accumulators small is timed with the int32 requantization a build gives it.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from lcpaq.backends.common.layer_ops import float_op, one_op_module
 from lcpaq.backends.common.op_args import conv_out_size
 from lcpaq.backends.common.relax_lower import round_up
 from lcpaq.backends.common.tuning import cached_schedule, tuning_dir
+from lcpaq.backends.common import integer_ref as ir
 from lcpaq.backends.common import wide_te
 from lcpaq.backends.x86 import int8 as t8
 from lcpaq.backends.x86 import int16 as k16
@@ -54,6 +56,15 @@ WIDE = {"w8a16": ("int16", 8), "w16a8": ("uint8", 16), "w16a16": ("int16", 16)}
 
 def _shape(node: fx.Node) -> tuple[int, ...]:
     return SHAPE.require(node, "shape-prop").shape
+
+
+def _narrow(gm: fx.GraphModule, layer: QuantLayer) -> bool:
+    """Whether a build gives this 8-bit layer an int32 requantization: its weights' per-channel
+    8-bit codes over every uint8 input keep the accumulator bound small enough
+    (``integer_ref.narrow_multiplier_bits``; the bias, unknown here, is left out)."""
+    w = get_attr(gm, layer.weight_name).detach().float().flatten(1)
+    codes = torch.round(w / (w.abs().amax(1, keepdim=True).clamp_min(1e-30) / 127))
+    return ir.narrow_multiplier_bits(int(codes.abs().sum(1).max()) * 255) is not None
 
 
 class X86LayerTimer(LayerTimer):
@@ -102,7 +113,7 @@ class X86LayerTimer(LayerTimer):
             self.depthwise.append(layer.name)
             return self._depthwise(gm, layer, kind[1])
         if layer.kind == "linear" and layer.node.target is aten.linear.default:
-            return self._linear(layer)
+            return self._linear(gm, layer)
         self.torch_layers.append(layer.name)
         return {"fp32": self._torch_fp32(gm, layer)}
 
@@ -115,12 +126,14 @@ class X86LayerTimer(LayerTimer):
         c4, o16 = round_up(c, DEPTH), round_up(o, LANES)
         oh, ow = conv_out_size(h, k, s, p), conv_out_size(w_, k, s, p)
         tag = f"conv-{c4}x{h}x{w_}-o{o16}-k{k}s{s}p{p}"
-        q_func = t8.qconv2d_func((1, h, w_, c4), o16, k, s, p)
-        q_kernel = self.kernel(f"{tag}-int8", q_func, lambda f: t8.schedule_qconv2d(f, t8.vnni_col_tile(ow)), int8=True)
+        narrow = _narrow(gm, layer)
+        q_func = t8.qconv2d_func((1, h, w_, c4), o16, k, s, p, narrow=narrow)
+        q_kernel = self.kernel(f"{tag}-int8" + ("-n32" if narrow else ""), q_func,
+                               lambda f: t8.schedule_qconv2d(f, t8.vnni_col_tile(ow)), int8=True)
         w_q = torch.randint(-127, 128, (o16, c4, k, k), generator=gen, dtype=torch.int8)
         q_args = [
             to_tvm(torch.randint(0, 256, (1, h, w_, c4), generator=gen, dtype=torch.uint8)), to_tvm(t8.pack_conv_weight(w_q)),
-            *self._channel_params(o16), to_tvm(np.zeros((1, oh, ow, o16), np.uint8)),
+            *self._channel_params(o16, narrow), to_tvm(np.zeros((1, oh, ow, o16), np.uint8)),
         ]
         f_kernel = self.kernel(f"{tag}-fp32", fp32_conv_func((1, h, w_, c), o16, k, s, p), schedule_fp32_conv, int8=False)
         f_args = [
@@ -148,7 +161,7 @@ class X86LayerTimer(LayerTimer):
         ]
         return self.tvm_seconds(build(sch.mod, self.tvm_target), args)
 
-    def _linear(self, layer: QuantLayer) -> dict[str, float]:
+    def _linear(self, gm: fx.GraphModule, layer: QuantLayer) -> dict[str, float]:
         """fp32 and w8a8 seconds of a linear layer: rows = the input's elements per sample / K."""
         gen = self.gen
         in_shape, out_shape = _shape(layer.act_inputs[0]), _shape(layer.node)
@@ -156,11 +169,13 @@ class X86LayerTimer(LayerTimer):
         m = max(1, int(np.prod(in_shape[1:-1]))) if len(in_shape) > 2 else 1
         k4, n16 = round_up(k, DEPTH), round_up(n, LANES)
         tag = f"dense-m{m}-n{n16}-k{k4}"
-        q_kernel = self.kernel(f"{tag}-int8", t8.qdense_func(m, n16, k4), t8.schedule_qdense, int8=True)
+        narrow = _narrow(gm, layer)
+        q_kernel = self.kernel(f"{tag}-int8" + ("-n32" if narrow else ""), t8.qdense_func(m, n16, k4, narrow=narrow),
+                               t8.schedule_qdense, int8=True)
         q_args = [
             to_tvm(torch.randint(0, 256, (m, k4), generator=gen, dtype=torch.uint8)),
             to_tvm(pack_weight(torch.randint(-127, 128, (n16, k4), generator=gen, dtype=torch.int8))),
-            *self._channel_params(n16), to_tvm(np.zeros((m, n16), np.uint8)),
+            *self._channel_params(n16, narrow), to_tvm(np.zeros((m, n16), np.uint8)),
         ]
         f_kernel = self.kernel(f"{tag}-fp32", fp32_dense_func(m, n16, k), schedule_fp32_dense, int8=False)
         f_args = [to_tvm(torch.randn(m, k, generator=gen)), to_tvm(torch.randn(k, n16, generator=gen)),
@@ -178,11 +193,12 @@ class X86LayerTimer(LayerTimer):
         s, p = geo["stride"], geo["padding"]
         c16 = round_up(c, LANES)
         oh, ow = conv_out_size(h, k, s, p), conv_out_size(w_, k, s, p)
-        kernel = build(dw.schedule_qdepthwise(dw.qdepthwise_func((1, h, w_, c16), k, s, p)).mod, self.tvm_target)
+        narrow = _narrow(gm, layer)
+        kernel = build(dw.schedule_qdepthwise(dw.qdepthwise_func((1, h, w_, c16), k, s, p, narrow=narrow)).mod, self.tvm_target)
         args = [
             to_tvm(torch.randint(0, 256, (1, h, w_, c16), generator=gen, dtype=torch.uint8)),
             to_tvm(torch.randint(-127, 128, (k, k, c16), generator=gen, dtype=torch.int8)),
-            *self._channel_params(c16), to_tvm(np.zeros((1, oh, ow, c16), np.uint8)),
+            *self._channel_params(c16, narrow), to_tvm(np.zeros((1, oh, ow, c16), np.uint8)),
         ]
         return {"fp32": self._relax_fp32(gm, layer), INT8: self.tvm_seconds(kernel, args)}
 
@@ -205,10 +221,12 @@ class X86LayerTimer(LayerTimer):
         ]
         return {"fp32": self._relax_fp32(gm, layer), INT8: self.tvm_seconds(kernel, args)}
 
-    def _channel_params(self, n: int) -> list[Any]:
+    def _channel_params(self, n: int, narrow: bool = False) -> list[Any]:
+        """Bias, multipliers and shifts of the kind the integer lowering makes (narrow: 10-bit)."""
         bias = torch.randint(-5000, 5000, (n,), generator=self.gen, dtype=torch.int32)
-        mult = torch.randint(2**29, 2**30, (n,), generator=self.gen, dtype=torch.int32)
-        return [to_tvm(bias), to_tvm(mult), to_tvm(torch.full((n,), 38, dtype=torch.int32)), to_tvm(t8.Requant(3).qp(5))]
+        top, shift = (2**10, 18) if narrow else (2**30, 38)
+        mult = torch.randint(top // 2, top, (n,), generator=self.gen, dtype=torch.int32)
+        return [to_tvm(bias), to_tvm(mult), to_tvm(torch.full((n,), shift, dtype=torch.int32)), to_tvm(t8.Requant(3).qp(5))]
 
     def _relax_fp32(self, gm: fx.GraphModule, layer: QuantLayer) -> float:
         """Seconds of the layer as one float Relax op (its real weight shape, random values)

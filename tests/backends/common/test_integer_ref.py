@@ -220,3 +220,14 @@ def test_wide_codes_are_checked() -> None:
     x16 = torch.zeros(1, 4, dtype=torch.int16)
     with pytest.raises(ValueError, match=r"restricted range \[-32767, 32767\]"):
         ir.dense_acc(x16, 0, torch.full((1, 4), -(2**15), dtype=torch.int16), acc_dtype=torch.int64)
+
+
+def test_narrow_requantization_bits_and_exactness_in_int32() -> None:
+    assert ir.narrow_multiplier_bits(2**18) == 11 and ir.narrow_multiplier_bits(2**19 - 1) == 11
+    assert ir.narrow_multiplier_bits(2**20) is None  # 9 bits: too few
+    bound = torch.tensor([2**18, 5])
+    m, s = torch.tensor([2**11 - 1, 2**11 - 1]), torch.tensor([20, 20])
+    assert ir.fits_int32(bound, m, s)  # 2^18 * 2047 + 2^19 < 2^31
+    assert not ir.fits_int32(bound, m, torch.tensor([32, 20]))  # a shift past 31 has no int32 rounding term
+    assert not ir.fits_int32(torch.tensor([2**20]), torch.tensor([2**11]), torch.tensor([20]))
+    assert ir.code_span("uint8", 31) == 224 and ir.code_span("int8", -128) == 255 and ir.code_span("int16", 0) == 2**15

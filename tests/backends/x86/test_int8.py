@@ -76,3 +76,28 @@ def test_bad_requant_and_shapes_are_rejected() -> None:
         t8.qconv2d_func((1, 8, 8, 6), 16, 3, 1, 1)
     with pytest.raises(ValueError, match="larger than the padded input"):
         t8.conv_out_size(2, 5, 1, 0)
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+def test_narrow_int32_requantization_is_bit_exact(kind: str) -> None:
+    """Small accumulators (16 inputs) and a multiplier narrowed by the integer lowering: the int32
+    epilogue gives the reference's codes, ties, ReLU clamp and saturation included."""
+    gen = torch.Generator().manual_seed(11)
+    shape = (37, 16) if kind == "dense" else (2, 16, 9, 9)
+    w_shape = (48, 16) if kind == "dense" else (48, 16, 1, 1)
+    x = torch.randint(0, 256, shape, generator=gen, dtype=torch.int32)
+    w = torch.randint(-127, 128, w_shape, generator=gen).to(torch.int8)
+    b = torch.randint(-3000, 3000, (48,), generator=gen, dtype=torch.int32)
+    bound = ir.acc_bound(w, ir.code_span("uint8", 31), b)
+    bits = ir.narrow_multiplier_bits(int(bound.max()))
+    assert bits is not None and bits >= ir.NARROW_MIN_BITS
+    mult, shift = ir.requant_params(1.0, torch.rand(48, generator=gen, dtype=torch.float64) * 2e-3 + 1e-4, 1.0, bits)
+    assert ir.narrow_requant(w, "uint8", 31, b, mult, shift) and int(mult.max()) < 2**bits
+    qmin, qmax = ir.relu_range(100)
+    if kind == "dense":
+        want, got = ir.dense(x, 31, w, b, mult, shift, 100, qmin, qmax), t8.qdense(x, 31, w, b, mult, shift, 100, qmin, qmax, narrow=True)
+    else:
+        want = ir.conv2d(x, 31, w, b, mult, shift, 100, qmin, qmax)
+        got = t8.qconv2d(x, 31, w, b, mult, shift, 100, qmin, qmax, narrow=True)
+    assert torch.equal(got, want)
+    assert float(want.float().std()) > 10 and int(want.min()) == qmin  # spread out, clamped by the ReLU
