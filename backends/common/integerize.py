@@ -20,12 +20,10 @@ result is a new ``fx.GraphModule`` (the input is not changed) in which
   output); layers left in float (32 bits), quantized convs without an integer form (dilated,
   per-axis stride or padding, not 2-d: they run on their fake-quantized weights), and any op
   without an integer form, run in float on dequantized inputs, each node marked with the reason
-  (:mod:`lcpaq.backends.common.integer_forms`; backends may not lower every float op). 16-bit
-  quantizers have no integer kernel: their layers run in float on fake-quantized weights, and
-  the 16-bit rounding of their activations is not applied; on a family with wide kernels
-  (``Conventions.wide_bits``), 16-bit activations are int16 codes, and a dense conv or a linear
-  up to 16 bits on either side is a *wide* ``qconv2d`` / ``qlinear`` (int64 accumulation, int64
-  bias, multipliers sized to their accumulator bound, :mod:`~lcpaq.backends.common.integer_ref`);
+  (:mod:`lcpaq.backends.common.integer_forms`; backends may not lower every float op). With
+  wide kernels (``Conventions.wide_bits``) 16-bit activations are int16 codes and a dense conv or
+  linear up to 16 bits is a *wide* ``qconv2d`` / ``qlinear`` (int64 sums, :mod:`integerize_bounds`);
+  without, 16-bit layers run in float on fake-quantized weights (16-bit activation rounding not applied);
 * with integer glue (the backend's ``Conventions.integer_glue``), layer norm, softmax and GELU
   on codes are integer ops too, and the values they read are int32 codes
   (:mod:`lcpaq.backends.common.integerize_glue`).
