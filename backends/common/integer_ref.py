@@ -54,10 +54,14 @@ def quantize_multiplier(real: float, bits: int = 31) -> tuple[int, int]:
 
 
 def requant_params(x_scale: float, w_scales: torch.Tensor | Sequence[float], out_scale: float,
-                   bits: int = 31) -> tuple[torch.Tensor, torch.Tensor]:
+                   bits: int | Sequence[int] = 31) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel ``(multiplier, shift)`` int64 tensors for ``x_scale * w_scale[n] / out_scale``,
-    multipliers of ``bits`` bits."""
-    pairs = [quantize_multiplier(float(x_scale) * float(s) / float(out_scale), bits) for s in torch.as_tensor(w_scales).flatten()]
+    multipliers of ``bits`` bits (one width, or one per channel; one scale serves every channel)."""
+    widths = [bits] if isinstance(bits, int) else [int(b) for b in bits]
+    scales = torch.as_tensor(w_scales, dtype=torch.float64).flatten()
+    n = max(len(scales), len(widths))
+    scales, widths = scales.expand(n), widths * n if len(widths) == 1 else widths
+    pairs = [quantize_multiplier(float(x_scale) * float(s) / float(out_scale), b) for s, b in zip(scales, widths)]
     return torch.tensor([p[0] for p in pairs], dtype=torch.int64), torch.tensor([p[1] for p in pairs], dtype=torch.int64)
 
 
@@ -114,10 +118,7 @@ def wide_requant_params(x_scale: float, w_scales: torch.Tensor | Sequence[float]
                         bound: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`requant_params` for int64 accumulators of magnitude at most ``bound[n]``: each
     channel's multiplier has :func:`multiplier_bits` of its bound (31 where it fits)."""
-    scales = torch.as_tensor(w_scales, dtype=torch.float64).flatten().expand(bound.numel())
-    pairs = [quantize_multiplier(float(x_scale) * float(s) / float(out_scale), multiplier_bits(int(b)))
-             for s, b in zip(scales, bound)]
-    return torch.tensor([p[0] for p in pairs], dtype=torch.int64), torch.tensor([p[1] for p in pairs], dtype=torch.int64)
+    return requant_params(x_scale, w_scales, out_scale, [multiplier_bits(int(b)) for b in bound.flatten()])
 
 
 def _as_channel_tensor(v: int | torch.Tensor, acc: torch.Tensor, dim: int) -> torch.Tensor:
