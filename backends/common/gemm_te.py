@@ -211,18 +211,19 @@ def pad_dim(t: torch.Tensor, dim: int, multiple: int) -> torch.Tensor:
     return torch.cat([t, torch.zeros(shape, dtype=t.dtype)], dim=dim)
 
 
-def channel_params(bias_eff: torch.Tensor, multiplier: Any, shift: Any, n: int, n_pad: int) -> list[np.ndarray]:
-    """int32 arrays of bias_eff, multiplier and shift, broadcast to n and padded to n_pad
-    (padded channels: zero bias and multiplier, shift 1)."""
+def channel_params(bias_eff: torch.Tensor, multiplier: Any, shift: Any, n: int, n_pad: int,
+                   bias_dtype: str = "int32") -> list[np.ndarray]:
+    """Arrays of bias_eff (``bias_dtype``: int64 for a wide kernel), multiplier and shift (int32),
+    broadcast to n and padded to n_pad (padded channels: zero bias and multiplier, shift 1)."""
     out = []
-    for v, fill in ((bias_eff, 0), (multiplier, 0), (shift, 1)):
+    for v, fill, dtype in ((bias_eff, 0, bias_dtype), (multiplier, 0, "int32"), (shift, 1, "int32")):
         t = torch.as_tensor(v, dtype=torch.int64).flatten().expand(n) if torch.as_tensor(v).dim() == 0 else torch.as_tensor(v, dtype=torch.int64)
         if t.numel() != n:
             raise ValueError(f"per-channel parameter has {t.numel()} entries for {n} channels")
         t = torch.cat([t, torch.full((n_pad - n,), fill, dtype=torch.int64)])
-        if bool((t < -(2**31)).any()) or bool((t >= 2**31).any()):
+        if dtype == "int32" and (bool((t < -(2**31)).any()) or bool((t >= 2**31).any())):
             raise OverflowError("per-channel parameter does not fit int32")
-        out.append(np.ascontiguousarray(t.to(torch.int32).numpy()))
+        out.append(np.ascontiguousarray(t.to(getattr(torch, dtype)).numpy()))
     return out
 
 

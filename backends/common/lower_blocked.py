@@ -41,9 +41,11 @@ class BlockedKernels:
     depthwise_lanes: int
 
 
-def channel_vectors(bias: torch.Tensor, mult: torch.Tensor, shift: torch.Tensor, n_pad: int) -> list[relax.Expr]:
-    """Relax constants of bias_eff, multiplier and shift padded to ``n_pad`` channels."""
-    return [relax.const(a) for a in gemm_te.channel_params(bias, mult, shift, len(mult), n_pad)]
+def channel_vectors(bias: torch.Tensor, mult: torch.Tensor, shift: torch.Tensor, n_pad: int,
+                    bias_dtype: str = "int32") -> list[relax.Expr]:
+    """Relax constants of bias_eff (``bias_dtype``), multiplier and shift padded to ``n_pad`` channels."""
+    arrays = gemm_te.channel_params(bias, mult, shift, len(mult), n_pad, bias_dtype)
+    return [relax.const(a, str(a.dtype)) for a in arrays]  # an int64 array's type is kept
 
 
 def requant_of(node: fx.Node) -> gemm_te.Requant:

@@ -25,7 +25,7 @@ import torch
 import tvm
 from tvm import te
 
-from lcpaq.backends.common.gemm_te import bias_eff, kernel_hw, requant_compute
+from lcpaq.backends.common.gemm_te import kernel_hw, requant_compute
 from lcpaq.backends.common.op_args import conv_out_size
 
 #: int16 codes per pair of the dot-product instruction (its reduction depth).
@@ -162,10 +162,3 @@ def pack_wide_weight(w_q: torch.Tensor, parts: int, lanes: int) -> np.ndarray:
         o, c, kh, kw = w_q.shape
         w = w.reshape(parts, o // lanes, lanes, c // DEPTH, DEPTH, kh, kw).permute(0, 1, 5, 6, 3, 2, 4)
     return np.ascontiguousarray(w.numpy())
-
-
-def wide_bias_eff(w_q: torch.Tensor, x_zp: int, bias: torch.Tensor | None, n_pad: int) -> np.ndarray:
-    """int64 ``bias - x_zp * sum(w)`` per output channel, zero-padded to ``n_pad``."""
-    out = torch.zeros(n_pad, dtype=torch.int64)
-    out[: w_q.shape[0]] = bias_eff(w_q, x_zp, bias)
-    return np.ascontiguousarray(out.numpy())

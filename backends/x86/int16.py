@@ -114,7 +114,8 @@ def _widen_parallel(sch: s_tir.Schedule, name: str, spatial: int) -> None:
         return
     loops = sch.get_loops(block)
     sch.parallel(sch.fuse(*loops[:spatial]))
-    sch.vectorize(loops[-1]) if int(sch.get(loops[-1]).extent) % LANES == 0 else None
+    if int(sch.get(loops[-1]).extent) % LANES == 0:
+        sch.vectorize(loops[-1])
 
 
 def schedule_qdense(func: tvm.tirx.PrimFunc) -> s_tir.Schedule:

@@ -14,6 +14,7 @@ from tvm import relax
 
 from lcpaq.backends.common import lower_blocked as lb
 from lcpaq.backends.common import wide_te
+from lcpaq.backends.common.gemm_te import bias_eff
 from lcpaq.backends.common.op_args import conv_out_size
 from lcpaq.backends.common.relax_lower import RelaxLowering, RVal, nhwc, pad_last, round_up
 from lcpaq.backends.x86 import int16 as k16
@@ -28,16 +29,6 @@ def is_wide(x: RVal, w: torch.Tensor) -> bool:
 
 def _w_bits(w: torch.Tensor) -> int:
     return 16 if w.dtype == torch.int16 else 8
-
-
-def _vectors(w: torch.Tensor, x_zp: int, bias: torch.Tensor | None, mult: torch.Tensor, shift: torch.Tensor,
-             n_pad: int) -> list[relax.Expr]:
-    """int64 bias_eff, int32 multiplier and shift, padded to ``n_pad`` channels (zero, zero, 1)."""
-    n = w.shape[0]
-    m = torch.zeros(n_pad, dtype=torch.int32)
-    s = torch.ones(n_pad, dtype=torch.int32)
-    m[:n], s[:n] = torch.as_tensor(mult).to(torch.int32), torch.as_tensor(shift).to(torch.int32)
-    return [relax.const(wide_te.wide_bias_eff(w, x_zp, bias, n_pad), "int64"), relax.const(m.numpy()), relax.const(s.numpy())]
 
 
 def lower_wide_conv(lw: RelaxLowering, node: fx.Node, x: RVal) -> RVal:
@@ -59,7 +50,7 @@ def lower_wide_conv(lw: RelaxLowering, node: fx.Node, x: RVal) -> RVal:
                  lambda f: k16.schedule_qconv2d(f, ow))
     x_zp = int(node.kwargs["x_zp"])
     packed = wide_te.pack_wide_weight(w_p, wide_te.parts_of(x.dtype, bits), LANES)
-    args = [x.expr, relax.const(packed), *_vectors(w, x_zp, bias, mult, shift, o_p), relax.const(rq.qp(x_zp, x.dtype))]
+    args = [x.expr, relax.const(packed), *lb.channel_vectors(bias_eff(w, x_zp, bias), mult, shift, o_p, "int64"), relax.const(rq.qp(x_zp, x.dtype))]
     return RVal(lw.call(gv, args, (b, oh, ow, o_p), dtype), (b, o, oh, ow), dtype, o_p)
 
 
@@ -79,7 +70,7 @@ def lower_wide_linear(lw: RelaxLowering, node: fx.Node) -> RVal:
                  k16.schedule_qdense)
     x_zp = int(node.kwargs["x_zp"])
     packed = wide_te.pack_wide_weight(w_p, wide_te.parts_of(x_dtype, bits), LANES)
-    args = [expr, relax.const(packed), *_vectors(w, x_zp, bias, mult, shift, n_p), relax.const(rq.qp(x_zp, x_dtype))]
+    args = [expr, relax.const(packed), *lb.channel_vectors(bias_eff(w, x_zp, bias), mult, shift, n_p, "int64"), relax.const(rq.qp(x_zp, x_dtype))]
     return lb.linear_result(lw, lw.call(gv, args, (m, n_p), dtype), lin, n, n_p, dtype)
 
 

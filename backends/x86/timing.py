@@ -35,6 +35,7 @@ from lcpaq.backends.common.layer_ops import float_op, one_op_module
 from lcpaq.backends.common.op_args import conv_out_size
 from lcpaq.backends.common.relax_lower import round_up
 from lcpaq.backends.common.tuning import cached_schedule, tuning_dir
+from lcpaq.backends.common import gemm_te
 from lcpaq.backends.common import integer_ref as ir
 from lcpaq.backends.common import wide_te
 from lcpaq.backends.x86 import int8 as t8
@@ -47,6 +48,8 @@ from lcpaq.backends.x86.vnni import DEPTH, LANES, Kernel, build, pack_weight, to
 from lcpaq.ir.capture import get_attr
 from lcpaq.ir.layers import QuantLayer
 from lcpaq.ir.meta import SHAPE
+from lcpaq.ir.precision import QuantSpec
+from lcpaq.ir.quantizer import quantize, weight_qparams
 
 aten = torch.ops.aten
 INT8 = "w8a8"
@@ -63,7 +66,8 @@ def _narrow(gm: fx.GraphModule, layer: QuantLayer) -> bool:
     8-bit codes over every uint8 input keep the accumulator bound small enough
     (``integer_ref.narrow_multiplier_bits``; the bias, unknown here, is left out)."""
     w = get_attr(gm, layer.weight_name).detach().float().flatten(1)
-    codes = torch.round(w / (w.abs().amax(1, keepdim=True).clamp_min(1e-30) / 127))
+    spec = QuantSpec(8, symmetric=True, ch_axis=0)
+    codes = quantize(w, *weight_qparams(w, spec), spec)
     return ir.narrow_multiplier_bits(int(codes.abs().sum(1).max()) * 255) is not None
 
 
@@ -155,7 +159,7 @@ class X86LayerTimer(LayerTimer):
         w_q = torch.randint(-top, top + 1, w_shape, generator=gen, dtype=torch.int32).to(torch.int16)
         args = [
             to_tvm(x), to_tvm(wide_te.pack_wide_weight(w_q, wide_te.parts_of(act, bits), LANES)),
-            to_tvm(wide_te.wide_bias_eff(w_q, 3, None, n)), to_tvm(torch.randint(2**20, 2**21, (n,), generator=gen, dtype=torch.int32)),
+            to_tvm(gemm_te.channel_params(gemm_te.bias_eff(w_q, 3, None), 1, 1, n, n, "int64")[0]), to_tvm(torch.randint(2**20, 2**21, (n,), generator=gen, dtype=torch.int32)),
             to_tvm(torch.full((n,), 40, dtype=torch.int32)), to_tvm(t8.Requant(3, -(2**15), 2**15 - 1, "int16").qp(3, act)),
             to_tvm(np.zeros(out_shape, np.int16)),
         ]

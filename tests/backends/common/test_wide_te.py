@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lcpaq.backends.common import wide_te
+from lcpaq.backends.common import gemm_te, wide_te
 
 
 @pytest.mark.parametrize(("act", "bits", "reduction", "chunk", "parts"), [
@@ -45,5 +45,5 @@ def test_packed_layouts() -> None:
 
 def test_bias_eff_folds_the_zero_point_in_int64() -> None:
     w = torch.full((2, 1000), 2**15 - 1, dtype=torch.int16)
-    b = wide_te.wide_bias_eff(w, -(2**15), torch.tensor([7, 8]), 16)
+    b = gemm_te.channel_params(gemm_te.bias_eff(w, -(2**15), torch.tensor([7, 8])), 1, 1, 2, 16, "int64")[0]
     assert b.dtype.name == "int64" and b[0] == 7 + 2**15 * (2**15 - 1) * 1000 and b[2:].sum() == 0

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from lcpaq.backends.common import gemm_te
 from lcpaq.backends.common import integer_ref as ir
 from lcpaq.backends.common import wide_te
 from lcpaq.backends.x86 import int16 as k16
@@ -40,7 +41,7 @@ def _run(sch, x: torch.Tensor, w: torch.Tensor, zp: int, bias: torch.Tensor, out
     kernel = build(sch.mod)
     out = to_tvm(np.zeros(out_shape, np.int16))
     args = [to_tvm(x if x.dim() == 2 else x.permute(0, 2, 3, 1).contiguous()),
-            to_tvm(wide_te.pack_wide_weight(w, wide_te.parts_of(act, bits), 16)), to_tvm(wide_te.wide_bias_eff(w, zp, bias, n)),
+            to_tvm(wide_te.pack_wide_weight(w, wide_te.parts_of(act, bits), 16)), to_tvm(gemm_te.channel_params(gemm_te.bias_eff(w, zp, bias), 1, 1, n, n, "int64")[0]),
             to_tvm(mult.to(torch.int32)), to_tvm(shift.to(torch.int32)), to_tvm(np.array([zp, -7, -(2**15), 2**15 - 1], np.int32)), out]
     kernel(*args)
     assert "vpdpwssd" in kernel.asm
