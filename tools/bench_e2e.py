@@ -36,6 +36,7 @@ from lcpaq.backends.common.build import build_model
 from lcpaq.backends.common.integer_glue import GLUE_OPS
 from lcpaq.backends.common.integerize import integerize
 from lcpaq.backends.common.measure import measure_latency
+from lcpaq.backends.x86.tiles import target_tiles
 from lcpaq.hw_targets import load_target
 from lcpaq.hw_targets.host import default_target_name, host_cpu_name, host_features
 from lcpaq.ir.errors import LcpaqError
@@ -65,11 +66,13 @@ def machine_info() -> dict[str, Any]:
     """The CPU as the benchmark saw it: model, logical CPUs, LLVM's name for it, ISA features."""
     flags = host_features()
     target = load_target(default_target_name())
-    mcpu = str(backend_for(target).tvm_target(target).attrs.get("mcpu", "?"))
+    tvm_target = backend_for(target).tvm_target(target)
+    mcpu = str(tvm_target.attrs.get("mcpu", "?"))
+    tiles = target_tiles(tvm_target).cpu if backend_for(target).name == "x86-vnni" else None
     cpu = host_cpu_name()
     vendor = "AMD" if "AMD" in cpu else "Intel" if "Intel" in cpu else cpu.split()[0]
     return {"cpu": cpu, "family": f"{vendor} {mcpu}", "logical_cpus": os.cpu_count(), "llvm_mcpu": mcpu,
-            "features": [f for f in ISA if f in flags], "amx_exposed": "amx_int8" in flags,
+            "features": [f for f in ISA if f in flags], "amx_exposed": "amx_int8" in flags, "tiles_row": tiles,
             "tvm": str(tvm.__version__), "torch": torch.__version__, "date": datetime.date.today().isoformat()}
 
 

@@ -8,6 +8,11 @@ from typing import Any
 GOAL = 0.9  # issue 14: lcpaq W8A8 at most this fraction of ORT int8's latency
 
 
+def _tiles(m: dict[str, Any]) -> str:
+    row = m.get("tiles_row")
+    return f"; hand-schedule tiles: row `[{row}]` of `backends/x86/tiles.toml`" if row else ""
+
+
 def _ort_best(rows: dict[str, Any]) -> str:
     """The ORT int8 recipe lcpaq is compared with: the most accurate one (held-out cosine)."""
     keys = [k for k in rows if k.startswith("ort-int8")]
@@ -83,7 +88,7 @@ def _host_section(family: str, host: dict[str, Any]) -> list[str]:
     m = host["machine"]
     amx = "AMX exposed" if m["amx_exposed"] else "no AMX exposed"
     lines = [f"## {family}", "", f"{m['cpu']}, {m['logical_cpus']} logical CPUs (LLVM CPU `{m['llvm_mcpu']}`), "
-             f"features used: {', '.join(m['features'])}; {amx}. TVM {m['tvm']}, torch {m['torch']}, measured {m['date']} by:", "",
+             f"features used: {', '.join(m['features'])}; {amx}{_tiles(m)}. TVM {m['tvm']}, torch {m['torch']}, measured {m['date']} by:", "",
              "```sh", host["command"], "```", "",
              "Every backend is built first, then timed in interleaved rounds (each the median of the run's calls after 5 "
              "warm-up calls, after 0.3 s idle so that the previous backend's worker threads have stopped spinning), 2 threads everywhere (TVM_NUM_THREADS, torch.set_num_threads, ORT intra_op_num_threads); the "

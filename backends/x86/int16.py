@@ -21,13 +21,11 @@ from tvm.script import tirx as T
 
 from lcpaq.backends.common import gemm_schedule
 from lcpaq.backends.common.wide_te import DEPTH, wide_conv2d_func, wide_dense_func
+from lcpaq.backends.x86.tiles import VnniTiles, target_tiles
 from lcpaq.backends.x86.vnni import LANES
 
 #: Name under which the int16 pair intrinsic is registered.
 WIDE_INTRIN = "lcpaq_dot_16x2_vpdpwssd"
-#: Most rows x output blocks (dense) and columns x output blocks (conv) a tile keeps in registers.
-DENSE_MAX_ROWS, DENSE_COL_BLOCKS = 8, 2
-MAX_COL_TILE, CONV_COL_BLOCKS = 7, 2
 
 
 @T.prim_func(s_tir=True)
@@ -118,15 +116,17 @@ def _widen_parallel(sch: s_tir.Schedule, name: str, spatial: int) -> None:
         sch.vectorize(loops[-1])
 
 
-def schedule_qdense(func: tvm.tirx.PrimFunc) -> s_tir.Schedule:
+def schedule_qdense(func: tvm.tirx.PrimFunc, tiles: VnniTiles | None = None) -> s_tir.Schedule:
     """Hand schedule of :func:`qdense_func`: ``(row tiles, column tiles) parallel, part, chunk,
-    [chunk sums, tensorized], int64 update (vectorized)``, epilogue fused per tile."""
+    [chunk sums, tensorized], int64 update (vectorized)``, epilogue fused per tile; the tile
+    (most rows x output blocks) is ``tiles.wide_dense``, this host's row by default."""
+    max_rows, max_blocks = (tiles or target_tiles(None)).wide_dense
     sch = s_tir.Schedule(func)
     acc, part = sch.get_sblock("acc"), sch.get_sblock("partial")
     i, j, rp, rc = sch.get_loops(acc)
     m, n = int(sch.get(i).extent), int(sch.get(j).extent)
-    rows = gemm_schedule.dense_row_tile(m, DENSE_MAX_ROWS)
-    blocks = DENSE_COL_BLOCKS if (n // LANES) % DENSE_COL_BLOCKS == 0 else 1
+    rows = gemm_schedule.dense_row_tile(m, max_rows)
+    blocks = max_blocks if (n // LANES) % max_blocks == 0 else 1
     io, ii = sch.split(i, [None, rows])
     jo, ji = sch.split(j, [None, blocks * LANES])
     sch.reorder(io, jo, rp, rc, ii, ji)
@@ -144,15 +144,17 @@ def schedule_qdense(func: tvm.tirx.PrimFunc) -> s_tir.Schedule:
     return sch
 
 
-def schedule_qconv2d(func: tvm.tirx.PrimFunc, width: int) -> s_tir.Schedule:
+def schedule_qconv2d(func: tvm.tirx.PrimFunc, width: int, tiles: VnniTiles | None = None) -> s_tir.Schedule:
     """Hand schedule of :func:`qconv2d_func`: ``(n, oh) parallel, ow tiles, o tiles, part, kh,
-    kw, chunk, [chunk sums, tensorized], int64 update``, padding per output row, epilogue fused."""
+    kw, chunk, [chunk sums, tensorized], int64 update``, padding per output row, epilogue fused;
+    the tile (most columns x output blocks) is ``tiles.wide_conv``, this host's row by default."""
+    max_cols, max_blocks = (tiles or target_tiles(None)).wide_conv
     sch = s_tir.Schedule(func)
     acc, part = sch.get_sblock("acc"), sch.get_sblock("partial")
     n, oh, ow, o, *reduction = sch.get_loops(acc)  # rp, rh, rw, rc; or rp alone (the window in one chunk)
     channels = int(sch.get(o).extent)
-    tile = gemm_schedule.col_tile(width, MAX_COL_TILE)
-    blocks = CONV_COL_BLOCKS if (channels // LANES) % CONV_COL_BLOCKS == 0 else 1
+    tile = gemm_schedule.col_tile(width, max_cols)
+    blocks = max_blocks if (channels // LANES) % max_blocks == 0 else 1
     owo, owi = sch.split(ow, [None, tile])
     oo, oi = sch.split(o, [None, blocks * LANES])
     sch.reorder(n, oh, owo, oo, *reduction, owi, oi)

@@ -24,6 +24,7 @@ from tvm import s_tir
 from lcpaq.backends.common import gemm_schedule, gemm_te
 from lcpaq.backends.common.gemm_te import Requant, bias_eff, channel_params, pad_dim
 from lcpaq.backends.common.op_args import conv_out_size
+from lcpaq.backends.x86.tiles import VnniTiles, target_tiles
 from lcpaq.backends.x86.vnni import DEPTH, LANES, VNNI_BLOCKING, VNNI_INTRIN, Kernel, build, pack_weight, to_tvm
 
 
@@ -33,19 +34,13 @@ def qdense_func(m: int, n: int, k: int, out_dtype: str = "uint8", narrow: bool =
     return gemm_te.qdense_func(m, n, k, VNNI_BLOCKING, out_dtype, narrow)
 
 
-#: Output blocks of 16 lanes a VNNI dense tile computes together, and most rows: 8 x 2 = 16
-#: independent accumulators (of 32 zmm registers), unrolled. Measured here (AMD EPYC znver5, 2
-#: threads, cold weights) against the former 4 x 1 rolled tile: 256x384x384 0.237 -> 0.067 ms,
-#: 256x1536x384 0.48 -> 0.27 ms, 256x384x1536 0.36 -> 0.21 ms, 32x384x384 0.019 -> 0.015 ms.
-#: Every variant on every built-in shape: ``docs/x86_tiles.md`` (``python -m lcpaq.tools.bench_tiles``).
-DENSE_COL_BLOCKS = 2
-DENSE_MAX_ROWS = 8
-
-
-def schedule_qdense(func: tvm.tirx.PrimFunc) -> s_tir.Schedule:
-    """Untuned VNNI schedule of :func:`qdense_func`: tensorized core, up to
-    ``DENSE_MAX_ROWS x DENSE_COL_BLOCKS`` accumulators a tile (unrolled), epilogue fused per tile."""
-    return gemm_schedule.schedule_qdense(func, VNNI_BLOCKING, VNNI_INTRIN, DENSE_MAX_ROWS, DENSE_COL_BLOCKS, unroll=True)
+def schedule_qdense(func: tvm.tirx.PrimFunc, tiles: VnniTiles | None = None) -> s_tir.Schedule:
+    """Untuned VNNI schedule of :func:`qdense_func`: tensorized core, ``rows x output blocks``
+    accumulators a tile (``tiles.int8_dense``, this host's row by default; unrolled), epilogue
+    fused per tile. On znver5, 8 x 2 against the former 4 x 1 rolled tile: 256x384x384 0.237 ->
+    0.067 ms, 256x1536x384 0.48 -> 0.27 ms (every variant: ``docs/x86_tiles.md``)."""
+    rows, blocks = (tiles or target_tiles(None)).int8_dense
+    return gemm_schedule.schedule_qdense(func, VNNI_BLOCKING, VNNI_INTRIN, rows, blocks, unroll=True)
 
 
 def qconv2d_func(
@@ -57,26 +52,15 @@ def qconv2d_func(
     return gemm_te.qconv2d_func(shape, out_channels, kernel, stride, padding, VNNI_BLOCKING, out_dtype, narrow)
 
 
-#: Most output columns a VNNI conv tile computes together, and output-channel blocks of 16:
-#: 7 x 2 = 14 independent accumulators, unrolled. Measured here (AMD EPYC znver5, 2 threads,
-#: cold weights) against the former 7 x 1 rolled tile, ResNet-18's 3x3 convs: 64->64 at 56x56
-#: 0.354 -> 0.131 ms, 128->128 at 28x28 0.186 -> 0.130, 256->256 at 14x14 0.216 -> 0.140,
-#: 512->512 at 7x7 0.349 -> 0.215, 128->256 stride 2 0.115 -> 0.077. Other tiles come close
-#: only where their column count divides the width; ``docs/x86_tiles.md`` has every variant.
-MAX_COL_TILE = 7
-CONV_COL_BLOCKS = 2
-
-
-def vnni_col_tile(width: int) -> int:
-    """Output columns per VNNI conv tile: the largest divisor of ``width`` up to :data:`MAX_COL_TILE`."""
-    return gemm_schedule.col_tile(width, MAX_COL_TILE)
-
-
-def schedule_qconv2d(func: tvm.tirx.PrimFunc, col_tile: int = 4) -> s_tir.Schedule:
-    """Untuned VNNI schedule of :func:`qconv2d_func`: ``(n, oh) parallel, ow/tile, o/32, kh, kw,
-    c/4, tile of ow, 2 blocks, [16 x 4 -> vpdpbusd]`` unrolled; padding computed per output row,
-    epilogue fused."""
-    return gemm_schedule.schedule_qconv2d(func, VNNI_BLOCKING, VNNI_INTRIN, col_tile, CONV_COL_BLOCKS, unroll=True)
+def schedule_qconv2d(func: tvm.tirx.PrimFunc, width: int, tiles: VnniTiles | None = None) -> s_tir.Schedule:
+    """Untuned VNNI schedule of :func:`qconv2d_func` (output ``width`` columns): ``(n, oh)
+    parallel, ow/tile, o/blocks, kh, kw, c/4, tile of ow, blocks, [16 x 4 -> vpdpbusd]`` unrolled;
+    padding computed per output row, epilogue fused. The tile is ``tiles.int8_conv`` (this host's
+    row by default), its columns the largest divisor of ``width`` up to the row's. On znver5, 7 x
+    2 against the former 7 x 1 rolled tile: ResNet-18's 64->64 at 56x56 0.354 -> 0.131 ms,
+    512->512 at 7x7 0.349 -> 0.215 ms."""
+    cols, blocks = (tiles or target_tiles(None)).int8_conv
+    return gemm_schedule.schedule_qconv2d(func, VNNI_BLOCKING, VNNI_INTRIN, gemm_schedule.col_tile(width, cols), blocks, unroll=True)
 
 
 def qdense(
@@ -116,9 +100,9 @@ def qconv2d(
     w_p = pad_dim(pad_dim(w_q.to(torch.int8), 1, DEPTH), 0, LANES)
     qp = Requant(out_zp, qmin, qmax).qp(x_zp)
     func = qconv2d_func(tuple(x_nhwc.shape), w_p.shape[0], (kh, kw), stride, padding, narrow=narrow)
-    kernel = build(schedule_qconv2d(func).mod)
     b, h, w_, _ = x_nhwc.shape
     oh, ow = conv_out_size(h, kh, stride, padding), conv_out_size(w_, kw, stride, padding)
+    kernel = build(schedule_qconv2d(func, ow).mod)
     out = to_tvm(np.zeros((b, oh, ow, w_p.shape[0]), np.uint8))
     params = channel_params(bias_eff(w_q, x_zp, bias), multiplier, shift, o, w_p.shape[0])
     kernel(to_tvm(x_nhwc), to_tvm(pack_conv_weight(w_p)), *map(to_tvm, params), to_tvm(qp), out)

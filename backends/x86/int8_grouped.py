@@ -30,7 +30,7 @@ from tvm import te
 from lcpaq.backends.common.op_args import conv_out_size
 from lcpaq.backends.common.relax_lower import round_up
 from lcpaq.backends.common.gemm_te import Requant, bias_eff, channel_params, kernel_hw, pad_nhwc, requant_compute
-from lcpaq.backends.x86.int8 import schedule_qconv2d, vnni_col_tile
+from lcpaq.backends.x86.int8 import schedule_qconv2d
 from lcpaq.backends.x86.vnni import DEPTH, LANES, build, to_tvm
 
 
@@ -190,7 +190,7 @@ def qgrouped(
     b, h, w_, _ = x.shape
     oh, ow = conv_out_size(h, kh, stride, padding), conv_out_size(w_, kw, stride, padding)
     func = qgrouped_func(tuple(x.shape), plan, (kh, kw), stride, padding, out_dtype)
-    kernel = build(schedule_qconv2d(func, vnni_col_tile(ow)).mod)
+    kernel = build(schedule_qconv2d(func, ow).mod)
     out = to_tvm(np.zeros((b, oh, ow, plan.out_channels), out_dtype))
     params = grouped_channel_params(w_q, x_zp, bias, multiplier, shift, plan)
     kernel(to_tvm(x), to_tvm(pack_grouped_weight(w_q, plan)), *map(to_tvm, params), to_tvm(Requant(out_zp, qmin, qmax, out_dtype).qp(x_zp)), out)

@@ -3,7 +3,8 @@ depthwise convs on the vector depthwise kernel (both through
 :mod:`lcpaq.backends.common.lower_blocked`), other grouped convs on the windowed VNNI conv
 (:mod:`lcpaq.backends.x86.int8_grouped`), wide (16-bit) layers on the ``vpdpwssd`` kernels
 (:mod:`lcpaq.backends.x86.lower_wide`). With ``trials`` the int8 conv and dense kernels are tuned
-(:meth:`RelaxLowering.kernel_schedule`).
+(:meth:`RelaxLowering.kernel_schedule`). Hand schedules use the tiles of the target's CPU
+(:mod:`lcpaq.backends.x86.tiles`).
 """
 from __future__ import annotations
 
@@ -18,13 +19,15 @@ from lcpaq.backends.x86 import int8 as t8
 from lcpaq.backends.x86 import int8_grouped as gw
 from lcpaq.backends.x86.lower_wide import is_wide, lower_wide_conv, lower_wide_linear
 from lcpaq.backends.x86.lowerings import LOWERINGS
+from lcpaq.backends.x86.tiles import VnniTiles, target_tiles
 from lcpaq.backends.x86.vnni import LANES, VNNI_BLOCKING
 from lcpaq.ir.errors import LoweringError
 
-#: The x86 family's GEMM kernels: VNNI blocking and hand schedules, 16-channel depthwise vectors.
-KERNELS = lb.BlockedKernels(
-    VNNI_BLOCKING, t8.schedule_qdense, lambda func, width: t8.schedule_qconv2d(func, t8.vnni_col_tile(width)), LANES
-)
+def vnni_kernels(tiles: VnniTiles) -> lb.BlockedKernels:
+    """The x86 family's GEMM kernels: VNNI blocking, hand schedules with the CPU's tiles, 16-channel
+    depthwise vectors."""
+    return lb.BlockedKernels(VNNI_BLOCKING, lambda func: t8.schedule_qdense(func, tiles),
+                             lambda func, width: t8.schedule_qconv2d(func, width, tiles), LANES)
 
 
 @LOWERINGS.register(iops.qconv2d)
@@ -38,9 +41,9 @@ def _qconv2d(lw: RelaxLowering, node: fx.Node) -> RVal:
         return lower_wide_conv(lw, node, x)
     groups = int(node.kwargs.get("groups", 1))
     if groups == 1:
-        return lb.lower_conv(lw, node, x, KERNELS)
+        return lb.lower_conv(lw, node, x, vnni_kernels(target_tiles(lw.tvm_target)))
     if lb.is_depthwise(x, lw.tensor(node.args[1]), groups):
-        return lb.lower_depthwise(lw, node, x, KERNELS)
+        return lb.lower_depthwise(lw, node, x, vnni_kernels(target_tiles(lw.tvm_target)))
     return _qgrouped(lw, node, x, groups)
 
 
@@ -63,7 +66,7 @@ def _qgrouped(lw: RelaxLowering, node: fx.Node, x: RVal, groups: int) -> RVal:
     n_out = plan.out_channels
     gv = lw.prim(("qgrouped", (b, h, wd, x.cp), plan, (kh, kw), stride, pad, dtype),
                  lambda: gw.qgrouped_func((b, h, wd, x.cp), plan, (kh, kw), stride, pad, dtype),
-                 lambda f: t8.schedule_qconv2d(f, t8.vnni_col_tile(ow)))
+                 lambda f: t8.schedule_qconv2d(f, ow, target_tiles(lw.tvm_target)))
     x_zp = int(node.kwargs["x_zp"])
     params = [relax.const(a) for a in gw.grouped_channel_params(w, x_zp, bias, mult, shift, plan)]
     args = [x.expr, relax.const(gw.pack_grouped_weight(w, plan)), *params, relax.const(rq.qp(x_zp))]
@@ -81,4 +84,4 @@ def _qgrouped(lw: RelaxLowering, node: fx.Node, x: RVal, groups: int) -> RVal:
 def _qlinear(lw: RelaxLowering, node: fx.Node) -> RVal:
     if is_wide(codes(lw, node), lw.tensor(node.args[1])):
         return lower_wide_linear(lw, node)
-    return lb.lower_linear(lw, node, KERNELS)
+    return lb.lower_linear(lw, node, vnni_kernels(target_tiles(lw.tvm_target)))

@@ -18,6 +18,7 @@ from lcpaq.backends.common.gemm_te import bias_eff
 from lcpaq.backends.common.op_args import conv_out_size
 from lcpaq.backends.common.relax_lower import RelaxLowering, RVal, nhwc, pad_last, round_up
 from lcpaq.backends.x86 import int16 as k16
+from lcpaq.backends.x86.tiles import target_tiles
 from lcpaq.backends.x86.vnni import LANES
 from lcpaq.ir.errors import LoweringError
 
@@ -47,7 +48,7 @@ def lower_wide_conv(lw: RelaxLowering, node: fx.Node, x: RVal) -> RVal:
     bits, dtype = _w_bits(w), rq.out_dtype
     gv = lw.prim(("qconv2d_wide", (b, h, wd, x.cp), o_p, (kh, kw), stride, pad, x.dtype, bits, dtype),
                  lambda: k16.qconv2d_func((b, h, wd, x.cp), o_p, (kh, kw), stride, pad, x.dtype, bits, dtype),
-                 lambda f: k16.schedule_qconv2d(f, ow))
+                 lambda f: k16.schedule_qconv2d(f, ow, target_tiles(lw.tvm_target)))
     x_zp = int(node.kwargs["x_zp"])
     packed = wide_te.pack_wide_weight(w_p, wide_te.parts_of(x.dtype, bits), LANES)
     args = [x.expr, relax.const(packed), *lb.channel_vectors(bias_eff(w, x_zp, bias), mult, shift, o_p, "int64"), relax.const(rq.qp(x_zp, x.dtype))]
@@ -67,7 +68,7 @@ def lower_wide_linear(lw: RelaxLowering, node: fx.Node) -> RVal:
     w_p[:n, :k] = w.to(torch.int16)
     bits, dtype = _w_bits(w), rq.out_dtype
     gv = lw.prim(("qdense_wide", m, n_p, k_p, x_dtype, bits, dtype), lambda: k16.qdense_func(m, n_p, k_p, x_dtype, bits, dtype),
-                 k16.schedule_qdense)
+                 lambda f: k16.schedule_qdense(f, target_tiles(lw.tvm_target)))
     x_zp = int(node.kwargs["x_zp"])
     packed = wide_te.pack_wide_weight(w_p, wide_te.parts_of(x_dtype, bits), LANES)
     args = [expr, relax.const(packed), *lb.channel_vectors(bias_eff(w, x_zp, bias), mult, shift, n_p, "int64"), relax.const(rq.qp(x_zp, x_dtype))]

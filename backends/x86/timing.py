@@ -43,6 +43,7 @@ from lcpaq.backends.x86 import int16 as k16
 from lcpaq.backends.x86 import int8_depthwise as dw
 from lcpaq.backends.x86 import int8_grouped as gw
 from lcpaq.backends.x86.fp32 import fp32_conv_func, fp32_dense_func, schedule_fp32_conv, schedule_fp32_dense
+from lcpaq.backends.x86.tiles import target_tiles
 from lcpaq.backends.x86.tune import tuning_rules
 from lcpaq.backends.x86.vnni import DEPTH, LANES, Kernel, build, pack_weight, to_tvm
 from lcpaq.ir.capture import get_attr
@@ -77,6 +78,7 @@ class X86LayerTimer(LayerTimer):
 
     def __init__(self, tvm_target: tvm.target.Target, trials: int, repeats: int, number: int, seed: int) -> None:
         self.tvm_target, self.trials, self.repeats, self.number = tvm_target, trials, repeats, number
+        self.tiles = target_tiles(tvm_target)  # the hand schedules' tiles, as a build uses them
         self.gen = torch.Generator().manual_seed(seed)
         self.depthwise: list[str] = []
         self.grouped: list[str] = []
@@ -133,7 +135,7 @@ class X86LayerTimer(LayerTimer):
         narrow = _narrow(gm, layer)
         q_func = t8.qconv2d_func((1, h, w_, c4), o16, k, s, p, narrow=narrow)
         q_kernel = self.kernel(f"{tag}-int8" + ("-n32" if narrow else ""), q_func,
-                               lambda f: t8.schedule_qconv2d(f, t8.vnni_col_tile(ow)), int8=True)
+                               lambda f: t8.schedule_qconv2d(f, ow, self.tiles), int8=True)
         w_q = torch.randint(-127, 128, (o16, c4, k, k), generator=gen, dtype=torch.int8)
         q_args = [
             to_tvm(torch.randint(0, 256, (1, h, w_, c4), generator=gen, dtype=torch.uint8)), to_tvm(t8.pack_conv_weight(w_q)),
@@ -144,7 +146,7 @@ class X86LayerTimer(LayerTimer):
             to_tvm(torch.randn(1, h, w_, c, generator=gen)), to_tvm(torch.randn(k, k, c, o16, generator=gen)),
             to_tvm(np.zeros((1, oh, ow, o16), np.float32)),
         ]
-        wide = {key: self._wide_seconds(k16.schedule_qconv2d(k16.qconv2d_func((1, h, w_, c4), o16, k, s, p, act, bits), ow),
+        wide = {key: self._wide_seconds(k16.schedule_qconv2d(k16.qconv2d_func((1, h, w_, c4), o16, k, s, p, act, bits), ow, self.tiles),
                                         (1, h, w_, c4), (o16, c4, k, k), act, bits, (1, oh, ow, o16))
                 for key, (act, bits) in WIDE.items()}
         return {"fp32": self.tvm_seconds(f_kernel, f_args), INT8: self.tvm_seconds(q_kernel, q_args), **wide}
@@ -175,7 +177,7 @@ class X86LayerTimer(LayerTimer):
         tag = f"dense-m{m}-n{n16}-k{k4}"
         narrow = _narrow(gm, layer)
         q_kernel = self.kernel(f"{tag}-int8" + ("-n32" if narrow else ""), t8.qdense_func(m, n16, k4, narrow=narrow),
-                               t8.schedule_qdense, int8=True)
+                               lambda f: t8.schedule_qdense(f, self.tiles), int8=True)
         q_args = [
             to_tvm(torch.randint(0, 256, (m, k4), generator=gen, dtype=torch.uint8)),
             to_tvm(pack_weight(torch.randint(-127, 128, (n16, k4), generator=gen, dtype=torch.int8))),
@@ -184,7 +186,7 @@ class X86LayerTimer(LayerTimer):
         f_kernel = self.kernel(f"{tag}-fp32", fp32_dense_func(m, n16, k), schedule_fp32_dense, int8=False)
         f_args = [to_tvm(torch.randn(m, k, generator=gen)), to_tvm(torch.randn(k, n16, generator=gen)),
                   to_tvm(np.zeros((m, n16), np.float32))]
-        wide = {key: self._wide_seconds(k16.schedule_qdense(k16.qdense_func(m, n16, k4, act, bits)), (m, k4), (n16, k4), act, bits, (m, n16))
+        wide = {key: self._wide_seconds(k16.schedule_qdense(k16.qdense_func(m, n16, k4, act, bits), self.tiles), (m, k4), (n16, k4), act, bits, (m, n16))
                 for key, (act, bits) in WIDE.items()}
         return {"fp32": self.tvm_seconds(f_kernel, f_args), INT8: self.tvm_seconds(q_kernel, q_args), **wide}
 
@@ -216,7 +218,7 @@ class X86LayerTimer(LayerTimer):
         plan = gw.group_plan(c, o, geo["groups"])
         oh, ow = conv_out_size(h, k, s, p), conv_out_size(w_, k, s, p)
         func = gw.qgrouped_func((1, h, w_, plan.in_channels), plan, k, s, p)
-        kernel = build(t8.schedule_qconv2d(func, t8.vnni_col_tile(ow)).mod, self.tvm_target)
+        kernel = build(t8.schedule_qconv2d(func, ow, self.tiles).mod, self.tvm_target)
         n = plan.out_channels
         w_q = torch.randint(-127, 128, (n // LANES, k, k, plan.win // DEPTH, LANES, DEPTH), generator=gen, dtype=torch.int8)
         args = [

@@ -66,7 +66,7 @@ def test_qconv2d_from_float_scales_matches_oracle() -> None:
 
 def test_qconv2d_kernel_assembly_uses_vpdpbusd() -> None:
     func = t8.qconv2d_func((1, 8, 8, 16), 32, 3, 1, 1)
-    assert "vpdpbusd" in build(t8.schedule_qconv2d(func).mod).asm
+    assert "vpdpbusd" in build(t8.schedule_qconv2d(func, 8).mod).asm
 
 
 def test_bad_requant_and_shapes_are_rejected() -> None:

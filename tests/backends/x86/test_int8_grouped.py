@@ -69,7 +69,7 @@ def test_group_plan_by_hand(c, o, groups, plan) -> None:
 
 def test_grouped_kernel_uses_vpdpbusd() -> None:
     plan = gw.group_plan(128, 128, 32)
-    assert "vpdpbusd" in build(schedule_qconv2d(gw.qgrouped_func((1, 8, 8, 128), plan, 3, 1, 1)).mod).asm
+    assert "vpdpbusd" in build(schedule_qconv2d(gw.qgrouped_func((1, 8, 8, 128), plan, 3, 1, 1), 8).mod).asm
 
 
 def test_bad_groups_are_rejected() -> None:

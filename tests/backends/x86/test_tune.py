@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from lcpaq.backends.common import gemm_te
 from lcpaq.backends.common import integer_ref as ir
 from lcpaq.backends.x86 import int8 as t8
 from lcpaq.backends.x86 import tune as tt
+from lcpaq.backends.x86.tiles import tiles_for
 from lcpaq.backends.common.tuning import faster_schedule
 from lcpaq.backends.x86.vnni import host_target, pack_weight, resolve_tvm_target, to_tvm
 
@@ -83,6 +85,8 @@ def test_tuned_qconv2d_is_vnni_and_bit_exact() -> None:
 
 def test_faster_schedule_keeps_the_faster_candidate() -> None:
     func = t8.qconv2d_func((1, 14, 14, 64), 64, 3, 1, 1)
-    good, poor = t8.schedule_qconv2d(func, 7), t8.schedule_qconv2d(func, 1)  # 7 output columns per tile vs 1
+    tiles = tiles_for("default")
+    good = t8.schedule_qconv2d(func, 14, replace(tiles, int8_conv=(7, 2)))
+    poor = t8.schedule_qconv2d(func, 14, replace(tiles, int8_conv=(1, 1)))  # 7 x 2 accumulators a tile vs 1
     best, times = faster_schedule([poor, good], lambda sch: tt.kernel_ms(sch, host_target(), repeat=5))
     assert best is good and times[1] < times[0]
