@@ -4,7 +4,8 @@ Each function returns an unscheduled PrimFunc whose semantics are those of the o
 name in :mod:`lcpaq.backends.common.integer_ops` (bit-exact), with 4-d tensors in NHWC layout and the
 channel dimension possibly padded (``cp >= c``: padded channels hold don't-care codes).
 :func:`schedule_elementwise` parallelises and vectorizes any of them: every kernel here is one
-spatial block whose innermost dimension is channels.
+spatial block whose innermost dimension is channels (or, for a layout change, names the
+dimension to vectorize).
 """
 from __future__ import annotations
 
@@ -56,6 +57,8 @@ def quantize_func(
             ),
             name="quantize",
         )
+        if not nhwc_in:  # reads are contiguous along w: vectorize that, not the few channels
+            return te.create_prim_func([x, y]).with_attr(VECTOR_AXIS_ATTR, 2)
     else:  # any other rank: channels are the last dimension
         c = in_shape[-1]
         y = te.compute(
@@ -210,22 +213,67 @@ def _vector_width(extent: int) -> int:
     return math.gcd(extent, 16)
 
 
+#: Bytes of one vector register the element-wise schedules fill (AVX-512's zmm; LLVM splits
+#: the vector for narrower ISAs).
+VECTOR_BYTES = 64
+#: Parallel tasks worth fusing leading loops for: more would cost index arithmetic per vector.
+PARALLEL_TASKS = 256
+#: PrimFunc attribute of a kernel that changes layout: the output loop whose input reads are
+#: contiguous, vectorized instead of the last one (``quantize_func`` from NCHW to NHWC).
+VECTOR_AXIS_ATTR = "lcpaq.vector_axis"
+
+
+def _block_lanes(sch: s_tir.Schedule, block: Any) -> int:
+    """Lanes of one vector register at the widest element type the block reads or writes."""
+    stmt = sch.get(block)
+    widest = max([r.source.dtype.bits for r in [*stmt.reads, *stmt.writes]] or [32])
+    return VECTOR_BYTES * 8 // max(widest, 8)
+
+
 def schedule_elementwise(func: tvm.tirx.PrimFunc) -> s_tir.Schedule:
-    """Every spatial block: loops fused, split so the innermost ``gcd(extent, 16)`` lanes are
-    vectorized, the rest parallel. Reduction blocks (sums) keep their loops, outer ones parallel."""
+    """Every spatial block: its vector axis (the last loop, or the one the function's
+    :data:`VECTOR_AXIS_ATTR` names) split into a vector register's lanes and vectorized, the loops
+    before it (and its outer part) fused and parallel; a block whose vector axis does not divide
+    into lanes: all loops fused, the innermost ``gcd(extent, 16)`` vectorized, the rest parallel.
+    Reduction blocks (sums) keep their loops, outer ones parallel."""
     sch = s_tir.Schedule(func)
     schedule_blocks(sch)
     return sch
 
 
+def _vectorize_axis(sch: s_tir.Schedule, block: Any, loops: list[Any], axis: int) -> bool:
+    """``loops[:axis], axis/lanes`` fused parallel, ``loops[axis+1:]`` serial, lanes vectorized
+    innermost; False (nothing done) when the axis is too short or does not divide into lanes."""
+    extent = int(sch.get(loops[axis]).extent)
+    lanes = math.gcd(extent, _block_lanes(sch, block))
+    if lanes < 8:
+        return False
+    outer, inner = sch.split(loops[axis], [None, lanes])
+    order = [*loops[:axis], outer, *loops[axis + 1:]]
+    sch.reorder(*order, inner)
+    count, tasks = 1, int(sch.get(order[0]).extent)  # the fewest leading loops giving PARALLEL_TASKS run parallel
+    while tasks < PARALLEL_TASKS and count < len(order):
+        tasks *= int(sch.get(order[count]).extent)
+        count += 1
+    lead = order[:count]
+    sch.parallel(sch.fuse(*lead) if len(lead) > 1 else lead[0])
+    sch.vectorize(inner)
+    return True
+
+
 def schedule_blocks(sch: s_tir.Schedule) -> None:
     """:func:`schedule_elementwise` on the blocks of an existing schedule."""
+    attrs = sch.mod["main"].attrs
+    axis_attr = attrs[VECTOR_AXIS_ATTR] if attrs is not None and VECTOR_AXIS_ATTR in attrs else None
     for block in sch.get_child_blocks(sch.get_sblock("root")):
         loops = sch.get_loops(block)
         if not loops:
             continue
         if any(iv.iter_type == 2 for iv in sch.get(block).iter_vars):  # CommReduce: parallelise the leading loop only
             sch.parallel(loops[0])
+            continue
+        axis = int(axis_attr) if axis_attr is not None and int(axis_attr) < len(loops) else len(loops) - 1
+        if _vectorize_axis(sch, block, loops, axis):
             continue
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
         lanes = _vector_width(int(sch.get(fused).extent))
@@ -235,3 +283,4 @@ def schedule_blocks(sch: s_tir.Schedule) -> None:
             sch.parallel(outer)
         else:
             sch.parallel(fused)
+

@@ -79,11 +79,14 @@ def tune_schedule(func: tvm.tirx.PrimFunc, trials: int, target: tvm.target.Targe
 
 
 def _first_error(logs: Path) -> str:
-    """``: <the first error line>`` of MetaSchedule's task logs under ``logs`` ('' if none)."""
+    """``: <the first error>`` of MetaSchedule's task logs under ``logs`` ('' if none): its
+    header line and the last line of the traceback that follows it, which names the exception."""
     for log in sorted(logs.glob("*.log")):
-        for line in log.read_text(errors="replace").splitlines():
+        lines = log.read_text(errors="replace").splitlines()
+        for i, line in enumerate(lines):
             if "Error" in line and "Build errors" not in line:
-                return f": {line.strip()[:300]}"
+                detail = [ln.strip() for ln in lines[i + 1: i + 60] if ln.strip() and not ln.startswith("20")]
+                return f": {line.strip()[:200]}" + (f" ... {detail[-1][:300]}" if detail else "")
     return ""
 
 
