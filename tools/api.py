@@ -38,7 +38,8 @@ from lcpaq.tools.report import build_report, check_report_dir, write_report
 from lcpaq.passes.distill import Distill
 from lcpaq.passes.pareto import ParetoSweep
 from lcpaq.tools.models.zoo import ModelBundle, load_model
-from lcpaq.tools.search import run_search, search_summary
+from lcpaq.tools.search import MODES, run_search, search_summary
+from lcpaq.tools.search_study import check_storage
 from lcpaq.tools.search_harness import DEFAULT_PROXY, PROXIES, SearchHarness, calibrate_pass, config_pipeline, scheme_pass
 from lcpaq.tools.search_space import SearchSpace
 
@@ -141,6 +142,8 @@ def quantize(
     build_trials: int = 0,
     act_symmetric: bool = False,
     export: str | None = None,
+    storage: str | None = None,
+    study: str | None = None,
 ) -> QuantizeResult:
     """Capture, analyse, calibrate and fake-quantize ``model``; evaluate fp32, the primary
     configuration and each uniform ``compare`` configuration. The primary configuration is
@@ -148,7 +151,10 @@ def quantize(
     ``bits``, or a full ``pipeline`` spec. ``search="proxy"`` first searches the quantization
     hyperparameters (``space``) with TPE scored by ``proxy``, confirming the best few on the
     validation metric; ``search="full"`` scores every trial on the validation metric (the
-    baseline). ``distill`` > 0 adds that many steps of distillation of the primary result.
+    baseline), ``search="haq"`` fine-tunes every trial briefly before scoring it (HAQ's protocol);
+    ``storage`` (an optuna RDB URL, e.g. ``sqlite:///study.db``) keeps its trials in the stored
+    ``study``, which an interrupted run resumes and other workers share. ``distill`` > 0 adds that
+    many steps of distillation of the primary result.
     ``latency_table`` (from ``lcpaq profile``) enables latency budgets and the latency frontier.
     ``build`` (default: when the target is this host) compiles every configuration for the
     target with TVM (``build_trials`` MetaSchedule trials per kernel), checks it against the
@@ -187,6 +193,10 @@ def quantize(
             tgt.check(kind, cfg)
     custom = parse_spec(pipeline) if pipeline else None
     search_space = _check_search(search, proxy, trials, space, space_set, budgets, custom, distill)
+    if (storage or study) and search_space is None:
+        raise ConfigError("--storage and --study keep a search's trials: they need --search proxy or full")
+    if storage:
+        check_storage(storage)  # an unusable storage is named now, before any work
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
         check_report_dir(out_dir)  # a file, a foreign directory or a read-only place: refused before any work
@@ -216,7 +226,8 @@ def quantize(
     if custom is not None:
         prepared, results = run.custom(gm, custom)
     elif search_space is not None:
-        prepared, results, extra["search"] = run.searched(gm, budgets, search_space, configs, search, trials, proxy, seed)
+        prepared, results, extra["search"] = run.searched(gm, budgets, search_space, configs, search, trials, proxy, seed,
+                                                              storage, study)
     else:
         prepared, results = run.phases(gm, calibration, budgets, probes, configs, act_symmetric)
 
@@ -257,8 +268,8 @@ def _check_search(search: str, proxy: str, trials: int, space: str | Path | None
     """Validate the search options; the narrowed space, or None without a search."""
     if distill < 0:
         raise ConfigError(f"--distill takes a number of steps >= 0, got {distill}")
-    if search not in ("none", "proxy", "full"):
-        raise ConfigError(f"unknown search {search!r}; choose none, proxy or full")
+    if search not in ("none", *MODES):
+        raise ConfigError(f"unknown search {search!r}; choose none, {', '.join(MODES)}")
     if search == "none":
         return None
     if proxy not in PROXIES:
@@ -318,11 +329,12 @@ class _Run:
         return prepared, [self.variant(prepared, label, analysis, passes) for label, passes in variants]
 
     def searched(self, gm: fx.GraphModule, budgets: dict[str, str], space: SearchSpace, configs: list[BitAssignment],
-                 mode: str, trials: int, proxy: str, seed: int) -> tuple[fx.GraphModule, list[ConfigResult], dict[str, Any]]:
+                 mode: str, trials: int, proxy: str, seed: int, storage: str | None = None,
+                 study: str | None = None) -> tuple[fx.GraphModule, list[ConfigResult], dict[str, Any]]:
         """Search the hyperparameters, build the winner; uniform baselines use its calibration."""
         with self.clock.stage("search"):
             harness = SearchHarness(self.bundle, self.target, budgets, space, seed, self.ctx.progress, captured=gm, table=self.table)
-            outcome = run_search(harness, mode, trials, proxy, seed=seed, progress=self.ctx.progress)
+            outcome = run_search(harness, mode, trials, proxy, seed=seed, progress=self.ctx.progress, storage=storage, study=study)
         # the search's own stages (its analysis, trials, confirmation) lie inside "search": kept apart, in
         # the report's search section, so the stages still add up to the run
         self.clock.nested.update({f"search: {k}": v for k, v in {**harness.stages, **outcome.seconds}.items()})

@@ -3,7 +3,9 @@
 1. Proxy evidence: every proxy and the validation metric on the same random feasible
    configurations; Spearman and Kendall rank correlation and the cost of each.
 2. Search cost: the same TPE search (trials, seed, harness) scored by each proxy, with the
-   best 3 confirmed on the validation metric, against the baseline scored by the metric.
+   best 3 confirmed on the validation metric, against the searches scored by the metric
+   (``full``) and by the metric after a short fine-tuning of each candidate (``haq``, HAQ's
+   protocol: the existing-method baseline).
 3. Stage times of the whole pipeline, and what distillation recovers.
 
 Run: ``make bench-search`` (``python -m lcpaq.tools.bench_search --out docs``).
@@ -24,7 +26,7 @@ from lcpaq.passes.distill import Distill
 from lcpaq.passes.pareto import ParetoSweep
 from lcpaq.passes.pipeline import Pipeline, uniform_phase
 from lcpaq.tools.models.zoo import load_model
-from lcpaq.tools.search import proxy_correlations, run_search
+from lcpaq.tools.search import HAQ_FINETUNE_STEPS, proxy_correlations, run_search
 from lcpaq.tools.search_harness import PROXIES, SearchHarness
 from lcpaq.tools.search_space import SearchSpace
 
@@ -45,6 +47,8 @@ def bench_model(name: str, budgets: dict[str, str], samples: int, trials: int, d
         print(f"{name}: proxy search ({proxy}) {result.best_metric:.4f} in {result.seconds['total']:.2f} s", flush=True)
     full = run_search(harness, "full", trials, seed=seed)
     print(f"{name}: full search {full.best_metric:.4f} in {full.seconds['total']:.2f} s", flush=True)
+    haq = run_search(harness, "haq", trials, seed=seed)
+    print(f"{name}: haq search {haq.best_metric:.4f} in {haq.seconds['total']:.2f} s", flush=True)
     chosen = evidence["best"]
     start = time.perf_counter()
     gm = harness.assign(searches[chosen]["best"])
@@ -67,6 +71,8 @@ def bench_model(name: str, budgets: dict[str, str], samples: int, trials: int, d
         "scatter": [{p: row[p] for p in (*PROXIES, "metric")} for row in evidence["rows"]],
         "searches": searches,
         "full": {"best_metric": full.best_metric, "best": full.best, "seconds": full.seconds},
+        "haq": {"best_metric": haq.best_metric, "best": haq.best, "seconds": haq.seconds, "finetune_steps": HAQ_FINETUNE_STEPS,
+                "metric_without_finetuning": harness.true_metric(haq.best)},
         "chosen_proxy": chosen,
         "stages": {
             "prepare (capture, fold-bn, costs)": harness.stages["prepare"],

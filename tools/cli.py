@@ -57,12 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--calibration", default="minmax", choices=["minmax", "percentile", "mse", "entropy"],
                    help="activation range estimator (default minmax)")
     q.add_argument("--pipeline", metavar="SPEC", help="full pass pipeline, e.g. 'fold-bn,shape-prop,cost,quant-scheme,calibrate{method=mse},uniform{w=4,a=8},fake-quant'")
-    q.add_argument("--search", default="none", choices=["none", "proxy", "full"],
+    q.add_argument("--search", default="none", choices=["none", "proxy", "full", "haq"],
                    help="search the quantization hyperparameters (needs --budget): 'proxy' scores trials with a cheap "
-                        "label-free proxy and confirms the best few on the validation metric; 'full' is the baseline")
+                        "label-free proxy and confirms the best few on the validation metric; 'full' scores each on the "
+                        "validation metric; 'haq' fine-tunes each briefly first (HAQ's protocol, the existing-method baseline)")
     q.add_argument("--trials", type=int, default=40, metavar="N", help="search trials (default 40)")
     q.add_argument("--proxy", default="hessian", choices=["hessian", "sqnr", "cosine", "kl"],
                    help="search proxy (default hessian: no forward pass per trial)")
+    q.add_argument("--storage", metavar="URL",
+                   help="keep the search's trials in optuna RDB storage (sqlite:///study.db, or a PostgreSQL URL): "
+                        "an interrupted search resumes there, and workers given the same URL share its trials")
+    q.add_argument("--study", metavar="NAME", help="the stored study's name (default: derived from the model and every search setting)")
     q.add_argument("--space", metavar="FILE", help="search space file (default: the built-in tools/search_space.toml)")
     q.add_argument("--space-set", action="append", default=[], metavar="NAME=a|b",
                    help="narrow or widen one search dimension, e.g. calibration=minmax|mse")

@@ -36,7 +36,7 @@ def quantize_command(args: argparse.Namespace) -> int:
         calibration=args.calibration, probes=args.probes, search=args.search, trials=args.trials, proxy=args.proxy,
         space=args.space, space_set=args.space_set, distill=args.distill, latency_table=args.latency_table,
         pipeline=args.pipeline, out=args.out, dump_graphs=args.dump_graphs, progress=args.progress, seed=args.seed,
-        build=args.build, build_trials=args.build_trials, export=args.export,
+        build=args.build, build_trials=args.build_trials, export=args.export, storage=args.storage, study=args.study,
     )
     print(summary(result.report))
     if args.out:

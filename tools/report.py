@@ -309,7 +309,12 @@ def search_lines(report: dict[str, Any]) -> list[str]:
     search = report.get("search")
     if search is None:
         return []
-    proxy = f" scored by the `{search['proxy']}` proxy, the best {len(search['confirmed'])} confirmed" if search["proxy"] else " scored by the validation metric"
+    if search["proxy"]:
+        proxy = f" scored by the `{search['proxy']}` proxy, the best {len(search['confirmed'])} confirmed"
+    elif search.get("finetune_steps"):
+        proxy = f" each fine-tuned {search['finetune_steps']} steps, then scored by the validation metric (HAQ's protocol)"
+    else:
+        proxy = " scored by the validation metric"
     lines = ["## Search", "", f"{search['mode']} search: {search['trials']} TPE trials over {search['space_size']:,} configurations,{proxy}.",
              f"Best {search['metric']}: {search['best_metric']:.4f}.", "",
              *_table(["hyperparameter", "chosen"], [[k, str(v)] for k, v in search["best"].items() if v is not None], "ll"), ""]
@@ -317,7 +322,18 @@ def search_lines(report: dict[str, Any]) -> list[str]:
         rows = [[str(i + 1), f"{c['proxy_score']:.4g}", f"{c['metric']:.4f}", _brief(c["config"])] for i, c in enumerate(search["confirmed"])]
         lines += _table(["rank", "proxy", search["metric"], "configuration"], rows, "rrrl") + [""]
     lines += _table(["search stage", "seconds"], [[k, f"{v:.2f}"] for k, v in search["seconds"].items()], "lr") + [""]
-    return lines
+    return lines + study_lines(search.get("study"))
+
+
+def study_lines(study: dict[str, Any] | None) -> list[str]:
+    """Where a stored search's trials are, and how many each run contributed."""
+    if not study:
+        return []
+    runs = study["runs"]
+    rows = [[run + (" (this run)" if run == study["this_run"] else ""), str(n)] for run, n in runs.items()]
+    return [f"Trials stored in study `{study['name']}` at `{study['storage']}`: {sum(runs.values())} completed, "
+            f"{study['completed_before']} of them before this run started.", "",
+            *_table(["run (host:process:start)", "trials"], rows, "lr"), ""]
 
 
 def _brief(config: dict[str, Any]) -> str:

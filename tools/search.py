@@ -1,6 +1,7 @@
 """Search of quantization hyperparameters: TPE (optuna) over the declared space, scored by a
 cheap label-free proxy, with the best few confirmed on the real validation metric; or, as the
-baseline, the same search scored by the validation metric itself."""
+baseline, the same search scored by the validation metric itself. The study is in memory, or in
+RDB storage that resumes and is shared by workers (:mod:`lcpaq.tools.search_study`)."""
 from __future__ import annotations
 
 import math
@@ -10,15 +11,24 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import optuna
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
 from scipy.stats import kendalltau, spearmanr
 from tqdm.auto import tqdm
 
 from lcpaq.ir.errors import ConfigError
 from lcpaq.tools.search_harness import PROXIES, SearchHarness
 from lcpaq.tools.search_space import Config
+from lcpaq.tools.search_study import completed, contributions, open_study, record, redacted, run_id
+from lcpaq.tools.search_study import history as study_history
 
 
 LOW_COST_FRACTION = 0.2
+#: Fine-tuning steps per candidate of the ``haq`` baseline (HAQ fine-tunes each candidate policy
+#: briefly before it measures the reward; one epoch of ImageNet there, a few steps here).
+HAQ_FINETUNE_STEPS = 20
+#: The search modes: a low-cost proxy, the validation metric itself, and HAQ's protocol.
+MODES = ("proxy", "full", "haq")
 
 
 @dataclass
@@ -30,37 +40,60 @@ class SearchResult:
     trials: list[dict[str, Any]]
     confirmed: list[dict[str, Any]]
     seconds: dict[str, float] = field(default_factory=dict)
+    #: the stored study's name and what each run contributed (empty for an in-memory search)
+    study: dict[str, Any] = field(default_factory=dict)
+
+
+def search_settings(harness: SearchHarness, mode: str, proxy: str, seed: int) -> dict[str, Any]:
+    """What a stored study must have been started with for a run to join it."""
+    return {"model": harness.bundle.name, "target": harness.target.name, "budgets": harness.budgets, "mode": mode,
+            "proxy": proxy if mode == "proxy" else None, "seed": seed, "finetune_steps": HAQ_FINETUNE_STEPS if mode == "haq" else 0,
+            "space": {name: list(choices) for name, choices in harness.space.dims}}
 
 
 def run_search(
     harness: SearchHarness,
-    mode: Literal["proxy", "full"],
+    mode: Literal["proxy", "full", "haq"],
     trials: int = 40,
     proxy: str = "hessian",
     top_k: int = 3,
     seed: int = 0,
     progress: bool = False,
+    storage: str | None = None,
+    study: str | None = None,
 ) -> SearchResult:
-    """Reproducible from ``seed``: the sampler, the harness's probes and data are all seeded."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
-    history: list[dict[str, Any]] = []
-    score = (lambda c: harness.proxy(c, proxy)) if mode == "proxy" else harness.true_metric
-    bar = tqdm(total=trials, desc=f"{mode} search", disable=not progress, leave=False)
+    """``proxy``: each trial scored by ``proxy``, the best ``top_k`` confirmed on the validation
+    metric; ``full``: each trial scored on the validation metric; ``haq`` (the existing-method
+    baseline, HAQ's protocol): each trial fine-tuned :data:`HAQ_FINETUNE_STEPS` steps, then scored
+    on the validation metric. Reproducible from ``seed``: the sampler, the harness's probes and
+    data are all seeded. With ``storage`` (an optuna RDB URL) the trials go to the stored study ``study`` (default: a
+    name derived from the settings): a run counts the trials already completed there, scores
+    only the rest, and stops once the study holds ``trials``, whichever workers scored them."""
+    if mode not in MODES:
+        raise ConfigError(f"unknown search {mode!r}; choose {', '.join(MODES)}")
+    book, name = open_study(storage, study, seed, search_settings(harness, mode, proxy, seed))
+    before = len(completed(book))
+    remaining = max(trials - before, 0)
+    run = run_id()
+    score = {"proxy": lambda c: harness.proxy(c, proxy), "full": harness.true_metric,
+             "haq": lambda c: harness.finetuned_metric(c, HAQ_FINETUNE_STEPS)}[mode]
+    bar = tqdm(total=remaining, desc=f"{mode} search", disable=not progress, leave=False)
 
     def objective(trial: optuna.Trial) -> float:
         config = harness.space.suggest(trial)
         value = score(config)
-        history.append({"config": config, "score": value})
+        record(trial, config, value, run)
         bar.update()
         return value if math.isfinite(value) else -1e30
 
     start = time.perf_counter()
-    study.optimize(objective, n_trials=trials)
+    if remaining:
+        book.optimize(objective, n_trials=remaining, callbacks=[MaxTrialsCallback(trials, states=(TrialState.COMPLETE,))])
     bar.close()
     search_s = time.perf_counter() - start
+    history = study_history(book)
     if not any(math.isfinite(entry["score"]) for entry in history):
-        raise ConfigError(f"none of the {trials} trials is feasible; {harness.infeasible_message(history[0]['config'])}")
+        raise ConfigError(f"none of the {len(history)} trials is feasible; {harness.infeasible_message(history[0]['config'])}")
     start = time.perf_counter()
     if mode == "proxy":
         confirmed = []
@@ -72,8 +105,10 @@ def run_search(
         best = max(history, key=lambda e: e["score"])
         best = {**best, "metric": best["score"]}
     confirm_s = time.perf_counter() - start
+    stored = {} if storage is None else {"storage": redacted(storage), "name": name, "this_run": run,
+                                         "completed_before": before, "runs": contributions(history)}
     return SearchResult(mode, proxy if mode == "proxy" else None, best["config"], best["metric"], history, confirmed,
-                        {"search": search_s, "confirm": confirm_s, "total": search_s + confirm_s})
+                        {"search": search_s, "confirm": confirm_s, "total": search_s + confirm_s}, stored)
 
 
 def _top_distinct(history: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
@@ -139,6 +174,7 @@ def search_summary(outcome: SearchResult, harness: SearchHarness, space: Any) ->
     return {
         "mode": outcome.mode,
         "proxy": outcome.proxy,
+        "finetune_steps": HAQ_FINETUNE_STEPS if outcome.mode == "haq" else 0,
         "metric": harness.metric_name,
         "trials": len(outcome.trials),
         "space_size": space.size(),
@@ -147,4 +183,5 @@ def search_summary(outcome: SearchResult, harness: SearchHarness, space: Any) ->
         "best_metric": outcome.best_metric,
         "confirmed": [{"config": c["config"], "proxy_score": c["score"], "metric": c["metric"]} for c in outcome.confirmed],
         "seconds": {**{k: round(v, 4) for k, v in harness.stages.items()}, **{k: round(v, 4) for k, v in outcome.seconds.items()}},
+        **({"study": outcome.study} if outcome.study else {}),
     }

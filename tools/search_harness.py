@@ -24,6 +24,7 @@ from lcpaq.ir.errors import ConfigError
 from lcpaq.ir.meta import ASSIGNMENT
 from lcpaq.passes.bias_correct import BiasCorrect
 from lcpaq.passes.calibrate import Calibrate
+from lcpaq.passes.distill import Distill
 from lcpaq.passes.base import Pass
 from lcpaq.passes.context import PassContext
 from lcpaq.passes.fake_quant import FakeQuant
@@ -164,6 +165,14 @@ class SearchHarness:
     def true_metric(self, config: Config) -> float:
         qgm = self.build(config)
         return -math.inf if qgm is None else self.metric_of(qgm)
+
+    def finetuned_metric(self, config: Config, steps: int) -> float:
+        """HAQ's per-candidate reward: the configuration built, fine-tuned ``steps`` steps (the
+        ``distill`` pass: fp32 teacher, calibration batches), then scored on the validation metric."""
+        qgm = self.build(config)
+        if qgm is None:
+            return -math.inf
+        return self.metric_of(Pipeline([Distill(steps=steps)])(qgm, self.ctx).graph_module)
 
     def metric_of(self, gm: torch.nn.Module) -> float:
         """The validation metric: the model's own (its first), else output cosine vs fp32."""
