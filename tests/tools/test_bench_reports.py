@@ -33,3 +33,27 @@ def test_the_proxy_choice_names_the_rule_that_applied() -> None:
     assert "the highest Spearman among the low-cost proxies (hessian)" in cheap
     none = " ".join(choice_lines(_evidence({"hessian": False, "kl": False}, "kl")))
     assert "No proxy costs at most 1/5 of the metric" in none and "`kl`" in none and "low-cost proxies" not in none
+
+
+def test_search_times_read_as_less_or_more() -> None:
+    from lcpaq.tools.bench_search_report import _versus
+
+    assert _versus(6.0, 2.0) == "3.0x less" and _versus(2.0, 5.4) == "2.7x more"
+
+
+def test_winner_lines_read_the_goals_off_the_run() -> None:
+    from lcpaq.tools.bench_search_report import winner_lines
+
+    def w(after: float) -> dict[str, float]:
+        return {"validation": 0.9, "held_out_before": 0.9, "held_out_after": after}
+
+    m = {"metric": "cosine", "chosen_proxy": "hessian", "distillation": {"steps": 10}, "data": {"held_out": 1024},
+         "winners": {"proxy search (hessian)": w(0.93), "full search": w(0.935), "haq search": w(0.94)},
+         "searches": {"hessian": {"seconds": {"total": 2.0}}}, "full": {"seconds": {"total": 20.0}}, "haq": {"seconds": {"total": 500.0}},
+         "evidence": {"metric_seconds_per_config": 1.0, "proxies": {"hessian": {"spearman": 0.95, "seconds_per_config": 0.04},
+                                                                     "kl": {"spearman": 0.99, "seconds_per_config": 0.3}}}}
+    text = "\n".join(winner_lines(m))
+    assert "250.0x cheaper than the HAQ-protocol search" in text and "10.0x cheaper than the full search" in text
+    assert "-0.0100 against the HAQ winner (goal: within 0.005)" in text
+    assert "costing at most 1/20 of the metric: hessian." in text  # kl ranks better but costs 0.3 of the metric
+    assert winner_lines({k: v for k, v in m.items() if k != "winners"}) == []  # an older run without held-out winners
