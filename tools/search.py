@@ -44,10 +44,15 @@ class SearchResult:
     study: dict[str, Any] = field(default_factory=dict)
 
 
+def finetune_steps(mode: str) -> int:
+    """Fine-tuning steps a candidate of ``mode`` gets before it is scored (HAQ's only)."""
+    return HAQ_FINETUNE_STEPS if mode == "haq" else 0
+
+
 def search_settings(harness: SearchHarness, mode: str, proxy: str, seed: int) -> dict[str, Any]:
     """What a stored study must have been started with for a run to join it."""
     return {"model": harness.bundle.name, "target": harness.target.name, "budgets": harness.budgets, "mode": mode,
-            "proxy": proxy if mode == "proxy" else None, "seed": seed, "finetune_steps": HAQ_FINETUNE_STEPS if mode == "haq" else 0,
+            "proxy": proxy if mode == "proxy" else None, "seed": seed, "finetune_steps": finetune_steps(mode),
             "space": {name: list(choices) for name, choices in harness.space.dims}}
 
 
@@ -76,7 +81,7 @@ def run_search(
     remaining = max(trials - before, 0)
     run = run_id()
     score = {"proxy": lambda c: harness.proxy(c, proxy), "full": harness.true_metric,
-             "haq": lambda c: harness.finetuned_metric(c, HAQ_FINETUNE_STEPS)}[mode]
+             "haq": lambda c: harness.finetuned_metric(c, finetune_steps(mode))}[mode]
     bar = tqdm(total=remaining, desc=f"{mode} search", disable=not progress, leave=False)
 
     def objective(trial: optuna.Trial) -> float:
@@ -174,7 +179,7 @@ def search_summary(outcome: SearchResult, harness: SearchHarness, space: Any) ->
     return {
         "mode": outcome.mode,
         "proxy": outcome.proxy,
-        "finetune_steps": HAQ_FINETUNE_STEPS if outcome.mode == "haq" else 0,
+        "finetune_steps": finetune_steps(outcome.mode),
         "metric": harness.metric_name,
         "trials": len(outcome.trials),
         "space_size": space.size(),

@@ -20,6 +20,7 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from lcpaq.ir.metrics import output_metrics, reference_outputs
+from lcpaq.tools.models import corpus, digits, minilm
 from lcpaq.tools.models.zoo import ModelBundle, load_model
 
 #: MiniLM's validation and held-out sentence counts, and its batch size.
@@ -38,8 +39,6 @@ class Splits:
 
 
 def _digits() -> Splits:
-    from lcpaq.tools.models import digits
-
     data = digits.load_data()
     x_val, x_hold, y_val, y_hold = train_test_split(data.x_test, data.y_test, test_size=0.5, random_state=0, stratify=data.y_test)
     bundle = dataclasses.replace(
@@ -52,10 +51,7 @@ def _digits() -> Splits:
 
 
 def _minilm() -> Splits:
-    from lcpaq.tools.models import minilm
-    from lcpaq.tools.models.corpus import fortune_sentences
-
-    sentences = fortune_sentences(MINILM_VALIDATION + MINILM_HELD_OUT)
+    sentences = corpus.fortune_sentences(MINILM_VALIDATION + MINILM_HELD_OUT)
     base = load_model("minilm")
     _, tokenizer = minilm.load()
     batches = lambda s: tuple(minilm.encode(tokenizer, s[i : i + MINILM_BATCH]) for i in range(0, len(s), MINILM_BATCH))  # noqa: E731

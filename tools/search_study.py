@@ -23,6 +23,7 @@ from typing import Any
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.engine import make_url
 
 from lcpaq.ir.errors import ConfigError, CorruptFileError
 
@@ -66,8 +67,6 @@ def study_name(settings: dict[str, Any]) -> str:
 def redacted(url: str) -> str:
     """A storage URL without its password (for reports and errors)."""
     try:
-        from sqlalchemy.engine import make_url
-
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 (not a URL sqlalchemy parses: say nothing of it beyond its scheme)
         return url.split("://", 1)[0] + "://..."
