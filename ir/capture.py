@@ -7,6 +7,7 @@ as dynamic where the model allows it, so calibration and evaluation may use othe
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import linecache
 import logging
@@ -160,3 +161,12 @@ def set_attr(gm: torch.nn.Module, qualname: str, value: Any) -> None:
         if leaf in obj._parameters:
             del obj._parameters[leaf]
         obj.register_buffer(leaf, value)
+
+
+def copy_sharing_tensors(gm: fx.GraphModule) -> fx.GraphModule:
+    """A deep copy of ``gm`` (graph, modules, meta) whose parameters and buffers are ``gm``'s
+    own tensors, not copies. Passes replace tensors (``set_attr``) rather than write into them,
+    so rewriting the copy leaves ``gm`` as it was; and the copies of one graph share the
+    weights' quantized forms (:mod:`lcpaq.ir.weight_codes`)."""
+    memo: dict[int, Any] = {id(t): t for t in (*gm.parameters(), *gm.buffers())}
+    return copy.deepcopy(gm, memo)

@@ -6,7 +6,8 @@ from typing import Iterator
 
 import torch
 
-from lcpaq.ir.quantizer import QuantSpec, fake_quantize, qparams_from_range, weight_qparams
+from lcpaq.ir.quantizer import QuantSpec, fake_quantize, qparams_from_range
+from lcpaq.ir.weight_codes import WEIGHT_CODES
 
 
 class FakeQuantize(torch.nn.Module):
@@ -33,8 +34,8 @@ class FakeQuantize(torch.nn.Module):
 
     @classmethod
     def for_weight(cls, weight: torch.Tensor, spec: QuantSpec) -> "FakeQuantize":
-        scale, zero_point = weight_qparams(weight, spec)
-        return cls(spec, scale, zero_point, constant_input=True)
+        code = WEIGHT_CODES.get(weight, spec)
+        return cls(spec, code.scale, code.zero_point, constant_input=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
@@ -43,10 +44,18 @@ class FakeQuantize(torch.nn.Module):
             return fake_quantize(x, self.scale, self.zero_point, self.spec)
         cached = self._cached
         if cached is None or cached[0] is not x or cached[1] != x._version:
-            with torch.no_grad():
-                cached = (x, x._version, fake_quantize(x, self.scale, self.zero_point, self.spec))
+            cached = (x, x._version, self._constant_output(x))
             self._cached = cached
         return cached[2]
+
+    def _constant_output(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` quantized, from the shared weight codes when they hold this tensor at this
+        module's spec and qparams (other graphs of the same weights computed it), else afresh."""
+        code = WEIGHT_CODES.get(x, self.spec)
+        if torch.equal(code.scale, self.scale) and torch.equal(code.zero_point, self.zero_point):
+            return code.fake
+        with torch.no_grad():
+            return fake_quantize(x, self.scale, self.zero_point, self.spec)
 
     def __getstate__(self) -> dict:
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()

@@ -6,8 +6,8 @@ from lcpaq.passes.pipeline import (
 )
 
 from lcpaq.passes import (  # noqa: F401,E402  (registration)
-    assign_uniform, bias_correct, calibrate, cost, distill, fake_quant, fold_bn, hessian, ilp, pareto, quant_scheme,
-    shape_prop,
+    assign_uniform, bias_correct, calibrate, cost, distill, fake_quant, finetune, fisher, fold_bn, hessian, ilp, pareto,
+    quant_scheme, shape_prop,
 )
 
 __all__ = [

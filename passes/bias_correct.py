@@ -9,7 +9,7 @@ import torch
 import torch.fx as fx
 
 from lcpaq.ir.capture import get_attr
-from lcpaq.ir.layers import QuantLayer, find_layers
+from lcpaq.ir.layers import LINEAR_OPS, QuantLayer, find_layers
 from lcpaq.ir.meta import QUANTIZED
 from lcpaq.ir.surgery import BIAS_ARG, set_layer_bias
 from lcpaq.passes.base import Pass, PassResult, register_pass
@@ -40,17 +40,16 @@ class BiasCorrect(Pass):
         if not layers:
             return PassResult(gm, False)
         shifts = _mean_shifts(gm, layers, ctx.batches())
-        modified = False
+        nodes = len(gm.graph.nodes)
         for layer in layers:
             shift = shifts[layer.name]
             old = _bias_value(gm, layer, shift)
             set_layer_bias(gm, layer.node, str(layer.weight.target), old - shift)
             QUANTIZED.set(layer.node, dataclasses.replace(QUANTIZED.get(layer.node), bias_corrected=True))
-            modified = True
-        if modified:
+        if len(gm.graph.nodes) != nodes:  # a layer without bias got one: new code; else only tensors changed
             gm.graph.lint()
             gm.recompile()
-        return PassResult(gm, modified)
+        return PassResult(gm, True)
 
 
 def _bias_value(gm: fx.GraphModule, layer: QuantLayer, like: torch.Tensor) -> torch.Tensor:
@@ -59,7 +58,10 @@ def _bias_value(gm: fx.GraphModule, layer: QuantLayer, like: torch.Tensor) -> to
 
 
 class _Shifts(fx.Interpreter):
-    """Runs the quantized graph; at each layer also evaluates it with the float weight."""
+    """Runs the quantized graph; at each layer also sums its output's change from the float
+    weight: the layer is linear in its weight, so that change is the layer applied to the
+    weight's quantization error (Q(W) - W) without bias, and for ``aten.linear``, also linear in
+    its input, the summed input times that error (one vector-matrix product, in float64)."""
 
     def __init__(self, gm: fx.GraphModule, layers: list[QuantLayer]) -> None:
         super().__init__(gm)
@@ -70,19 +72,24 @@ class _Shifts(fx.Interpreter):
     def run_node(self, n: fx.Node) -> Any:
         out = super().run_node(n)
         layer = self.layers.get(n)
-        if layer is not None:
-            args = list(self.map_nodes_to_values(n.args, n))
-            args[1] = self.fetch_attr(str(layer.weight.target))  # the float weight, before its quantizer
+        if layer is None:
+            return out
+        args = list(self.map_nodes_to_values(n.args, n))
+        delta = args[1] - self.fetch_attr(str(layer.weight.target))  # Q(W) - W
+        x = args[0]
+        if n.target in LINEAR_OPS:
+            summed = n.target(x.reshape(-1, x.shape[-1]).double().sum(0, keepdim=True), delta.double())[0]
+            count = x.numel() // x.shape[-1]
+        else:
+            args[1] = delta
             if len(args) > BIAS_ARG:
                 args[BIAS_ARG] = None
-            quant_args = list(self.map_nodes_to_values(n.args, n))
-            if len(quant_args) > BIAS_ARG:
-                quant_args[BIAS_ARG] = None
-            diff = n.target(*quant_args, **n.kwargs) - n.target(*args, **n.kwargs)
+            diff = n.target(*args, **n.kwargs)
             channel = 1 if layer.kind == "conv" else diff.dim() - 1
-            dims = [d for d in range(diff.dim()) if d != channel]
-            self.sums[layer.name] = self.sums.get(layer.name, 0) + diff.sum(dim=dims)
-            self.counts[layer.name] = self.counts.get(layer.name, 0) + diff.numel() // diff.shape[channel]
+            summed = diff.sum(dim=[d for d in range(diff.dim()) if d != channel])
+            count = diff.numel() // diff.shape[channel]
+        self.sums[layer.name] = self.sums.get(layer.name, 0) + summed
+        self.counts[layer.name] = self.counts.get(layer.name, 0) + count
         return out
 
 
@@ -91,4 +98,4 @@ def _mean_shifts(gm: fx.GraphModule, layers: list[QuantLayer], batches) -> dict[
     with torch.no_grad():
         for batch in batches:
             runner.run(*batch)
-    return {name: runner.sums[name] / runner.counts[name] for name in runner.sums}
+    return {name: (runner.sums[name] / runner.counts[name]).float() for name in runner.sums}

@@ -47,9 +47,8 @@ class Distill(Pass):
         train, held = (batches[:-1], batches[-1:]) if len(batches) > 1 else (batches, batches)
         with torch.no_grad(), quantizers_disabled(gm):
             teacher = [[t.detach() for t in float_leaves(gm(*b))] for b in batches]
-        params = _trainable(gm)
-        groups = [{"params": [p], "lr": self.lr * float(p.detach().pow(2).mean().sqrt().clamp(min=1e-3))} for p in params]
-        opt = torch.optim.Adam(groups)
+        params = trainable_copies(gm)
+        opt = rms_scaled_adam(params, self.lr)
         torch.manual_seed(ctx.seed)
         held_teacher = teacher[len(train):] if len(batches) > 1 else teacher
         best_loss, best = self._loss(gm, held, held_teacher), [p.detach().clone() for p in params]
@@ -57,7 +56,7 @@ class Distill(Pass):
         order = itertools.cycle(range(len(train)))
         for step in tqdm(range(1, self.steps + 1), desc="distill", disable=not ctx.progress, leave=False):
             i = next(order)
-            loss = _distill_loss(float_leaves(gm(*train[i])), teacher[i])
+            loss = distill_loss(float_leaves(gm(*train[i])), teacher[i])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -74,15 +73,20 @@ class Distill(Pass):
     @staticmethod
     def _loss(gm: fx.GraphModule, batches, teacher) -> float:
         with torch.no_grad():
-            return sum(float(_distill_loss(float_leaves(gm(*b)), t)) for b, t in zip(batches, teacher))
+            return sum(float(distill_loss(float_leaves(gm(*b)), t)) for b, t in zip(batches, teacher))
 
 
-def _distill_loss(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
+def distill_loss(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
     """Output MSE, normalised by the teacher's variance (scale-free across models)."""
     return sum(((s - t) ** 2).mean() / t.var().clamp(min=1e-12) for s, t in zip(student, teacher))
 
 
-def _trainable(gm: fx.GraphModule) -> list[torch.nn.Parameter]:
+def rms_scaled_adam(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Adam:
+    """Adam with each tensor's learning rate ``lr`` times its RMS (scale-free across layers)."""
+    return torch.optim.Adam([{"params": [p], "lr": lr * float(p.detach().pow(2).mean().sqrt().clamp(min=1e-3))} for p in params])
+
+
+def trainable_copies(gm: fx.GraphModule) -> list[torch.nn.Parameter]:
     """Fresh, trainable copies of the weights and biases of every quantized layer."""
     targets = []
     for layer in find_layers(gm):

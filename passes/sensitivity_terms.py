@@ -16,8 +16,9 @@ from torch.utils._pytree import tree_leaves
 from lcpaq.hw_targets.target import Target
 from lcpaq.ir.capture import get_attr
 from lcpaq.ir.layers import QuantLayer
-from lcpaq.ir.meta import ACT_RANGE, FLOAT_BITS, QuantScheme, Sensitivity
-from lcpaq.ir.quantizer import fake_quantize, qparams_from_range, quantization_error
+from lcpaq.ir.meta import ACT_RANGE, FLOAT_BITS, QuantScheme, QuantSpec, Sensitivity
+from lcpaq.ir.quantizer import fake_quantize, qparams_from_range
+from lcpaq.ir.weight_codes import WEIGHT_CODES
 from lcpaq.passes.hutchinson import Loss, TraceEstimate
 from lcpaq.passes.quant_scheme import act_spec, weight_spec
 
@@ -75,9 +76,9 @@ def weight_errors(gm: fx.GraphModule, layers: list[QuantLayer], target: Target, 
         if layer.weight is None:
             out[layer.name] = {}
             continue
-        weight = get_attr(gm, layer.weight.target).detach()
+        weight = get_attr(gm, layer.weight.target)  # the object itself: the shared codes key on it
         out[layer.name] = {
-            b: quantization_error(weight, weight_spec(layer, b, scheme))
+            b: WEIGHT_CODES.get(weight, weight_spec(layer, b, scheme)).error
             for b in target.weight_bits(layer.kind) if b != FLOAT_BITS
         }
     return out
@@ -97,13 +98,22 @@ def act_errors(
             errs = {}
             for b in (b for b in target.act_bits if b != FLOAT_BITS):
                 r = ranges.get(index, b)
-                spec = act_spec(b, scheme)
-                scale, zp = qparams_from_range(torch.tensor(r.lo), torch.tensor(r.hi), spec)
-                vs = values[node.name]
-                errs[b] = sum(float(((fake_quantize(v.float(), scale, zp, spec) - v.float()) ** 2).sum()) for v in vs) / max(len(vs), 1)
+                errs[b] = act_error(values[node.name], act_spec(b, scheme), r.lo, r.hi)
             per_input.append(errs)
         out[layer.name] = per_input
     return out
+
+
+def act_error(values: list[torch.Tensor], spec: QuantSpec, lo: float, hi: float,
+              weights: list[torch.Tensor] | None = None) -> float:
+    """||Q(A) - A||^2 of each batch's activation ``values`` quantized by ``spec`` over [lo, hi],
+    each element's square weighted by ``weights`` where given, averaged over the batches."""
+    scale, zp = qparams_from_range(torch.tensor(lo), torch.tensor(hi), spec)
+    total = 0.0
+    for i, v in enumerate(values):
+        err = (fake_quantize(v.float(), scale, zp, spec) - v.float()) ** 2
+        total += float((err if weights is None else weights[i] * err).sum())
+    return total / max(len(values), 1)
 
 
 def combine(

@@ -40,6 +40,7 @@ from lcpaq.passes.pareto import ParetoSweep
 from lcpaq.tools.models.zoo import ModelBundle, load_model
 from lcpaq.tools.search import MODES, run_search, search_summary
 from lcpaq.tools.search_study import check_storage
+from lcpaq.tools.search_holdout import held_out_check, selection_split
 from lcpaq.tools.search_harness import DEFAULT_PROXY, PROXIES, SearchHarness, calibrate_pass, config_pipeline, scheme_pass
 from lcpaq.tools.search_space import SearchSpace
 
@@ -332,8 +333,9 @@ class _Run:
                  mode: str, trials: int, proxy: str, seed: int, storage: str | None = None,
                  study: str | None = None) -> tuple[fx.GraphModule, list[ConfigResult], dict[str, Any]]:
         """Search the hyperparameters, build the winner; uniform baselines use its calibration."""
+        selection, held, reason = selection_split(self.bundle)
         with self.clock.stage("search"):
-            harness = SearchHarness(self.bundle, self.target, budgets, space, seed, self.ctx.progress, captured=gm, table=self.table)
+            harness = SearchHarness(selection, self.target, budgets, space, seed, self.ctx.progress, captured=gm, table=self.table)
             outcome = run_search(harness, mode, trials, proxy, seed=seed, progress=self.ctx.progress, storage=storage, study=study)
         # the search's own stages (its analysis, trials, confirmation) lie inside "search": kept apart, in
         # the report's search section, so the stages still add up to the run
@@ -347,7 +349,10 @@ class _Run:
         analysis = prepare_phase(self.target) + [scheme_pass(outcome.best), calibrate_pass(outcome.best)]
         for cfg in configs:
             results.append(self.variant(prepared, str(cfg), analysis, uniform_phase(self.target, cfg.w_bits, cfg.a_bits)))
-        return prepared, results, search_summary(outcome, harness, space)
+        summary = search_summary(outcome, harness, space)
+        with self.clock.stage("held-out check"):
+            summary["held_out"] = held_out_check(self.bundle, selection, held, reason, qgm)
+        return prepared, results, summary
 
     def variant(self, prepared: fx.GraphModule, label: str, analysis: list, passes: list) -> ConfigResult:
         with self.clock.stage(f"quantize {label}"):

@@ -20,6 +20,7 @@ from lcpaq.ir.fileio import atomic_directory, atomic_write_json, atomic_write_te
 from lcpaq.tools.deployment import deployment_lines, deployment_markdown
 from lcpaq.tools.export import onnx_markdown
 from lcpaq.tools.models.zoo import ModelBundle
+from lcpaq.tools.report_search import search_markdown, search_summary_line
 
 if TYPE_CHECKING:
     from lcpaq.tools.api import ConfigResult
@@ -253,7 +254,7 @@ def summary(report: dict[str, Any]) -> str:
         *config_table(report),
         *assignment_lines(report),
         *_float_summary(report),
-        *_search_summary(report),
+        *search_summary_line(report),
         *_deployment(report),
         "",
         f"total time {report['timing_s']['total']:.1f} s",
@@ -297,49 +298,6 @@ def pareto_lines(report: dict[str, Any], plots: list[str], max_rows: int = 12) -
     return lines
 
 
-def _search_summary(report: dict[str, Any]) -> list[str]:
-    search = report.get("search")
-    if search is None:
-        return []
-    return [f"{search['mode']} search ({search['trials']} trials, {search['seconds']['total']:.1f} s + "
-            f"{search['seconds']['sensitivity']:.1f} s shared analysis) chose: {_brief(search['best'])}"]
-
-
-def search_lines(report: dict[str, Any]) -> list[str]:
-    search = report.get("search")
-    if search is None:
-        return []
-    if search["proxy"]:
-        proxy = f" scored by the `{search['proxy']}` proxy, the best {len(search['confirmed'])} confirmed"
-    elif search.get("finetune_steps"):
-        proxy = f" each fine-tuned {search['finetune_steps']} steps, then scored by the validation metric (HAQ's protocol)"
-    else:
-        proxy = " scored by the validation metric"
-    lines = ["## Search", "", f"{search['mode']} search: {search['trials']} TPE trials over {search['space_size']:,} configurations,{proxy}.",
-             f"Best {search['metric']}: {search['best_metric']:.4f}.", "",
-             *_table(["hyperparameter", "chosen"], [[k, str(v)] for k, v in search["best"].items() if v is not None], "ll"), ""]
-    if search["confirmed"]:
-        rows = [[str(i + 1), f"{c['proxy_score']:.4g}", f"{c['metric']:.4f}", _brief(c["config"])] for i, c in enumerate(search["confirmed"])]
-        lines += _table(["rank", "proxy", search["metric"], "configuration"], rows, "rrrl") + [""]
-    lines += _table(["search stage", "seconds"], [[k, f"{v:.2f}"] for k, v in search["seconds"].items()], "lr") + [""]
-    return lines + study_lines(search.get("study"))
-
-
-def study_lines(study: dict[str, Any] | None) -> list[str]:
-    """Where a stored search's trials are, and how many each run contributed."""
-    if not study:
-        return []
-    runs = study["runs"]
-    rows = [[run + (" (this run)" if run == study["this_run"] else ""), str(n)] for run, n in runs.items()]
-    return [f"Trials stored in study `{study['name']}` at `{study['storage']}`: {sum(runs.values())} completed, "
-            f"{study['completed_before']} of them before this run started.", "",
-            *_table(["run (host:process:start)", "trials"], rows, "lr"), ""]
-
-
-def _brief(config: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in config.items() if v is not None)
-
-
 def distill_lines(report: dict[str, Any]) -> list[str]:
     d = report.get("distillation")
     if d is None:
@@ -379,7 +337,7 @@ def render_markdown(report: dict[str, Any], plots: list[str] = ()) -> str:
         *layer_table(report),
         "",
         *float_lines(report),
-        *search_lines(report),
+        *search_markdown(report, _table),
         *distill_lines(report),
         *pareto_lines(report, list(plots)),
         "## Groups",

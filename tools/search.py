@@ -17,16 +17,17 @@ from scipy.stats import kendalltau, spearmanr
 from tqdm.auto import tqdm
 
 from lcpaq.ir.errors import ConfigError
-from lcpaq.tools.search_harness import PROXIES, SearchHarness
+from lcpaq.tools.search_harness import DEFAULT_PROXY, PROXIES, SearchHarness
 from lcpaq.tools.search_space import Config
 from lcpaq.tools.search_study import completed, contributions, open_study, record, redacted, run_id
 from lcpaq.tools.search_study import history as study_history
 
 
 LOW_COST_FRACTION = 0.2
-#: Fine-tuning steps per candidate of the ``haq`` baseline (HAQ fine-tunes each candidate policy
-#: briefly before it measures the reward; one epoch of ImageNet there, a few steps here).
-HAQ_FINETUNE_STEPS = 20
+#: Epochs of retraining per candidate of the ``haq`` baseline: HAQ quantizes each candidate
+#: policy, "finetune[s] the quantized model for one more epoch" and takes the validation
+#: accuracy after that short-term retraining as the reward.
+HAQ_FINETUNE_EPOCHS = 1
 #: The search modes: a low-cost proxy, the validation metric itself, and HAQ's protocol.
 MODES = ("proxy", "full", "haq")
 
@@ -44,15 +45,15 @@ class SearchResult:
     study: dict[str, Any] = field(default_factory=dict)
 
 
-def finetune_steps(mode: str) -> int:
-    """Fine-tuning steps a candidate of ``mode`` gets before it is scored (HAQ's only)."""
-    return HAQ_FINETUNE_STEPS if mode == "haq" else 0
+def finetune_epochs(mode: str) -> int:
+    """Epochs of retraining a candidate of ``mode`` gets before it is scored (HAQ's only)."""
+    return HAQ_FINETUNE_EPOCHS if mode == "haq" else 0
 
 
 def search_settings(harness: SearchHarness, mode: str, proxy: str, seed: int) -> dict[str, Any]:
     """What a stored study must have been started with for a run to join it."""
     return {"model": harness.bundle.name, "target": harness.target.name, "budgets": harness.budgets, "mode": mode,
-            "proxy": proxy if mode == "proxy" else None, "seed": seed, "finetune_steps": finetune_steps(mode),
+            "proxy": proxy if mode == "proxy" else None, "seed": seed, "finetune_epochs": finetune_epochs(mode),
             "space": {name: list(choices) for name, choices in harness.space.dims}}
 
 
@@ -60,7 +61,7 @@ def run_search(
     harness: SearchHarness,
     mode: Literal["proxy", "full", "haq"],
     trials: int = 40,
-    proxy: str = "hessian",
+    proxy: str = DEFAULT_PROXY,
     top_k: int = 3,
     seed: int = 0,
     progress: bool = False,
@@ -69,11 +70,12 @@ def run_search(
 ) -> SearchResult:
     """``proxy``: each trial scored by ``proxy``, the best ``top_k`` confirmed on the validation
     metric; ``full``: each trial scored on the validation metric; ``haq`` (the existing-method
-    baseline, HAQ's protocol): each trial fine-tuned :data:`HAQ_FINETUNE_STEPS` steps, then scored
-    on the validation metric. Reproducible from ``seed``: the sampler, the harness's probes and
-    data are all seeded. With ``storage`` (an optuna RDB URL) the trials go to the stored study ``study`` (default: a
-    name derived from the settings): a run counts the trials already completed there, scores
-    only the rest, and stops once the study holds ``trials``, whichever workers scored them."""
+    baseline, HAQ's protocol): each trial retrained :data:`HAQ_FINETUNE_EPOCHS` epoch on the
+    training data, then scored on the validation metric. Reproducible from ``seed``: the
+    sampler, the harness's probes and data are all seeded. With ``storage`` (an optuna RDB URL)
+    the trials go to the stored study ``study`` (default: a name derived from the settings): a
+    run counts the trials already completed there, scores only the rest, and stops once the
+    study holds ``trials``, whichever workers scored them."""
     if mode not in MODES:
         raise ConfigError(f"unknown search {mode!r}; choose {', '.join(MODES)}")
     book, name = open_study(storage, study, seed, search_settings(harness, mode, proxy, seed))
@@ -81,7 +83,7 @@ def run_search(
     remaining = max(trials - before, 0)
     run = run_id()
     score = {"proxy": lambda c: harness.proxy(c, proxy), "full": harness.true_metric,
-             "haq": lambda c: harness.finetuned_metric(c, finetune_steps(mode))}[mode]
+             "haq": lambda c: harness.finetuned_metric(c, finetune_epochs(mode))}[mode]
     bar = tqdm(total=remaining, desc=f"{mode} search", disable=not progress, leave=False)
 
     def objective(trial: optuna.Trial) -> float:
@@ -179,7 +181,7 @@ def search_summary(outcome: SearchResult, harness: SearchHarness, space: Any) ->
     return {
         "mode": outcome.mode,
         "proxy": outcome.proxy,
-        "finetune_steps": finetune_steps(outcome.mode),
+        "finetune_epochs": finetune_epochs(outcome.mode),
         "metric": harness.metric_name,
         "trials": len(outcome.trials),
         "space_size": space.size(),

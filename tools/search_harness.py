@@ -9,7 +9,7 @@ the ``hessian`` pass (recombining the shared traces, no probes), one ILP, and th
 passes; the pipeline it runs for a configuration is the one ``config_pipeline`` reports."""
 from __future__ import annotations
 
-import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -19,12 +19,15 @@ import torch.fx as fx
 
 from lcpaq.backends.common.capability import capability_phase
 from lcpaq.hw_targets.target import Target
-from lcpaq.ir.capture import capture
+from lcpaq.ir.capture import capture, copy_sharing_tensors
 from lcpaq.ir.errors import ConfigError
-from lcpaq.ir.meta import ASSIGNMENT
+from lcpaq.ir.layers import find_layers
+from lcpaq.ir.meta import ASSIGNMENT, COST, QSPEC, QUANT_SCHEME
+from lcpaq.passes.cost_model import layer_sensitivity
+from lcpaq.passes.fisher import FisherDiagonals
 from lcpaq.passes.bias_correct import BiasCorrect
 from lcpaq.passes.calibrate import Calibrate
-from lcpaq.passes.distill import Distill
+from lcpaq.passes.finetune import FineTune
 from lcpaq.passes.base import Pass
 from lcpaq.passes.context import PassContext
 from lcpaq.passes.fake_quant import FakeQuant
@@ -33,12 +36,19 @@ from lcpaq.passes.ilp import ILPAssign
 from lcpaq.passes.pipeline import Pipeline, prepare_phase
 from lcpaq.passes.quant_scheme import SetQuantScheme
 from lcpaq.passes.sensitivity_model import SharedTraces
+from lcpaq.passes.sensitivity_terms import float_leaves
 from lcpaq.ir.metrics import output_metrics, reference_outputs
 from lcpaq.tools.models.zoo import ModelBundle
 from lcpaq.tools.search_space import Config, SearchSpace
 
-PROXIES = ("hessian", "sqnr", "cosine", "kl")
-DEFAULT_PROXY = "hessian"  # the low-cost proxy with the best rank correlation: docs/search_benchmark.md
+PROXIES = ("hessian", "fisher", "sqnr", "cosine", "kl")
+#: The proxy with the best rank correlation on both benchmark models, and low-cost where the metric is dear
+#: (MiniLM: 1/23 of a full evaluation): docs/search_benchmark.md.
+DEFAULT_PROXY = "cosine"
+
+
+#: Sampled-target gradients per batch of the ``fisher`` proxy's diagonals.
+FISHER_SAMPLES = 16
 
 
 def calibrate_pass(config: Config) -> Calibrate:
@@ -104,6 +114,8 @@ class SearchHarness:
         self.shared = SharedTraces.measure(self.base, self.ctx, max(self.space.choices["probes"]), self.hessian_batches)
         self.stages["sensitivity"] = time.perf_counter() - start
         self._calibrated: dict[tuple, fx.GraphModule] = {}
+        self._train_ctx: PassContext | None = None
+        self._fisher: FisherDiagonals | None = None
 
     # --- configuration-dependent, cached pieces ---------------------------------------------
     def calibrated(self, config: Config) -> fx.GraphModule:
@@ -111,7 +123,7 @@ class SearchHarness:
         ``config``'s quantization scheme set."""
         key = (config["calibration"], config["percentile"])
         if key not in self._calibrated:
-            gm = copy.deepcopy(self.base)
+            gm = copy_sharing_tensors(self.base)
             self._calibrated[key] = Pipeline([calibrate_pass(config)])(gm, self.ctx).graph_module
         return Pipeline([scheme_pass(config)])(self._calibrated[key], self.ctx).graph_module
 
@@ -144,13 +156,16 @@ class SearchHarness:
         gm = self.assign(config)
         if gm is None:
             return None
-        return Pipeline(rewrite_passes(config))(copy.deepcopy(gm), self.ctx).graph_module
+        return Pipeline(rewrite_passes(config))(copy_sharing_tensors(gm), self.ctx).graph_module
 
     # --- scores (higher is better; -inf for an infeasible configuration) ---------------------
     def proxy(self, config: Config, name: str) -> float:
         if name == "hessian":
             gm = self.assign(config)
             return -math.inf if gm is None else -ASSIGNMENT.get(gm).sensitivity
+        if name == "fisher":
+            gm = self.assign(config)
+            return -math.inf if gm is None else -self.fisher_sensitivity(gm)
         qgm = self.build(config)
         if qgm is None:
             return -math.inf
@@ -166,13 +181,44 @@ class SearchHarness:
         qgm = self.build(config)
         return -math.inf if qgm is None else self.metric_of(qgm)
 
-    def finetuned_metric(self, config: Config, steps: int) -> float:
-        """HAQ's per-candidate reward: the configuration built, fine-tuned ``steps`` steps (the
-        ``distill`` pass: fp32 teacher, calibration batches), then scored on the validation metric."""
+    def finetuned_metric(self, config: Config, epochs: int) -> float:
+        """HAQ's per-candidate reward: the configuration built, retrained ``epochs`` epochs on
+        the training data (the ``finetune`` pass, :meth:`train_context`), then scored on the
+        validation metric."""
         qgm = self.build(config)
         if qgm is None:
             return -math.inf
-        return self.metric_of(Pipeline([Distill(steps=steps)])(qgm, self.ctx).graph_module)
+        return self.metric_of(Pipeline([FineTune(epochs=epochs)])(qgm, self.train_context()).graph_module)
+
+    def train_context(self) -> PassContext:
+        """What fine-tuning trains on: the bundle's training batches (its calibration batches
+        if it has none) with their labels, or, for a model without labels, the fp32 model's own
+        outputs on them as targets (computed once, timed as the stage "fine-tuning targets")."""
+        if self._train_ctx is None:
+            start = time.perf_counter()
+            b = self.bundle
+            batches = b.train_batches or b.calib_batches
+            labels = b.train_labels if b.train_batches else b.calib_labels
+            if labels is None:
+                with torch.no_grad():
+                    labels = tuple([t.detach() for t in float_leaves(b.model(*batch))] for batch in batches)
+            self._train_ctx = dataclasses.replace(self.ctx, calib_batches=batches, calib_labels=labels)
+            self.stages["fine-tuning targets"] = time.perf_counter() - start
+        return self._train_ctx
+
+    def fisher_sensitivity(self, gm: fx.GraphModule) -> float:
+        """The assigned graph's total sensitivity under the Fisher diagonals (``passes.fisher``,
+        measured once on the Hessian's batches with ``FISHER_SAMPLES`` samples, timed as the
+        stage "fisher (once)"), instead of the Hessian traces its ILP minimised."""
+        if self._fisher is None:
+            start = time.perf_counter()
+            batches = self.ctx.batches()[: self.hessian_batches]
+            self._fisher = FisherDiagonals.measure(self.base, batches, self.ctx.calib_labels is not None, FISHER_SAMPLES,
+                                                   self.seed, self.progress)
+            self.stages["fisher (once)"] = time.perf_counter() - start
+        layers = find_layers(gm)
+        sens = self._fisher.sensitivities(gm, layers, self.target, QUANT_SCHEME.get(gm))
+        return sum(layer_sensitivity(COST.get(layer.node), sens[layer.name], QSPEC.get(layer.node).bits) for layer in layers)
 
     def metric_of(self, gm: torch.nn.Module) -> float:
         """The validation metric: the model's own (its first), else output cosine vs fp32."""

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from lcpaq.ir import CaptureError, capture, find_layers
+from lcpaq.ir.capture import copy_sharing_tensors, get_attr, set_attr
 from lcpaq.tools.models.mobilenetv2 import mobilenetv2
 from lcpaq.tools.models.resnet import resnet18
 
@@ -81,3 +82,15 @@ def test_untraceable_model_names_op_and_source_line(model: nn.Module, op: str, c
     assert f"{os.path.abspath(__file__)}:" in message
     line = next(i for i, text in enumerate(open(__file__), 1) if code in text)
     assert f":{line} " in message
+
+
+def test_a_copy_sharing_tensors_shares_them_and_nothing_else() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    gm = capture(model, (torch.randn(1, 4),))
+    twin = copy_sharing_tensors(gm)
+    assert all(a is b for a, b in zip(gm.parameters(), twin.parameters()))
+    assert twin.graph is not gm.graph and next(iter(twin.graph.nodes)).meta is not next(iter(gm.graph.nodes)).meta
+    weight = next(n for n in twin.graph.nodes if n.op == "get_attr")
+    set_attr(twin, weight.target, torch.zeros_like(get_attr(twin, weight.target)))  # how passes change a tensor
+    assert not torch.equal(get_attr(gm, weight.target), get_attr(twin, weight.target))

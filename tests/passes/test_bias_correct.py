@@ -48,3 +48,24 @@ def test_bias_correct_is_idempotent_and_adds_missing_bias(block, sim) -> None:
     code, state = gm.code, {k: v.clone() for k, v in gm.state_dict().items()}
     assert not Pipeline.from_spec("bias-correct")(gm, ctx).modified
     assert gm.code == code and all(torch.equal(v, state[k]) for k, v in gm.state_dict().items())
+
+
+def test_linear_layers_on_token_inputs_are_corrected_exactly(sim) -> None:
+    """aten.linear takes the summed-input route: on (batch, tokens, features) inputs the first
+    layer's mean output over every token equals the float one after correction."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 8)).eval()
+    x = torch.randn(4, 5, 16)
+    ctx = make_ctx(sim, x[:1])
+    gm = capture(model, (x[:1],))
+    gm = Pipeline.from_spec("shape-prop,cost,quant-scheme,calibrate,uniform{w=3,a=16},fake-quant")(gm, ctx).graph_module
+    first = find_layers(gm)[0].node.name
+
+    def mean_first(graph) -> torch.Tensor:
+        return torch.cat([v.reshape(-1, v.shape[-1]) for v in collect_activations(graph, [first], ctx.batches())[first]]).mean(0)
+
+    with quantizers_disabled(gm):
+        float_mean = mean_first(gm)
+    assert (mean_first(gm) - float_mean).abs().max() > 1e-3
+    Pipeline.from_spec("bias-correct")(gm, ctx)
+    assert torch.allclose(mean_first(gm), float_mean, atol=1e-5)

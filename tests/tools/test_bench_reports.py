@@ -53,7 +53,34 @@ def test_winner_lines_read_the_goals_off_the_run() -> None:
          "evidence": {"metric_seconds_per_config": 1.0, "proxies": {"hessian": {"spearman": 0.95, "seconds_per_config": 0.04},
                                                                      "kl": {"spearman": 0.99, "seconds_per_config": 0.3}}}}
     text = "\n".join(winner_lines(m))
-    assert "250.0x cheaper than the HAQ-protocol search" in text and "10.0x cheaper than the full search" in text
-    assert "-0.0100 against the HAQ winner (goal: within 0.005)" in text
-    assert "costing at most 1/20 of the metric: hessian." in text  # kl ranks better but costs 0.3 of the metric
+    assert "250.0x cheaper than the HAQ-protocol search at equal trials (goal 200x: met)" in text
+    assert "against the full search: 10.0x less" in text
+    assert "-0.0100 against the HAQ winner (goal: no more than 0.005 below it: not met)" in text
+    assert "costing at most 1/20 of the metric: hessian (met)." in text  # kl ranks better but costs 0.3 of the metric
     assert winner_lines({k: v for k, v in m.items() if k != "winners"}) == []  # an older run without held-out winners
+
+
+def test_per_candidate_costs_and_the_extrapolated_epoch() -> None:
+    """HAQ per candidate = its search time / trials; the epoch at which the proxy search would be
+    200x cheaper solves trials x (metric + n x rate) = 200 x search, rate = (HAQ - metric) / train."""
+    from lcpaq.tools.bench_search_report import per_candidate_lines
+
+    m = {"chosen_proxy": "cosine", "trials": 10, "data": {"train": 100},
+         "evidence": {"metric_seconds_per_config": 1.0, "proxies": {"cosine": {"seconds_per_config": 0.1}}},
+         "searches": {"cosine": {"seconds": {"total": 5.0}}}, "haq": {"seconds": {"total": 30.0}}}
+    text = "\n".join(per_candidate_lines(m))
+    assert "| HAQ (build, one epoch of 100 training samples, validation split) | 3000.0 ms | 30.0x |" in text
+    assert "Retraining cost 20000 us per training sample" in text  # (3.0 - 1.0) s / 100
+    assert "once an epoch held about 4,950 training samples" in text  # (200 x 5 / 10 - 1) / 0.02
+    assert per_candidate_lines({**m, "data": {}}) == []  # a run without a training split
+
+
+def test_agreement_says_which_ranks_unseen_quality_better() -> None:
+    from lcpaq.tools.bench_search_report import agreement_lines
+
+    a = {"proxy": "cosine", "configurations": 56, "validation_vs_held_out": 0.49, "proxy_vs_held_out": 0.77}
+    text = " ".join(agreement_lines({"metric": "accuracy", "agreement": a}))
+    assert "the validation accuracy has Spearman 0.490 and the `cosine` proxy 0.770" in text and "worse than the proxy" in text
+    better = " ".join(agreement_lines({"metric": "accuracy", "agreement": {**a, "validation_vs_held_out": 0.95}}))
+    assert "at least as well as the proxy" in better
+    assert agreement_lines({"metric": "cosine", "agreement": None}) == []

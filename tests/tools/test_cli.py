@@ -213,7 +213,7 @@ def test_proxy_search_with_distillation_report(capsys, tmp_path) -> None:
     assert not any(name.startswith("search: ") for name in stages)
     assert report["timing_s"]["total"] == pytest.approx(sum(stages.values()), abs=1e-3) and report["timing_s"]["total"] <= wall
     assert search["seconds"]["total"] <= stages["search"]
-    assert search["mode"] == "proxy" and search["proxy"] == "hessian" and search["trials"] == 6
+    assert search["mode"] == "proxy" and search["proxy"] == "cosine" and search["trials"] == 6
     assert len(search["confirmed"]) == 3 and search["best"]["probes"] == 8
     assert {"prepare", "sensitivity", "search", "confirm", "total"} <= set(search["seconds"])
     labels = [c["label"] for c in report["configs"]]
@@ -224,6 +224,7 @@ def test_proxy_search_with_distillation_report(capsys, tmp_path) -> None:
     assert Pipeline(parse_spec(report["pipeline"])).spec() == report["pipeline"]
     md = (out_dir / "report.md").read_text()
     assert "## Search" in md and "## Distillation" in md
+    assert "evaluate function" in search["held_out"]["reason"] and "No held-out check: the model's own evaluate" in md
     assert "proxy search (6 trials" in out
     # the reported pipeline, run from scratch (its own Hessian probes), gives the searched result
     again = tmp_path / "again"

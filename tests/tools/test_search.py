@@ -11,12 +11,14 @@ from lcpaq.hw_targets import load_target
 from lcpaq.ir import capture
 from lcpaq.ir.errors import ConfigError, CorruptFileError
 from lcpaq.ir.layers import find_layers
-from lcpaq.ir.meta import QSPEC, SENSITIVITY, BitAssignment
+from lcpaq.ir.meta import QSPEC, QUANT_SCHEME, SENSITIVITY, BitAssignment
 from lcpaq.passes import PassContext
 from lcpaq.tools import search as search_module
 from lcpaq.tools.models.zoo import ModelBundle, bundle_from_return
 from lcpaq.tools.search import proxy_correlations, run_search
-from lcpaq.tools.search_harness import SearchHarness, config_pipeline
+from lcpaq.passes.fisher import FisherDiagonals
+from lcpaq.tools.cli import build_parser
+from lcpaq.tools.search_harness import DEFAULT_PROXY, FISHER_SAMPLES, PROXIES, SearchHarness, config_pipeline
 from lcpaq.tools.search_space import DIMENSIONS, SearchSpace
 
 # The MLP below, by hand: weights and biases per layer, and its fp32 size.
@@ -121,6 +123,24 @@ def test_hessian_proxy_is_the_least_total_sensitivity_under_the_budget(harness: 
     assert harness.proxy(CONFIG, "kl") == pytest.approx(-kl(harness, gm), rel=1e-9)
 
 
+def test_fisher_proxy_rescores_the_ilp_assignment_with_fisher_terms(harness: SearchHarness) -> None:
+    """The configuration's own (Hessian-ILP) assignment, its layers' errors weighted by Fisher
+    diagonals measured independently (on a fresh capture of the fp32 model) on the same batches
+    with the same seed."""
+    gm = fresh(harness, CONFIG)
+    fp32 = capture(harness.bundle.model, harness.bundle.example_inputs)
+    fisher = FisherDiagonals.measure(fp32, harness.ctx.batches()[: harness.hessian_batches], False, FISHER_SAMPLES, seed=0)
+    layers = find_layers(gm)
+    sens = fisher.sensitivities(gm, layers, harness.target, QUANT_SCHEME.get(gm))
+    expected = sum(sens[layer.name].of(QSPEC.get(layer.node).bits) for layer in layers)
+    assert harness.proxy(CONFIG, "fisher") == pytest.approx(-expected, rel=1e-6)
+
+
+def test_the_cli_offers_every_proxy() -> None:
+    action = next(a for a in build_parser()._subparsers._group_actions[0].choices["quantize"]._actions if a.dest == "proxy")
+    assert tuple(action.choices) == PROXIES and action.default == DEFAULT_PROXY
+
+
 def test_config_pipeline_reproduces_the_built_graph(harness: SearchHarness) -> None:
     config = {"calibration": "mse", "percentile": None, "weight_granularity": "per-tensor", "act_symmetric": True,
               "act_bits": "8", "weight_bits": "3-8", "probes": 8, "bias_correction": True, "tradeoff_bops": 0.1}
@@ -198,7 +218,7 @@ def test_proxy_correlations(harness: SearchHarness, monkeypatch) -> None:
     """On a clock that moves only by each proxy's known cost: exact seconds per configuration,
     the low-cost rule (at most a fifth of the metric's cost), rank correlations recomputed by
     hand, and the choice of the best correlated low-cost proxy."""
-    cost = {"hessian": 0.1, "sqnr": 0.5, "cosine": 0.5, "kl": 0.2, "metric": 1.0}
+    cost = {"hessian": 0.1, "fisher": 0.3, "sqnr": 0.5, "cosine": 0.5, "kl": 0.2, "metric": 1.0}
     clock = [0.0]
     proxy, metric = harness.proxy, harness.true_metric
 

@@ -7,13 +7,15 @@ import pytest
 import torch
 
 from lcpaq.tools.models import corpus, digits
-from lcpaq.tools.search_data import MINILM_BATCH, MINILM_HELD_OUT, MINILM_VALIDATION, splits
+from lcpaq.tools.search_data import MINILM_BATCH, MINILM_HELD_OUT, MINILM_TRAIN, MINILM_VALIDATION, splits
 
 
 def test_digits_split_all_non_training_images_stratified() -> None:
     data = digits.load_data()
     s = splits("resnet-digits")
-    assert s.sizes == {"validation": 180, "held_out": 180}
+    assert s.sizes == {"validation": 180, "held_out": 180, "train": 1437}
+    train = torch.cat([b[0] for b in s.bundle.train_batches])
+    assert torch.equal(train, data.x_train) and torch.equal(torch.cat(s.bundle.train_labels), data.y_train)
     val = torch.cat([b[0] for b in s.bundle.eval_batches])
     assert len(val) == 180
     rows = {tuple(np.round(r.flatten().numpy(), 5)) for r in data.x_test}
@@ -26,9 +28,10 @@ def test_digits_split_all_non_training_images_stratified() -> None:
 
 
 def test_minilm_sentences_validation_then_held_out(monkeypatch) -> None:
-    fake = [f"sentence number {i} about nothing in particular" for i in range(MINILM_VALIDATION + MINILM_HELD_OUT)]
+    fake = [f"sentence number {i} about nothing in particular" for i in range(MINILM_VALIDATION + MINILM_HELD_OUT + MINILM_TRAIN)]
     monkeypatch.setattr(corpus, "fortune_sentences", lambda limit=None: fake[:limit])
     s = splits("minilm")
-    assert s.sizes == {"validation": MINILM_VALIDATION, "held_out": MINILM_HELD_OUT}
+    assert s.sizes == {"validation": MINILM_VALIDATION, "held_out": MINILM_HELD_OUT, "train": MINILM_TRAIN}
     assert len(s.bundle.eval_batches) == MINILM_VALIDATION // MINILM_BATCH
+    assert len(s.bundle.train_batches) == MINILM_TRAIN // MINILM_BATCH and s.bundle.train_labels is None
     assert s.held_out(s.bundle.model) == pytest.approx(1.0, abs=1e-6)  # the fp32 model against itself

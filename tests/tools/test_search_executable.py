@@ -41,3 +41,6 @@ def test_search_keeps_a_layer_without_an_integer_kernel_in_float(tmp_path, capsy
     bits = {layer["name"]: layer["w_bits"] for layer in report["layers"]}
     assert bits["emb"] == 32 and {bits["fc"], bits["out"]} <= set(range(2, 9))
     assert [t["tensor"] for t in report["kept_in_float"]] == ["emb.weight"]
+    held = report["search"]["held_out"]  # scored by output cosine: half its evaluation batches held out
+    assert held["held_out_batches"] >= 1 and held["selection_batches"] >= held["held_out_batches"]
+    assert "which no trial saw" in (tmp_path / "out" / "report.md").read_text()

@@ -35,6 +35,10 @@ class ModelBundle:
     evaluate: Evaluate | None = None
     labelled: bool = False
     calib_labels: tuple[torch.Tensor, ...] | None = None
+    #: the training data (batches, and their labels where the model has them) that a
+    #: fine-tuning search baseline retrains each candidate on; empty: the calibration batches
+    train_batches: tuple[Batch, ...] = ()
+    train_labels: tuple[torch.Tensor, ...] | None = None
 
 
 def _resnet_digits(progress: bool) -> ModelBundle:
@@ -46,7 +50,11 @@ def _resnet_digits(progress: bool) -> ModelBundle:
     evals = tuple((data.x_test[i : i + 120],) for i in range(0, len(data.x_test), 120))
     labels = tuple(data.y_train[i : i + 32] for i in range(0, 256, 32))
     evaluate = lambda m: {"accuracy": digits.accuracy(m, data.x_test, data.y_test)}  # noqa: E731
-    return ModelBundle("resnet-digits", model, (data.x_test[:1],), calib, evals, evaluate, labelled=True, calib_labels=labels)
+    batch = digits.DigitsRecipe().batch_size
+    train = tuple((data.x_train[i : i + batch],) for i in range(0, len(data.x_train), batch))
+    train_labels = tuple(data.y_train[i : i + batch] for i in range(0, len(data.x_train), batch))
+    return ModelBundle("resnet-digits", model, (data.x_test[:1],), calib, evals, evaluate, labelled=True, calib_labels=labels,
+                       train_batches=train, train_labels=train_labels)
 
 
 def _random_image_model(name: str, build: Callable[[], torch.nn.Module], size: int = 224) -> ModelBundle:
