@@ -22,7 +22,7 @@ from lcpaq.hw_targets.target import Target
 from lcpaq.ir.capture import capture, copy_sharing_tensors
 from lcpaq.ir.errors import ConfigError
 from lcpaq.ir.layers import find_layers
-from lcpaq.ir.meta import ASSIGNMENT, COST, QSPEC, QUANT_SCHEME
+from lcpaq.ir.meta import ASSIGNMENT, COST, FLOAT_BITS, QSPEC, QUANT_SCHEME, SENSITIVITY, Sensitivity
 from lcpaq.passes.cost_model import layer_sensitivity
 from lcpaq.passes.fisher import FisherDiagonals
 from lcpaq.passes.bias_correct import BiasCorrect
@@ -110,12 +110,26 @@ class SearchHarness:
         self.reference = reference_outputs(b.model, b.eval_batches)
         self.proxy_reference = reference_outputs(b.model, b.calib_batches[: self.proxy_batches])
         self.stages["prepare"] = time.perf_counter() - start
+        self._check_feasible()
         start = time.perf_counter()
         self.shared = SharedTraces.measure(self.base, self.ctx, max(self.space.choices["probes"]), self.hessian_batches)
         self.stages["sensitivity"] = time.perf_counter() - start
         self._calibrated: dict[tuple, fx.GraphModule] = {}
         self._train_ctx: PassContext | None = None
         self._fisher: FisherDiagonals | None = None
+
+    def _check_feasible(self) -> None:
+        """Before the Hessian analysis: whether any assignment of the target's precisions meets
+        the budgets. Feasibility depends on costs alone, so the ILP runs with every sensitivity
+        zero; an infeasible budget is its one-line message, saying what is achievable."""
+        gm = Pipeline([SetQuantScheme()])(copy_sharing_tensors(self.base), self.ctx).graph_module
+        bits = lambda widths: tuple((b, 0.0) for b in widths if b != FLOAT_BITS)  # noqa: E731
+        for layer in find_layers(gm):
+            SENSITIVITY.set(layer.node, Sensitivity(0.0, 0.0, bits(self.target.weight_bits(layer.kind)), bits(self.target.act_bits), 0, 0.0))
+        try:
+            Pipeline([ILPAssign(**self.budgets, table=self.table)])(gm, self.ctx)
+        except ConfigError as exc:
+            raise ConfigError(_no_configuration(exc)) from exc
 
     # --- configuration-dependent, cached pieces ---------------------------------------------
     def calibrated(self, config: Config) -> fx.GraphModule:
@@ -145,8 +159,7 @@ class SearchHarness:
             passes = [hessian_pass(widest, self.shared), ilp_pass(widest, self.budgets, self.table)]
             Pipeline(passes)(self.calibrated(widest), self.ctx)
         except ConfigError as exc:
-            reason = str(exc).removeprefix("pass 'ilp': ")
-            return f"no configuration meets the budgets: {reason}"
+            return _no_configuration(exc)
         choices = {d: self.space.choices[d] for d in ("weight_bits", "act_bits")}
         return (f"no configuration meets the budgets with the search space's precisions ({choices}); "
                 "the target's full range would: add 'target' to weight_bits and act_bits")
@@ -233,6 +246,12 @@ class SearchHarness:
             with torch.no_grad():
                 return next(iter(self.bundle.evaluate(self.bundle.model)))
         return "cosine"
+
+
+def _no_configuration(exc: ConfigError) -> str:
+    """The ILP's infeasibility message as the search's (without the pass's own prefix)."""
+    reason = str(exc).removeprefix(f"pass '{ILPAssign.name}': ")
+    return f"no configuration meets the budgets: {reason}"
 
 
 def _kl(reference: list[torch.Tensor], model: torch.nn.Module, batches) -> float:

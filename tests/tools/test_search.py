@@ -17,6 +17,7 @@ from lcpaq.tools import search as search_module
 from lcpaq.tools.models.zoo import ModelBundle, bundle_from_return
 from lcpaq.tools.search import proxy_correlations, run_search
 from lcpaq.passes.fisher import FisherDiagonals
+from lcpaq.passes.sensitivity_model import SharedTraces
 from lcpaq.tools.cli import build_parser
 from lcpaq.tools.search_harness import DEFAULT_PROXY, FISHER_SAMPLES, PROXIES, SearchHarness, config_pipeline
 from lcpaq.tools.search_space import DIMENSIONS, SearchSpace
@@ -252,22 +253,26 @@ def test_search_needs_budget() -> None:
         SearchHarness(ModelBundle("x", torch.nn.Linear(2, 2), (torch.randn(1, 2),), (), ()), load_target("sim"), {}, SearchSpace.load())
 
 
-@pytest.mark.parametrize(("budget", "space", "message"), [
-    # 2-bit weights and int32 biases: 1664 / 4 + 272 = 688 bytes at the least
-    ("0.01x", [], "none of the 3 trials is feasible; no configuration meets the budgets: infeasible budget: "
-                  "size=0.01x asks size <= 69 B, the smallest achievable is 688 B"),
-    # feasible with the target's 2-bit weights (688 B), not with the space's 4-8 (1104 B)
-    ("0.12x", ["weight_bits=4-8"], "none of the 3 trials is feasible; no configuration meets the budgets with the search "
-                                   "space's precisions ({'weight_bits': ('4-8',), 'act_bits': ('target', '8')}); the target's "
-                                   "full range would: add 'target' to weight_bits and act_bits"),
-])
+def test_a_budget_no_precision_meets_is_one_line_before_the_hessian(monkeypatch) -> None:
+    """2-bit weights and int32 biases: 1664 / 4 + 272 = 688 bytes at the least; known from costs
+    alone, so the search stops before any Hessian probe."""
+    monkeypatch.setattr(SharedTraces, "measure", lambda *a, **k: pytest.fail("the Hessian was measured"))
+    with pytest.raises(ConfigError) as info:
+        SearchHarness(_mlp_bundle(), load_target("x86-host"), {"size": "0.01x"}, SearchSpace.load().narrowed(["probes=4"]))
+    assert str(info.value) == ("no configuration meets the budgets: infeasible budget: size=0.01x asks size <= 69 B, "
+                               "the smallest achievable is 688 B")
+
+
 @pytest.mark.parametrize("mode", ["proxy", "full"])
-def test_infeasible_search_is_one_clear_line(budget: str, space: list[str], message: str, mode: str) -> None:
-    narrowed = SearchSpace.load().narrowed(["probes=4", *space])
-    harness = SearchHarness(_mlp_bundle(), load_target("x86-host"), {"size": budget}, narrowed)
+def test_a_budget_the_space_cannot_meet_is_one_line_after_the_trials(mode: str) -> None:
+    """Feasible with the target's 2-bit weights (688 B), not with the space's 4-8 (1104 B)."""
+    narrowed = SearchSpace.load().narrowed(["probes=4", "weight_bits=4-8"])
+    harness = SearchHarness(_mlp_bundle(), load_target("x86-host"), {"size": "0.12x"}, narrowed)
     with pytest.raises(ConfigError) as info:
         run_search(harness, mode, trials=3, seed=0)
-    assert str(info.value) == message
+    assert str(info.value) == ("none of the 3 trials is feasible; no configuration meets the budgets with the search "
+                               "space's precisions ({'weight_bits': ('4-8',), 'act_bits': ('target', '8')}); the target's "
+                               "full range would: add 'target' to weight_bits and act_bits")
 
 
 def test_random_configurations_are_seeded() -> None:
