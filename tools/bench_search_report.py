@@ -54,9 +54,8 @@ def agreement_lines(m: dict[str, Any]) -> list[str]:
     a = m.get("agreement")
     if not a:
         return []
-    verdict = ("worse than the proxy does: no proxy can rank much above that against it, and its Spearman measures "
-               "agreement with the split's noise as much as with quality" if a["validation_vs_held_out"] < a["proxy_vs_held_out"]
-               else "at least as well as the proxy does")
+    verdict = ("worse than the proxy does, so a proxy's Spearman against this split is limited by the split's noise more "
+               "than by the proxy" if a["validation_vs_held_out"] < a["proxy_vs_held_out"] else "at least as well as the proxy does")
     return [f"Against the held-out {m['metric']} of the same {a['configurations']} configurations, the validation {m['metric']} has "
             f"Spearman {a['validation_vs_held_out']:.3f} and the `{a['proxy']}` proxy {a['proxy_vs_held_out']:.3f}: the validation "
             f"split ranks unseen quality {verdict}.", ""]
