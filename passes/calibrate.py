@@ -40,7 +40,9 @@ class Calibrate(Pass):
 
     def call(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         layers = find_layers(gm)
-        observed = {act for layer in layers for act in layer.act_inputs}
+        # graph order, not a set's: a set of nodes iterates by address, which differs between
+        # processes, and each observer's seed (its subsample of a large activation) is its index
+        observed = dict.fromkeys(act for layer in layers for act in layer.act_inputs)
         observers = {node: Observer(seed=ctx.seed + i) for i, node in enumerate(observed)}
         runner = _Observing(gm, observers)
         with torch.no_grad():

@@ -86,3 +86,27 @@ def test_calibrate_pass_writes_ranges_per_width(x86) -> None:
     assert (r8.lo, r8.hi) == (float(all_data.min()), float(all_data.max()))
     with pytest.raises(KeyError, match="no 4-bit range calibrated"):
         ranges.get(0, 4)
+
+
+def test_observer_seeds_follow_graph_order(monkeypatch, x86) -> None:
+    """Each observer's seed picks its subsample of a large activation: seeds go by graph order,
+    not by a set's (address) order, so a calibration is the same in every process."""
+    from lcpaq.passes import calibrate as calibrate_module
+
+    seeds: list[int] = []
+
+    class Recording(Observer):  # records its seed as the graph runs: in execution order
+        def update(self, x: torch.Tensor) -> None:
+            seeds.append(self.seed)
+            super().update(x)
+
+    monkeypatch.setattr(calibrate_module, "Observer", Recording)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    x = torch.randn(4, 8)
+    gm = capture(model, (x[:1],))
+    ctx = PassContext(x86, (x[:1],), ((x,),), seed=7)
+    Pipeline.from_spec("shape-prop,cost,quant-scheme,calibrate{method=percentile}")(gm, ctx)
+    assert seeds == [7, 8, 9]
+    acts = [layer.act_inputs[0].name for layer in find_layers(gm)]
+    assert acts == ["input_1", "relu", "relu_1"]  # the order the graph runs them in
