@@ -38,7 +38,7 @@ from lcpaq.tools.report import build_report, check_report_dir, write_report
 from lcpaq.passes.distill import Distill
 from lcpaq.passes.pareto import ParetoSweep
 from lcpaq.tools.models.zoo import ModelBundle, load_model
-from lcpaq.tools.search import MODES, run_search, search_summary
+from lcpaq.tools.search import CONFIRM, MODES, run_search, search_summary
 from lcpaq.tools.search_study import check_storage
 from lcpaq.tools.search_holdout import held_out_check, selection_split
 from lcpaq.tools.search_harness import DEFAULT_PROXY, PROXIES, SearchHarness, calibrate_pass, config_pipeline, scheme_pass
@@ -131,6 +131,7 @@ def quantize(
     search: str = "none",
     trials: int = 40,
     proxy: str = DEFAULT_PROXY,
+    confirm: int = CONFIRM,
     space: str | Path | None = None,
     space_set: Sequence[str] = (),
     distill: int = 0,
@@ -150,8 +151,8 @@ def quantize(
     configuration and each uniform ``compare`` configuration. The primary configuration is
     the ILP's mixed assignment when a ``budget`` is given (``["size=0.3x"]``), else uniform
     ``bits``, or a full ``pipeline`` spec. ``search="proxy"`` first searches the quantization
-    hyperparameters (``space``) with TPE scored by ``proxy``, confirming the best few on the
-    validation metric; ``search="full"`` scores every trial on the validation metric (the
+    hyperparameters (``space``) with TPE scored by ``proxy``, confirming its best ``confirm``
+    on the validation metric; ``search="full"`` scores every trial on the validation metric (the
     baseline), ``search="haq"`` fine-tunes every trial briefly before scoring it (HAQ's protocol);
     ``storage`` (an optuna RDB URL, e.g. ``sqlite:///study.db``) keeps its trials in the stored
     ``study``, which an interrupted run resumes and other workers share. ``distill`` > 0 adds that
@@ -194,6 +195,8 @@ def quantize(
             tgt.check(kind, cfg)
     custom = parse_spec(pipeline) if pipeline else None
     search_space = _check_search(search, proxy, trials, space, space_set, budgets, custom, distill)
+    if confirm < 1:
+        raise ConfigError(f"--confirm must be >= 1, got {confirm}")
     if (storage or study) and search_space is None:
         raise ConfigError("--storage and --study keep a search's trials: they need --search proxy or full")
     if storage:
@@ -228,7 +231,7 @@ def quantize(
         prepared, results = run.custom(gm, custom)
     elif search_space is not None:
         prepared, results, extra["search"] = run.searched(gm, budgets, search_space, configs, search, trials, proxy, seed,
-                                                              storage, study)
+                                                              storage, study, confirm)
     else:
         prepared, results = run.phases(gm, calibration, budgets, probes, configs, act_symmetric)
 
@@ -331,12 +334,12 @@ class _Run:
 
     def searched(self, gm: fx.GraphModule, budgets: dict[str, str], space: SearchSpace, configs: list[BitAssignment],
                  mode: str, trials: int, proxy: str, seed: int, storage: str | None = None,
-                 study: str | None = None) -> tuple[fx.GraphModule, list[ConfigResult], dict[str, Any]]:
+                 study: str | None = None, confirm: int = CONFIRM) -> tuple[fx.GraphModule, list[ConfigResult], dict[str, Any]]:
         """Search the hyperparameters, build the winner; uniform baselines use its calibration."""
         selection, held, reason = selection_split(self.bundle)
         with self.clock.stage("search"):
             harness = SearchHarness(selection, self.target, budgets, space, seed, self.ctx.progress, captured=gm, table=self.table)
-            outcome = run_search(harness, mode, trials, proxy, seed=seed, progress=self.ctx.progress, storage=storage, study=study)
+            outcome = run_search(harness, mode, trials, proxy, confirm, seed, self.ctx.progress, storage, study)
         # the search's own stages (its analysis, trials, confirmation) lie inside "search": kept apart, in
         # the report's search section, so the stages still add up to the run
         self.clock.nested.update({f"search: {k}": v for k, v in {**harness.stages, **outcome.seconds}.items()})

@@ -59,13 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--pipeline", metavar="SPEC", help="full pass pipeline, e.g. 'fold-bn,shape-prop,cost,quant-scheme,calibrate{method=mse},uniform{w=4,a=8},fake-quant'")
     q.add_argument("--search", default="none", choices=["none", "proxy", "full", "haq"],
                    help="search the quantization hyperparameters (needs --budget): 'proxy' scores trials with a cheap "
-                        "label-free proxy and confirms the best few on the validation metric; 'full' scores each on the "
+                        "label-free proxy and evaluates its best (--confirm) on the validation metric; 'full' scores each on the "
                         "validation metric; 'haq' retrains each one epoch on the training data first (HAQ's protocol, the "
                         "existing-method baseline)")
     q.add_argument("--trials", type=int, default=40, metavar="N", help="search trials (default 40)")
     q.add_argument("--proxy", default="cosine", choices=["hessian", "fisher", "sqnr", "cosine", "kl"],  # search_harness.PROXIES
                    help="search proxy (default cosine: output cosine to fp32 on one calibration batch, the best ranked in "
                         "docs/search_benchmark.md; hessian and fisher: no forward pass per trial)")
+    q.add_argument("--confirm", type=int, default=1, metavar="K",  # search.CONFIRM
+                   help="proxy search: evaluate the proxy's best K configurations on the validation metric and keep the "
+                        "best of them (default 1: the proxy's winner; more guard against a weak proxy, one evaluation each)")
     q.add_argument("--storage", metavar="URL",
                    help="keep the search's trials in optuna RDB storage (sqlite:///study.db, or a PostgreSQL URL): "
                         "an interrupted search resumes there, and workers given the same URL share its trials")

@@ -34,7 +34,7 @@ def quantize_command(args: argparse.Namespace) -> int:
     result = quantize(
         model=args.model, target=target_of(args), bits=args.bits, compare=compare, budget=args.budget,
         calibration=args.calibration, probes=args.probes, search=args.search, trials=args.trials, proxy=args.proxy,
-        space=args.space, space_set=args.space_set, distill=args.distill, latency_table=args.latency_table,
+        confirm=args.confirm, space=args.space, space_set=args.space_set, distill=args.distill, latency_table=args.latency_table,
         pipeline=args.pipeline, out=args.out, dump_graphs=args.dump_graphs, progress=args.progress, seed=args.seed,
         build=args.build, build_trials=args.build_trials, export=args.export, storage=args.storage, study=args.study,
     )

@@ -20,7 +20,9 @@ def search_markdown(report: dict[str, Any], table: Table) -> list[str]:
     if search is None:
         return []
     if search["proxy"]:
-        proxy = f" scored by the `{search['proxy']}` proxy, the best {len(search['confirmed'])} confirmed"
+        k = len(search["confirmed"])
+        best = "its best evaluated" if k == 1 else f"its best {k} evaluated"
+        proxy = f" scored by the `{search['proxy']}` proxy, {best} on the validation metric"
     elif search.get("finetune_epochs"):
         proxy = f" each retrained {search['finetune_epochs']} epoch(s) on training data, then scored by the validation metric (HAQ's protocol)"
     else:

@@ -1,6 +1,7 @@
 """Search of quantization hyperparameters: TPE (optuna) over the declared space, scored by a
-cheap label-free proxy, with the best few confirmed on the real validation metric; or, as the
-baseline, the same search scored by the validation metric itself. The study is in memory, or in
+cheap label-free proxy, with the proxy's best (or best few) confirmed on the real validation
+metric; or, as baselines, the same search scored by the validation metric itself, or by it
+after HAQ's short retraining of each candidate. The study is in memory, or in
 RDB storage that resumes and is shared by workers (:mod:`lcpaq.tools.search_study`)."""
 from __future__ import annotations
 
@@ -24,6 +25,12 @@ from lcpaq.tools.search_study import history as study_history
 
 
 LOW_COST_FRACTION = 0.2
+#: Proxy winners evaluated on the validation metric at the end of a proxy search (``--confirm``).
+#: One: the winner's own metric, which every search reports. More guard against a proxy that
+#: ranks the best few wrongly, at one full evaluation each: on MiniLM, evaluating the best 3
+#: took 18 s against 7 s for the 30 proxy trials and raised the winner's held-out cosine by
+#: 0.0005, by nothing after distillation (docs/search_benchmark.md compares 1 and 3).
+CONFIRM = 1
 #: Epochs of retraining per candidate of the ``haq`` baseline: HAQ quantizes each candidate
 #: policy, "finetune[s] the quantized model for one more epoch" and takes the validation
 #: accuracy after that short-term retraining as the reward.
@@ -62,14 +69,14 @@ def run_search(
     mode: Literal["proxy", "full", "haq"],
     trials: int = 40,
     proxy: str = DEFAULT_PROXY,
-    top_k: int = 3,
+    top_k: int = CONFIRM,
     seed: int = 0,
     progress: bool = False,
     storage: str | None = None,
     study: str | None = None,
 ) -> SearchResult:
-    """``proxy``: each trial scored by ``proxy``, the best ``top_k`` confirmed on the validation
-    metric; ``full``: each trial scored on the validation metric; ``haq`` (the existing-method
+    """``proxy``: each trial scored by ``proxy``, the best ``top_k`` distinct ones confirmed on
+    the validation metric (each confirmed entry records its ``seconds``); ``full``: each trial scored on the validation metric; ``haq`` (the existing-method
     baseline, HAQ's protocol): each trial retrained :data:`HAQ_FINETUNE_EPOCHS` epoch on the
     training data, then scored on the validation metric. Reproducible from ``seed``: the
     sampler, the harness's probes and data are all seeded. With ``storage`` (an optuna RDB URL)
@@ -78,6 +85,8 @@ def run_search(
     study holds ``trials``, whichever workers scored them."""
     if mode not in MODES:
         raise ConfigError(f"unknown search {mode!r}; choose {', '.join(MODES)}")
+    if top_k < 1:
+        raise ConfigError(f"--confirm must be >= 1, got {top_k}")
     book, name = open_study(storage, study, seed, search_settings(harness, mode, proxy, seed))
     before = len(completed(book))
     remaining = max(trials - before, 0)
@@ -105,7 +114,9 @@ def run_search(
     if mode == "proxy":
         confirmed = []
         for entry in _top_distinct(history, top_k):
-            confirmed.append({**entry, "metric": harness.true_metric(entry["config"])})
+            began = time.perf_counter()
+            metric = harness.true_metric(entry["config"])
+            confirmed.append({**entry, "metric": metric, "seconds": time.perf_counter() - began})
         best = max(confirmed, key=lambda e: e["metric"])
     else:
         confirmed = []

@@ -58,6 +58,26 @@ def test_winner_lines_read_the_goals_off_the_run() -> None:
     assert "-0.0100 against the HAQ winner (goal: no more than 0.005 below it: not met)" in text
     assert "costing at most 1/20 of the metric: hessian (met)." in text  # kl ranks better but costs 0.3 of the metric
     assert winner_lines({k: v for k, v in m.items() if k != "winners"}) == []  # an older run without held-out winners
+    more = {"evaluated": 3, "seconds": {"total": 4.0}}
+    text = "\n".join(winner_lines({**m, "searches": {"hessian": {"seconds": {"total": 2.0}, "more": more}}}))
+    assert "(goal 200x: met) (with its best 3 evaluated: 125.0x); against the full search" in text
+
+
+def test_search_table_rows_and_ratios() -> None:
+    from lcpaq.tools.bench_search_report import search_table
+
+    def found(metric: float, search: float, confirm: float) -> dict:
+        return {"best_metric": metric, "seconds": {"search": search, "confirm": confirm, "total": search + confirm}}
+
+    m = {"metric": "cosine", "trials": 30, "chosen_proxy": "cosine",
+         "searches": {"hessian": found(0.90, 1.0, 1.0), "cosine": {**found(0.93, 3.0, 1.0), "more": {**found(0.94, 3.0, 3.0), "evaluated": 3}}},
+         "full": found(0.95, 40.0, 0.0), "haq": {**found(0.96, 800.0, 0.0), "finetune_epochs": 1, "metric_without_finetuning": 0.91}}
+    text = "\n".join(search_table(m))
+    assert "| proxy: hessian | 0.9000 | 1.00 s | 1.00 s | 2.00 s | 20.0x less | 400.0x less | -0.0500 |" in text
+    assert "| proxy: cosine (chosen) | 0.9300 | 3.00 s | 1.00 s | 4.00 s | 10.0x less | 200.0x less | -0.0200 |" in text
+    assert "| proxy: cosine, best 3 evaluated, best kept | 0.9400 | 3.00 s | 3.00 s | 6.00 s | 6.7x less | 133.3x less | -0.0100 |" in text
+    assert "| full (baseline) | 0.9500 | 40.00 s | - | 40.00 s | 1x | 20.0x less | 0 |" in text
+    assert "| 0.9600 | 800.00 s | - | 800.00 s | 20.0x more | 1x | +0.0100 |" in text and "without it: 0.9100" in text
 
 
 def test_per_candidate_costs_and_the_extrapolated_epoch() -> None:
@@ -72,6 +92,10 @@ def test_per_candidate_costs_and_the_extrapolated_epoch() -> None:
     assert "| HAQ (build, one epoch of 100 training samples, validation split) | 3000.0 ms | 30.0x |" in text
     assert "Retraining cost 20000 us per training sample" in text  # (3.0 - 1.0) s / 100
     assert "once an epoch held about 4,950 training samples" in text  # (200 x 5 / 10 - 1) / 0.02
+    # a free proxy still evaluates its winner once (1 s): HAQ's 30 s search is 30 such evaluations
+    assert "the whole HAQ-protocol search costs 30 such evaluations" in text
+    met = "\n".join(per_candidate_lines({**m, "haq": {"seconds": {"total": 1000.0}}}))  # 200x measured: nothing to extrapolate
+    assert "| chosen proxy (`cosine`) | 100.0 ms | 1x |" in met and "extrapolation" not in met and "such evaluations" not in met
     assert per_candidate_lines({**m, "data": {}}) == []  # a run without a training split
 
 

@@ -190,6 +190,7 @@ def test_bad_budget_exit_2(capsys, tmp_path, budget, message) -> None:
     (["--search", "proxy"], "give at least one --budget"),
     (["--search", "proxy", "--budget", "size=0.2x", "--space-set", "colour=red"], "bad --space-set 'colour=red'"),
     (["--search", "proxy", "--budget", "size=0.2x", "--trials", "0"], "--trials must be >= 1"),
+    (["--search", "proxy", "--budget", "size=0.2x", "--confirm", "0"], "--confirm must be >= 1"),
     (["--search", "proxy", "--budget", "size=0.2x", "--pipeline", "cost"], "cannot be combined with --pipeline"),
     (["--distill", "-5"], "--distill takes a number of steps >= 0"),
 ])
@@ -203,7 +204,7 @@ def test_proxy_search_with_distillation_report(capsys, tmp_path) -> None:
     out_dir = tmp_path / "s"
     start = time.perf_counter()
     code, out, _ = _run(capsys, "quantize", "--budget", "size=0.12x", "--search", "proxy", "--trials", "6",
-                        "--space-set", "probes=8", "--distill", "20", "--out", str(out_dir), "--no-progress", "--no-build")
+                        "--confirm", "3", "--space-set", "probes=8", "--distill", "20", "--out", str(out_dir), "--no-progress", "--no-build")
     wall = time.perf_counter() - start
     assert code == 0
     report = json.loads((out_dir / "report.json").read_text())

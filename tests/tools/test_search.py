@@ -162,8 +162,8 @@ def _independent_metric(harness: SearchHarness, config: dict) -> float:
 
 
 def test_proxy_search_confirms_the_top_three_and_keeps_the_best(harness: SearchHarness) -> None:
-    first = run_search(harness, "proxy", trials=12, proxy="kl", seed=5)
-    second = run_search(harness, "proxy", trials=12, proxy="kl", seed=5)
+    first = run_search(harness, "proxy", trials=12, proxy="kl", top_k=3, seed=5)
+    second = run_search(harness, "proxy", trials=12, proxy="kl", top_k=3, seed=5)
     assert [t["config"] for t in first.trials] == [t["config"] for t in second.trials]  # reproducible from the seed
     assert first.best == second.best and first.best_metric == second.best_metric
     scored = {}
@@ -176,6 +176,14 @@ def test_proxy_search_confirms_the_top_three_and_keeps_the_best(harness: SearchH
     metrics = {key: _independent_metric(harness, dict(key)) for key in top}
     assert first.best_metric == pytest.approx(max(metrics.values()), rel=1e-9)
     assert metrics[tuple(sorted(first.best.items()))] == pytest.approx(max(metrics.values()), rel=1e-9)
+    assert first.seconds["confirm"] == pytest.approx(sum(c["seconds"] for c in first.confirmed), rel=0.05)
+    # the default evaluates the proxy's winner alone: the same trials, the first of the three
+    default = run_search(harness, "proxy", trials=12, proxy="kl", seed=5)
+    assert [t["config"] for t in default.trials] == [t["config"] for t in first.trials]
+    assert [c["config"] for c in default.confirmed] == [first.confirmed[0]["config"]]
+    assert default.best_metric == pytest.approx(metrics[tuple(sorted(first.confirmed[0]["config"].items()))], rel=1e-9)
+    with pytest.raises(ConfigError, match="--confirm must be >= 1"):
+        run_search(harness, "proxy", trials=2, proxy="kl", top_k=0)
 
 
 def test_full_search_keeps_the_best_trial(harness: SearchHarness) -> None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lcpaq.tools.models import corpus, digits
-from lcpaq.tools.search_data import MINILM_BATCH, MINILM_HELD_OUT, MINILM_TRAIN, MINILM_VALIDATION, splits
+from lcpaq.tools.search_data import MINILM_BATCH, MINILM_HELD_OUT, MINILM_VALIDATION, splits
 
 
 def test_digits_split_all_non_training_images_stratified() -> None:
@@ -28,10 +28,11 @@ def test_digits_split_all_non_training_images_stratified() -> None:
 
 
 def test_minilm_sentences_validation_then_held_out(monkeypatch) -> None:
-    fake = [f"sentence number {i} about nothing in particular" for i in range(MINILM_VALIDATION + MINILM_HELD_OUT + MINILM_TRAIN)]
+    train = 3 * MINILM_BATCH + 5  # every quotation the other splits leave
+    fake = [f"sentence number {i} about nothing in particular" for i in range(MINILM_VALIDATION + MINILM_HELD_OUT + train)]
     monkeypatch.setattr(corpus, "fortune_sentences", lambda limit=None: fake[:limit])
     s = splits("minilm")
-    assert s.sizes == {"validation": MINILM_VALIDATION, "held_out": MINILM_HELD_OUT, "train": MINILM_TRAIN}
+    assert s.sizes == {"validation": MINILM_VALIDATION, "held_out": MINILM_HELD_OUT, "train": train}
     assert len(s.bundle.eval_batches) == MINILM_VALIDATION // MINILM_BATCH
-    assert len(s.bundle.train_batches) == MINILM_TRAIN // MINILM_BATCH and s.bundle.train_labels is None
+    assert [len(b[0]) for b in s.bundle.train_batches] == [MINILM_BATCH] * 3 + [5] and s.bundle.train_labels is None
     assert s.held_out(s.bundle.model) == pytest.approx(1.0, abs=1e-6)  # the fp32 model against itself
