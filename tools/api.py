@@ -194,9 +194,7 @@ def quantize(
         for kind in OP_KINDS:
             tgt.check(kind, cfg)
     custom = parse_spec(pipeline) if pipeline else None
-    search_space = _check_search(search, proxy, trials, space, space_set, budgets, custom, distill)
-    if confirm < 1:
-        raise ConfigError(f"--confirm must be >= 1, got {confirm}")
+    search_space = _check_search(search, proxy, trials, confirm, space, space_set, budgets, custom, distill)
     if (storage or study) and search_space is None:
         raise ConfigError("--storage and --study keep a search's trials: they need --search proxy or full")
     if storage:
@@ -267,11 +265,13 @@ def quantize(
     return QuantizeResult(report, prepared, results)
 
 
-def _check_search(search: str, proxy: str, trials: int, space: str | Path | None, space_set: Sequence[str],
+def _check_search(search: str, proxy: str, trials: int, confirm: int, space: str | Path | None, space_set: Sequence[str],
                   budgets: dict[str, str], custom: list | None, distill: int) -> SearchSpace | None:
     """Validate the search options; the narrowed space, or None without a search."""
     if distill < 0:
         raise ConfigError(f"--distill takes a number of steps >= 0, got {distill}")
+    if confirm < 1:
+        raise ConfigError(f"--confirm must be >= 1, got {confirm}")
     if search not in ("none", *MODES):
         raise ConfigError(f"unknown search {search!r}; choose none, {', '.join(MODES)}")
     if search == "none":

@@ -58,7 +58,7 @@ def confirmed_search(harness: SearchHarness, proxy: str, trials: int, seed: int)
         evaluated = result.confirmed[:k]
         best = max(evaluated, key=lambda e: e["metric"])
         confirm_s = sum(e["seconds"] for e in evaluated)
-        return {"best": best["config"], "best_metric": best["metric"], "evaluated": k,
+        return {"best": best["config"], "best_metric": best["metric"], "evaluated": len(evaluated),
                 "seconds": {"search": search_s, "confirm": confirm_s, "total": search_s + confirm_s}}
 
     return {**read(CONFIRM), "more": read(CONFIRM_MORE)}
